@@ -1,0 +1,154 @@
+"""Apply a learning rule to any torch.nn model, and the calls that go with a converted model.
+
+Example::
+
+    >>> model = biotorch.convert(torchvision.models.resnet18(num_classes=10), rule="fa", exclude=["fc"])
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)  # kp's B is in parameters()
+    >>> loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+    >>> biotorch.feedback_step(model)    # after every optimizer step: brsf redraws, wm mirrors; no-op else
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import warnings
+from typing import Callable, Iterable, Iterator, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .nn import LAYERS, RuleLayer
+from .rules import DFA, OutputError, Rule, make_rule
+
+# Modules whose own parameters learn from their exact local gradient under every rule.
+_LOCAL = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Embedding, nn.PReLU)
+if hasattr(nn, "RMSNorm"):
+    _LOCAL = (*_LOCAL, nn.RMSNorm)
+
+
+def rule_layers(model: nn.Module) -> Iterator[tuple[str, RuleLayer]]:
+    """(name, layer) for every layer of ``model`` that learns with a rule."""
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, RuleLayer))
+
+
+def _excluded(name: str, patterns: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def convert(model: nn.Module, rule: Union[str, Rule], *, exclude: Iterable[str] = (), strict: bool = False,
+            seed: int = 0, num_classes: Optional[int] = None, verbose: bool = False, **rule_options) -> nn.Module:
+    """Make every ``Linear``/``Conv1d``/``Conv2d`` of ``model`` learn with ``rule``, in place; returns ``model``.
+
+    The forward pass and the forward weights (the same Parameter objects) are kept. Layers already
+    converted get the new rule. Create the optimizer *after* converting (kp adds parameters).
+
+    Args:
+        rule: one of ``biotorch.RULES`` (bp, fa, dfa, usf, brsf, frsf, wm, kp).
+        exclude: module names or glob patterns to leave on exact backprop, e.g. ``["fc"]``.
+        strict: raise if a module holds parameters that no rule covers (e.g. ``nn.MultiheadAttention``'s
+            packed projections), instead of warning.
+        seed: feedback of the i-th converted layer is drawn from ``seed * 10007 + i``.
+        num_classes: dfa only: size of the output error; default the ``out_features`` of the last Linear.
+        **rule_options: options of the rule (``biotorch.RULES[rule].options``).
+    """
+    if type(model) in LAYERS:
+        raise ValueError("biotorch.convert takes a model; for a single layer use biotorch.nn.Linear/Conv2d "
+                         "or layer.set_rule(rule)")
+    rule_obj = make_rule(rule, **rule_options)
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+    unsupported = [name for name, m in model.named_modules()
+                   if type(m) not in LAYERS and not isinstance(m, _LOCAL) and not _excluded(name, exclude)
+                   and any(True for _ in m.parameters(recurse=False))]
+    if unsupported:
+        message = (f"biotorch.convert: these modules have parameters no rule covers and will learn by exact "
+                   f"backprop: {', '.join(unsupported)}. Pass exclude=[...] to accept that explicitly.")
+        if strict:
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=2)
+
+    targets = [(name, m) for name, m in model.named_modules()
+               if type(m) in LAYERS and not _excluded(name, exclude)]
+    for index, (name, module) in enumerate(targets):
+        seed_i = seed * 10007 + index
+        if isinstance(module, RuleLayer):
+            module.set_rule(rule_obj, seed_i)
+        else:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            setattr(parent, child, LAYERS[type(module)].from_module(module, rule_obj, seed_i))
+    _attach_output_error(model, rule_obj, num_classes)
+    if verbose:
+        print(summary(model))
+    return model
+
+
+def _attach_output_error(model: nn.Module, rule: Rule, num_classes: Optional[int]) -> None:
+    for handle in getattr(model, "_biotorch_hooks", ()):
+        handle.remove()
+    model._biotorch_hooks = []
+    dfa_layers = [m for _, m in rule_layers(model) if isinstance(m.rule, DFA)]
+    if not dfa_layers:
+        return
+    if num_classes is None:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("dfa needs the number of outputs: pass num_classes= to biotorch.convert")
+        num_classes = linears[-1].out_features
+    context = OutputError(num_classes)
+    model._biotorch_hooks = [model.register_forward_pre_hook(context.pre_forward),
+                             model.register_forward_hook(context.post_forward)]
+    for layer in dfa_layers:
+        layer.output_error = context
+
+
+def feedback_step(model: nn.Module) -> None:
+    """Update feedback after ``optimizer.step()``: brsf redraws its magnitudes, wm runs its mirror step.
+
+    Call it on every DDP rank (it is deterministic, so feedback stays identical across ranks).
+    """
+    for _, layer in rule_layers(model):
+        if layer.rule.stateful and not layer.exact:
+            layer.rule.after_step(layer)
+
+
+def redraw_feedback(model: nn.Module, num_classes: Optional[int] = None) -> None:
+    """Redraw dfa feedback at the next forward (after a new head or input size), for ``num_classes`` outputs."""
+    for _, layer in rule_layers(model):
+        if isinstance(layer.rule, DFA):
+            if num_classes is not None:
+                layer.output_error.num_classes = num_classes
+            layer.rule.setup(layer, int(layer.feedback_seed))
+
+
+@contextlib.contextmanager
+def exact_gradients(model: nn.Module):
+    """Temporarily backpropagate exactly through every converted layer (probes, white-box attacks).
+
+    Example::
+
+        >>> with biotorch.exact_gradients(model):
+        ...     x.requires_grad_(); model(x).sum().backward()   # x.grad is the true input gradient
+    """
+    layers = [layer for _, layer in rule_layers(model)]
+    previous = [layer.exact for layer in layers]
+    for layer in layers:
+        layer.exact = True
+    try:
+        yield model
+    finally:
+        for layer, was in zip(layers, previous):
+            layer.exact = was
+
+
+def summary(model: nn.Module) -> str:
+    """A table of the layers that learn with a rule and the modules left on exact backprop."""
+    rows = [(name, type(m).__name__, str(m.rule), "x".join(map(str, m.weight.shape)))
+            for name, m in rule_layers(model)]
+    others = [name for name, m in model.named_modules()
+              if not isinstance(m, RuleLayer) and any(True for _ in m.parameters(recurse=False))]
+    width = max([len(r[0]) for r in rows] + [5])
+    lines = [f"{'layer':<{width}}  {'type':<7} {'rule':<28} weight"]
+    lines += [f"{n:<{width}}  {t:<7} {r:<28} {s}" for n, t, r, s in rows]
+    lines.append(f"{len(rows)} layers learn with a rule; exact backprop (local gradients) for: "
+                 f"{', '.join(others) if others else 'none'}")
+    return "\n".join(lines)

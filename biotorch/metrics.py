@@ -1,0 +1,61 @@
+"""How well feedback aligns with the forward weights and the rule's updates with the true gradient.
+
+Example::
+
+    >>> biotorch.alignment(model)["layer1.0.conv1"]
+    {'rule': 'fa', 'angle': 83.1, 'norm_ratio': 1.02}
+    >>> biotorch.gradient_alignment(model, lambda m: F.cross_entropy(m(x), y))["fc"]
+    0.97
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .convert import exact_gradients, rule_layers
+from .rules import DFA
+
+
+def _angle(a: Tensor, b: Tensor) -> float:
+    cos = torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0)
+    return math.degrees(math.acos(max(-1.0, min(1.0, cos.item()))))
+
+
+@torch.no_grad()
+def alignment(model: nn.Module) -> dict[str, dict]:
+    """Per layer: the angle in degrees between W and the feedback its backward uses, and ‖B‖/‖W‖.
+
+    dfa layers are left out: their feedback maps the output error, it has no W-shaped counterpart.
+    """
+    result = {}
+    for name, layer in rule_layers(model):
+        if isinstance(layer.rule, DFA):
+            continue
+        feedback, _ = layer.rule.signal(layer, None)
+        w = layer.weight
+        result[name] = {"rule": layer.rule.name, "angle": _angle(w, feedback),
+                        "norm_ratio": (feedback.norm() / w.norm()).item()}
+    return result
+
+
+def gradient_alignment(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor]) -> dict[str, float]:
+    """Per layer: cosine between the rule's weight gradient and the true gradient on the same batch.
+
+    ``loss_fn(model)`` must compute the loss of one fixed batch; it runs twice (rule, then exact) with the
+    model's buffers (e.g. BatchNorm statistics) restored afterwards; existing ``.grad`` are untouched.
+    """
+    layers = list(rule_layers(model))
+    weights = [layer.weight for _, layer in layers]
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        rule_grads = torch.autograd.grad(loss_fn(model), weights, allow_unused=True)
+        with exact_gradients(model):
+            true_grads = torch.autograd.grad(loss_fn(model), weights, allow_unused=True)
+    finally:
+        model.load_state_dict(saved)
+    return {name: float("nan") if g is None or t is None else
+            torch.nn.functional.cosine_similarity(g.flatten().double(), t.flatten().double(), dim=0).item()
+            for (name, _), g, t in zip(layers, rule_grads, true_grads)}

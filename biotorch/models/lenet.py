@@ -1,0 +1,76 @@
+"""LeNet-5 for 32×32 images, as in the BioTorch benchmarks (Sanfiz & Akrout 2021)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .mlp import new_classifier
+
+__all__ = ["LeNet", "lenet"]
+
+
+class LeNet(nn.Module):
+    """LeNet-5 with ReLU and max pooling: two 5×5 convolutions, then three fully connected layers.
+
+    Expects 32×32 images; 28×28 MNIST-style images are padded to 32×32 by the data transform.
+    The upstream benchmark writes the 120-unit layer as a 5×5 convolution over the 5×5 map,
+    which is the same function and parameter count as the ``fc1`` linear layer here.
+
+    Args:
+        num_classes: outputs of the classifier (0 for none).
+        in_chans: image channels, 1 for (Fashion-)MNIST, 3 for CIFAR.
+
+    Example::
+
+        >>> model = LeNet(num_classes=10, in_chans=1)
+        >>> model(torch.randn(2, 1, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.default_input_size = (in_chans, 32, 32)
+
+        self.conv1 = nn.Conv2d(in_chans, 6, kernel_size=5)
+        self.act1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 16, kernel_size=5)
+        self.act2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten(1)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.act3 = nn.ReLU()
+        self.fc2 = nn.Linear(120, 84)
+        self.act4 = nn.ReLU()
+        self.num_features = 84
+        self.head = new_classifier(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolutional feature maps, shape ``(batch, 16, 5, 5)``."""
+        x = self.pool1(self.act1(self.conv1(x)))
+        return self.pool2(self.act2(self.conv2(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.act3(self.fc1(self.flatten(x)))
+        x = self.act4(self.fc2(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = new_classifier(self.num_features, num_classes, like=self)
+
+
+def lenet(**kwargs) -> LeNet:
+    """LeNet-5 for 32×32 images, as in the BioTorch benchmarks (Sanfiz & Akrout 2021), 0.06M parameters.
+
+    Keyword arguments go to :class:`LeNet` (``num_classes``, ``in_chans``).
+    """
+    return LeNet(**kwargs)

@@ -1,0 +1,121 @@
+"""A small MLP-Mixer (Tolstikhin et al. 2021) for 32×32 images: only linear layers, layer norm and GELU."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .mlp import new_classifier
+
+__all__ = ["MlpMixer", "mixer_s4"]
+
+
+class FeedForward(nn.Module):
+    """``Linear -> GELU -> Linear`` over the last dimension."""
+
+    def __init__(self, features: int, hidden_features: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MixerBlock(nn.Module):
+    """Token mixing (an MLP across patches, per channel), then channel mixing (an MLP per patch)."""
+
+    def __init__(self, num_tokens: int, embed_dim: int, token_mlp_dim: int, channel_mlp_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.mlp_tokens = FeedForward(num_tokens, token_mlp_dim)
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.mlp_channels = FeedForward(embed_dim, channel_mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch, tokens, channels); token mixing acts on the tokens axis, hence the transposes.
+        x = x + self.mlp_tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.mlp_channels(self.norm2(x))
+
+
+class MlpMixer(nn.Module):
+    """MLP-Mixer: patch embedding, ``depth`` mixer blocks, layer norm, mean over patches, classifier.
+
+    Every learnable layer is an ``nn.Linear``, ``nn.Conv2d`` (the patch embedding) or ``nn.LayerNorm``.
+    The token-mixing linear layers act on 3-D inputs ``(batch, channels, tokens)``.
+
+    Args:
+        num_classes: outputs of the classifier (0 for none).
+        in_chans: image channels.
+        img_size: image side; must be a multiple of ``patch_size``.
+        patch_size: side of the square, non-overlapping patches.
+        embed_dim: channels per patch.
+        depth: mixer blocks.
+        token_mlp_dim: hidden width of the token-mixing MLP.
+        channel_mlp_dim: hidden width of the channel-mixing MLP.
+
+    Example::
+
+        >>> model = MlpMixer(num_classes=10, in_chans=3)
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        img_size: int = 32,
+        patch_size: int = 4,
+        embed_dim: int = 128,
+        depth: int = 6,
+        token_mlp_dim: int = 64,
+        channel_mlp_dim: int = 512,
+    ) -> None:
+        super().__init__()
+        if img_size % patch_size != 0:
+            raise ValueError(f"img_size ({img_size}) must be a multiple of patch_size ({patch_size})")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.default_input_size = (in_chans, img_size, img_size)
+        self.num_tokens = (img_size // patch_size) ** 2
+
+        self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.blocks = nn.Sequential(
+            *[MixerBlock(self.num_tokens, embed_dim, token_mlp_dim, channel_mlp_dim) for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.num_features = embed_dim
+        self.head = new_classifier(self.num_features, num_classes)
+
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised patch embeddings, shape ``(batch, num_tokens, embed_dim)``."""
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        return self.norm(self.blocks(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = new_classifier(self.num_features, num_classes, like=self)
+
+
+def mixer_s4(**kwargs) -> MlpMixer:
+    """MLP-Mixer for 32×32 images (Tolstikhin et al. 2021), 4×4 patches, 6 blocks, 0.85M parameters.
+
+    Keyword arguments go to :class:`MlpMixer` (``num_classes``, ``in_chans``, ``depth``, ...).
+    """
+    return MlpMixer(**kwargs)

@@ -1,0 +1,97 @@
+"""ImageNet ResNets (He et al. 2016): torchvision's ResNet with timm's fine-tuning API; no downloads."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+
+from .mlp import new_classifier
+
+__all__ = ["ImageNetResNet", "resnet18", "resnet34", "resnet50"]
+
+
+class ImageNetResNet(tv_resnet.ResNet):
+    """torchvision's ResNet plus ``in_chans``, ``forward_features``/``forward_head``, classifier reset.
+
+    Parameter names match torchvision's, so its state dicts load unchanged.
+
+    Args:
+        block: ``torchvision.models.resnet.BasicBlock`` or ``Bottleneck``.
+        layers: blocks in each of the four stages.
+        num_classes: outputs of the classifier (0 for none).
+        in_chans: image channels; other than 3 replaces the stem convolution.
+
+    Example::
+
+        >>> model = ImageNetResNet(tv_resnet.BasicBlock, [2, 2, 2, 2], num_classes=10)
+        >>> model(torch.randn(1, 3, 224, 224)).shape
+        torch.Size([1, 10])
+    """
+
+    def __init__(
+        self,
+        block: type[tv_resnet.BasicBlock | tv_resnet.Bottleneck],
+        layers: list[int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        **kwargs,
+    ) -> None:
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be a positive integer, or 0 for no classifier; got {num_classes}")
+        super().__init__(block, layers, num_classes=max(num_classes, 1), **kwargs)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.default_input_size = (in_chans, 224, 224)
+        self.num_features = self.fc.in_features
+        if num_classes == 0:
+            self.fc = nn.Identity()
+        if in_chans != 3:
+            self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        # In-place ReLUs fail when a learning rule wraps a layer's output in a custom autograd Function.
+        for module in self.modules():
+            if isinstance(module, nn.ReLU):
+                module.inplace = False
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last stage's feature maps, shape ``(batch, num_features, H/32, W/32)``."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = new_classifier(self.num_features, num_classes, like=self)
+
+
+def resnet18(**kwargs) -> ImageNetResNet:
+    """ResNet-18 for 224×224 images (He et al. 2016), 11.7M parameters with 1000 classes.
+
+    Keyword arguments go to :class:`ImageNetResNet` (``num_classes``, ``in_chans``); no weights are loaded.
+    """
+    return ImageNetResNet(tv_resnet.BasicBlock, [2, 2, 2, 2], **kwargs)
+
+
+def resnet34(**kwargs) -> ImageNetResNet:
+    """ResNet-34 for 224×224 images (He et al. 2016), 21.8M parameters with 1000 classes.
+
+    Keyword arguments go to :class:`ImageNetResNet` (``num_classes``, ``in_chans``); no weights are loaded.
+    """
+    return ImageNetResNet(tv_resnet.BasicBlock, [3, 4, 6, 3], **kwargs)
+
+
+def resnet50(**kwargs) -> ImageNetResNet:
+    """ResNet-50 for 224×224 images (He et al. 2016), 25.6M parameters with 1000 classes.
+
+    Keyword arguments go to :class:`ImageNetResNet` (``num_classes``, ``in_chans``); no weights are loaded.
+    """
+    return ImageNetResNet(tv_resnet.Bottleneck, [3, 4, 6, 3], **kwargs)

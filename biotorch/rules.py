@@ -1,0 +1,311 @@
+"""Learning rules: which signal a layer sends back to its input, and how feedback changes after a step.
+
+A rule is a small object. ``setup`` registers its feedback state on a layer (buffers, or a parameter for kp),
+``signal`` returns what the shared autograd Functions use in backward (a feedback tensor of W's shape, or a
+direct projection of the output error), and ``after_step`` updates feedback after ``optimizer.step()``
+(brsf redraws, wm mirrors); ``biotorch.feedback_step(model)`` calls it for every layer.
+
+Every random draw comes from a counter-based generator keyed by (seed, step): the same numbers on CPU and
+CUDA, on every DDP rank, with no host synchronisation and nothing to carry but two integers.
+
+Example::
+
+    >>> layer = biotorch.nn.Linear(4, 3, rule="fa", seed=1)
+    >>> layer.feedback_weight.shape
+    torch.Size([3, 4])
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+from typing import ClassVar, Optional
+
+import torch
+from torch import Tensor, nn
+
+_MASKS = {s: (1 << (64 - s)) - 1 for s in (11, 27, 30, 31)}
+
+
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_GOLDEN, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def counter_uniform(shape, key, device=None) -> Tensor:
+    """Uniform numbers in [-1, 1) from splitmix64 of (key, index): identical on every device.
+
+    ``key`` is an int or an int64 tensor (so a step counter on the GPU needs no host sync).
+    """
+    numel = math.prod(shape)
+    key = torch.as_tensor(key, dtype=torch.int64, device=device)
+    x = torch.arange(numel, dtype=torch.int64, device=key.device) + (key + 1) * _GOLDEN
+    x = (x ^ ((x >> 30) & _MASKS[30])) * _MIX1
+    x = (x ^ ((x >> 27) & _MASKS[27])) * _MIX2
+    x = x ^ ((x >> 31) & _MASKS[31])
+    unit = ((x >> 11) & _MASKS[11]).to(torch.float64) * 2.0 ** -53  # 53 random bits in [0, 1)
+    return (unit * 2 - 1).to(torch.float32).reshape(shape)
+
+
+def _key(seed: Tensor, step) -> Tensor:
+    return seed * 1_000_003 + step
+
+
+def init_bound(weight: Tensor) -> float:
+    """torch's default init bound for a Linear/Conv weight: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return 1.0 / math.sqrt(weight[0].numel())
+
+
+def draw_like(weight: Tensor, key) -> Tensor:
+    """A random matrix of W's shape, scaled like torch's default init of W."""
+    return (counter_uniform(weight.shape, key, weight.device) * init_bound(weight)).to(weight.dtype)
+
+
+class Rule:
+    """Backprop through the same code path as every other rule: the control in every comparison."""
+
+    name: ClassVar[str] = "bp"
+    options: ClassVar[tuple[str, ...]] = ()
+    stateful: ClassVar[bool] = False  # True when after_step does something
+
+    def setup(self, layer: nn.Module, seed: int) -> None:
+        pass
+
+    def signal(self, layer: nn.Module, input: Tensor):
+        """(feedback tensor, direct signal) used by the backward of ``layer`` on this ``input``."""
+        return layer.weight.detach(), None
+
+    def after_step(self, layer: nn.Module) -> None:
+        pass
+
+    def after_load(self, layer: nn.Module) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.options)
+        return f"{self.name}({opts})" if opts else self.name
+
+
+BP = Rule
+
+
+def _register_seed(layer: nn.Module, seed: int) -> Tensor:
+    layer.register_buffer("feedback_seed", torch.tensor(seed, dtype=torch.int64, device=layer.weight.device))
+    return layer.feedback_seed
+
+
+class FA(Rule):
+    """Feedback Alignment (Lillicrap et al. 2016): a fixed random B of W's shape."""
+
+    name = "fa"
+
+    def setup(self, layer, seed):
+        key = _register_seed(layer, seed)
+        layer.register_buffer("feedback_weight", draw_like(layer.weight, _key(key, 0)))
+
+    def signal(self, layer, input):
+        return layer.feedback_weight, None
+
+
+class USF(Rule):
+    """Uniform Sign-concordant Feedback (Liao et al. 2016): sign(W)·s, s the std of W's default init."""
+
+    name = "usf"
+
+    def signal(self, layer, input):
+        scale = init_bound(layer.weight) / math.sqrt(3)
+        return layer.weight.detach().sign() * scale, None
+
+
+class FRSF(Rule):
+    """Fixed Random-magnitude Sign-concordant Feedback (Moskovitz et al. 2018): |R0| ∘ sign(W)."""
+
+    name = "frsf"
+    persistent_magnitude: ClassVar[bool] = True
+
+    def setup(self, layer, seed):
+        key = _register_seed(layer, seed)
+        layer.register_buffer("feedback_step", torch.zeros((), dtype=torch.int64, device=layer.weight.device))
+        layer.register_buffer("feedback_magnitude", torch.empty_like(layer.weight),
+                              persistent=self.persistent_magnitude)
+        self.after_load(layer)
+
+    def after_load(self, layer):
+        with torch.no_grad():
+            layer.feedback_magnitude.copy_(draw_like(layer.weight, _key(layer.feedback_seed, layer.feedback_step)).abs())
+
+    def signal(self, layer, input):
+        return layer.weight.detach().sign() * layer.feedback_magnitude, None
+
+
+class BRSF(FRSF):
+    """Batch Random-magnitude Sign-concordant Feedback: |R| ∘ sign(W), R redrawn from (seed, step) each step."""
+
+    name = "brsf"
+    stateful = True
+    persistent_magnitude = False  # derived from (seed, step)
+
+    def after_step(self, layer):
+        layer.feedback_step.add_(1)
+        self.after_load(layer)
+
+
+class KP(FA):
+    """Kolen-Pollack (Kolen & Pollack 1994; Akrout et al. 2019): B is a parameter that receives exactly W's
+    gradient, so the optimizer gives B the same update and weight decay as W and W − B decays to zero."""
+
+    name = "kp"
+
+    def setup(self, layer, seed):
+        key = _register_seed(layer, seed)
+        layer.feedback_weight = nn.Parameter(draw_like(layer.weight, _key(key, 0)))
+
+
+class WM(FA):
+    """Weight Mirrors (Akrout et al. 2019): after each step, unit-variance noise x is driven through the
+    forward weights, y = W x, and B ← (1 − η) B + η·mean(y xᵀ); the decay is the growth control, so B
+    tracks W·E[x xᵀ] = W."""
+
+    name = "wm"
+    stateful = True
+    options = ("mirror_lr", "mirror_samples")
+
+    def __init__(self, mirror_lr: float = 0.05, mirror_samples: int = 64):
+        if not 0 < mirror_lr <= 1:
+            raise ValueError(f"wm: mirror_lr must be in (0, 1], got {mirror_lr!r}")
+        if int(mirror_samples) < 1:
+            raise ValueError(f"wm: mirror_samples must be a positive integer, got {mirror_samples!r}")
+        self.mirror_lr, self.mirror_samples = float(mirror_lr), int(mirror_samples)
+
+    def setup(self, layer, seed):
+        super().setup(layer, seed)
+        layer.register_buffer("feedback_step", torch.zeros((), dtype=torch.int64, device=layer.weight.device))
+
+    @torch.no_grad()
+    def after_step(self, layer):
+        layer.feedback_step.add_(1)
+        weight = layer.weight.flatten(1)
+        fan_in = weight.shape[1]
+        noise = counter_uniform((self.mirror_samples, fan_in), _key(layer.feedback_seed, layer.feedback_step))
+        noise = noise.to(weight.dtype).mul_(math.sqrt(3))  # unit variance
+        mirrored = noise @ weight.t()
+        feedback = layer.feedback_weight.view_as(weight)
+        feedback.mul_(1 - self.mirror_lr).addmm_(mirrored.t(), noise, alpha=self.mirror_lr / self.mirror_samples)
+
+
+class _ErrorSlot:
+    """Holds the output error of one forward pass; filled by the output's backward, read by the layers'."""
+
+    __slots__ = ("error",)
+
+    def __init__(self):
+        self.error: Optional[Tensor] = None
+
+
+class OutputError:
+    """Per-model context for direct feedback: hooks on the root module capture the output error."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.current = _ErrorSlot()
+
+    def pre_forward(self, module, args):
+        self.current = _ErrorSlot()
+
+    def post_forward(self, module, args, output):
+        from .functional import capture_error
+
+        if not isinstance(output, Tensor):
+            raise TypeError(f"dfa needs the model to return one tensor of logits, got {type(output).__name__}")
+        return capture_error(output, self.current) if output.requires_grad else output
+
+
+class DFA(Rule):
+    """Direct Feedback Alignment (Nøkland 2016): the signal sent to a layer's input is the model's output
+    error e projected by a fixed random B of shape [num_classes, *input_shape]; it then passes the
+    preceding nonlinearity, so each layer's pre-activation receives (e·B) ⊙ f'(a), as in the paper.
+
+    ``dfa_feedback="dense"`` stores B whole (right for CIFAR-sized layers). ``"factorized"`` stores
+    B[k, c, *s] = U[k, c]·V[c, *s], memory num_classes·C + C·H·W instead of num_classes·C·H·W: use it for
+    ImageNet-sized inputs. Feedback is drawn at the first forward (its shape depends on the input) from the
+    layer's seed; ``biotorch.redraw_feedback(model, num_classes)`` redraws it when the head changes.
+    """
+
+    name = "dfa"
+    options = ("dfa_feedback",)
+
+    def __init__(self, dfa_feedback: str = "dense"):
+        if dfa_feedback not in ("dense", "factorized"):
+            raise ValueError(f"dfa: dfa_feedback must be 'dense' or 'factorized', got {dfa_feedback!r}")
+        self.dfa_feedback = dfa_feedback
+
+    def setup(self, layer, seed):
+        _register_seed(layer, seed)
+        empty = torch.empty(0, device=layer.weight.device, dtype=layer.weight.dtype)
+        layer.register_buffer("feedback_weight", empty)
+        if self.dfa_feedback == "factorized":
+            layer.register_buffer("feedback_spatial", empty.clone())
+
+    def _shapes(self, num_classes: int, input_shape) -> tuple:
+        if self.dfa_feedback == "factorized" and len(input_shape) > 2:
+            return (num_classes, input_shape[1]), tuple(input_shape[1:])
+        return (num_classes, *input_shape[1:]), None
+
+    @torch.no_grad()
+    def draw(self, layer, num_classes: int, input_shape) -> None:
+        shape, spatial = self._shapes(num_classes, input_shape)
+        key, dtype = _key(layer.feedback_seed, 0), layer.weight.dtype
+        layer.feedback_weight = (counter_uniform(shape, key) / math.sqrt(num_classes)).to(dtype)
+        if self.dfa_feedback == "factorized":
+            spatial_draw = counter_uniform(spatial, key + 1) * math.sqrt(3) if spatial else key.new_empty(0)
+            layer.feedback_spatial = spatial_draw.to(dtype)
+
+    def signal(self, layer, input):
+        context: Optional[OutputError] = getattr(layer, "output_error", None)
+        if context is None:
+            raise RuntimeError("a dfa layer needs the model's output error: build the model with "
+                               "biotorch.convert(model, 'dfa') so the output is captured")
+        expected, _ = self._shapes(context.num_classes, input.shape)
+        if layer.feedback_weight.numel() == 0:
+            self.draw(layer, context.num_classes, input.shape)
+        elif tuple(layer.feedback_weight.shape) != expected and torch.is_grad_enabled():
+            raise RuntimeError(f"dfa feedback was drawn for {tuple(layer.feedback_weight.shape)} "
+                               f"(num_classes, *input) but this input needs {expected}; call "
+                               "biotorch.redraw_feedback(model) after changing input size or head")
+        return None, functools.partial(self.project, layer, context.current)
+
+    def project(self, layer, slot: _ErrorSlot, input_shape) -> Tensor:
+        error = slot.error
+        if error is None:
+            raise RuntimeError("dfa: no output error was captured in this backward pass; call backward on a "
+                               "loss computed from the converted model's output")
+        feedback = layer.feedback_weight
+        if error.shape[1] != feedback.shape[0]:
+            raise RuntimeError(f"dfa: the output has {error.shape[1]} classes but feedback was drawn for "
+                               f"{feedback.shape[0]}; call biotorch.redraw_feedback(model, num_classes=...)")
+        error = error.to(feedback.dtype)
+        if self.dfa_feedback == "factorized" and len(input_shape) > 2:
+            channel = error @ feedback
+            return (channel.view(*channel.shape, *[1] * (len(input_shape) - 2)) * layer.feedback_spatial)
+        return (error @ feedback.flatten(1)).view(input_shape)
+
+
+RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, FA, DFA, USF, BRSF, FRSF, WM, KP)}
+
+
+def make_rule(name: str, **options) -> Rule:
+    """The rule object for ``name``; unknown names and options fail with what is allowed."""
+    if isinstance(name, Rule):
+        return name
+    if name not in RULES:
+        close = difflib.get_close_matches(str(name), RULES, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown learning rule {name!r}.{hint} Available: {', '.join(RULES)}")
+    cls = RULES[name]
+    unknown = set(options) - set(cls.options)
+    if unknown:
+        allowed = ", ".join(cls.options) or "none"
+        raise ValueError(f"rule {name!r} takes no option {', '.join(sorted(unknown))}; its options: {allowed}")
+    return cls(**options)
