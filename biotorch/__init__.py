@@ -15,3 +15,8 @@ from .rules import RULES
 
 __all__ = ["RULES", "alignment", "convert", "exact_gradients", "feedback_step", "gradient_alignment", "nn",
            "redraw_feedback", "rule_layers", "rules", "summary"]
+
+from .registry import PretrainedCfg, create_model, get_pretrained_cfg, list_models
+
+registry.register_with_timm()
+__all__ += ["PretrainedCfg", "create_model", "get_pretrained_cfg", "list_models"]

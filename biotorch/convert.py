@@ -76,13 +76,13 @@ def convert(model: nn.Module, rule: Union[str, Rule], *, exclude: Iterable[str] 
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
             setattr(parent, child, LAYERS[type(module)].from_module(module, rule_obj, seed_i))
-    _attach_output_error(model, rule_obj, num_classes)
+    _attach_output_error(model, num_classes)
     if verbose:
         print(summary(model))
     return model
 
 
-def _attach_output_error(model: nn.Module, rule: Rule, num_classes: Optional[int]) -> None:
+def _attach_output_error(model: nn.Module, num_classes: Optional[int]) -> None:
     for handle in getattr(model, "_biotorch_hooks", ()):
         handle.remove()
     model._biotorch_hooks = []
@@ -112,12 +112,16 @@ def feedback_step(model: nn.Module) -> None:
 
 
 def redraw_feedback(model: nn.Module, num_classes: Optional[int] = None) -> None:
-    """Redraw dfa feedback at the next forward (after a new head or input size), for ``num_classes`` outputs."""
-    for _, layer in rule_layers(model):
-        if isinstance(layer.rule, DFA):
-            if num_classes is not None:
-                layer.output_error.num_classes = num_classes
-            layer.rule.setup(layer, int(layer.feedback_seed))
+    """Redraw dfa feedback at the next forward (after a new head or input size), for ``num_classes`` outputs.
+
+    Also attaches dfa layers added since conversion (e.g. a new head) to the model's output error.
+    """
+    layers = [layer for _, layer in rule_layers(model) if isinstance(layer.rule, DFA)]
+    if num_classes is None:
+        num_classes = next((l.output_error.num_classes for l in layers if hasattr(l, "output_error")), None)
+    _attach_output_error(model, num_classes)
+    for layer in layers:
+        layer.rule.setup(layer, int(layer.feedback_seed))
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ DirectSignal = Callable[[torch.Size], Tensor]
 def _autocast(device_type: str, *tensors: Optional[Tensor]):
     # Custom Functions see autocast only inside their ops; cast once here so that the saved tensors and
     # the backward computation share one dtype, as autocast itself would do for F.linear / F.conv2d.
-    if not torch.is_autocast_enabled(device_type):
+    if device_type == "meta" or not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)

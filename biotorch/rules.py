@@ -153,8 +153,10 @@ class BRSF(FRSF):
 
 
 class KP(FA):
-    """Kolen-Pollack (Kolen & Pollack 1994; Akrout et al. 2019): B is a parameter that receives exactly W's
-    gradient, so the optimizer gives B the same update and weight decay as W and W − B decays to zero."""
+    """Kolen-Pollack (Kolen & Pollack 1994; Akrout et al. 2019): B learns with W's update and weight decay.
+
+    B is a parameter that receives exactly W's gradient, so the optimizer gives B the same update and
+    weight decay as W and W − B decays to zero."""
 
     name = "kp"
 
@@ -164,9 +166,10 @@ class KP(FA):
 
 
 class WM(FA):
-    """Weight Mirrors (Akrout et al. 2019): after each step, unit-variance noise x is driven through the
-    forward weights, y = W x, and B ← (1 − η) B + η·mean(y xᵀ); the decay is the growth control, so B
-    tracks W·E[x xᵀ] = W."""
+    """Weight Mirrors (Akrout et al. 2019): B learned by driving noise through the forward weights.
+
+    After each step, unit-variance noise x goes through the forward weights, y = W x, and
+    B ← (1 − η) B + η·mean(y xᵀ); the decay is the growth control, so B tracks W·E[x xᵀ] = W."""
 
     name = "wm"
     stateful = True
@@ -223,7 +226,9 @@ class OutputError:
 
 
 class DFA(Rule):
-    """Direct Feedback Alignment (Nøkland 2016): the signal sent to a layer's input is the model's output
+    """Direct Feedback Alignment (Nøkland 2016): the output error projected straight to every layer.
+
+    The signal sent to a layer's input is the model's output
     error e projected by a fixed random B of shape [num_classes, *input_shape]; it then passes the
     preceding nonlinearity, so each layer's pre-activation receives (e·B) ⊙ f'(a), as in the paper.
 
