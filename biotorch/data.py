@@ -56,6 +56,7 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = [
     "DATASETS",
+    "transforms",
     "DatasetInfo",
     "DeviceLoader",
     "eval_transform",
@@ -537,6 +538,29 @@ def eval_transform(info_or_name: DatasetInfo | str) -> v2.Compose:
         v2.Normalize(list(info.mean), list(info.std)),
     ]
     return v2.Compose(steps)
+
+
+def transforms(model_or_name) -> v2.Compose:
+    """The eval transform matching a pretrained checkpoint (a name like ``"lenet_fa.fashion_mnist"`` or a
+    model created with a tag), from its metadata.
+
+    Example::
+
+        >>> tf = biotorch.data.transforms(biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True))
+    """
+    if isinstance(model_or_name, str):
+        from .registry import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(model_or_name)
+        dataset, mean, std, size = cfg.dataset, cfg.mean, cfg.std, cfg.input_size
+    else:
+        cfg = getattr(model_or_name, "pretrained_cfg", None)
+        if cfg is None:
+            raise ValueError("this model has no pretrained metadata (create it with a tag, e.g. "
+                             "'lenet_fa.fashion_mnist'); use biotorch.data.eval_transform(dataset_name) instead")
+        dataset, mean, std, size = cfg["dataset"], cfg["mean"], cfg["std"], cfg["input_size"]
+    info = replace(DATASETS[dataset], mean=tuple(mean), std=tuple(std), input_size=tuple(size))
+    return eval_transform(info)
 
 
 # --------------------------------------------------------------------------------------------

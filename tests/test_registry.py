@@ -1,0 +1,87 @@
+"""The registry: names, create_model, fine-tuning API, timm interop, CLI."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import biotorch
+from biotorch import registry
+from biotorch.models import ARCHITECTURES
+
+
+def test_every_architecture_times_rule_is_registered():
+    names = biotorch.list_models()
+    assert len(names) == len(ARCHITECTURES) * len(biotorch.RULES)
+    assert biotorch.list_models("resnet20_*") == [f"resnet20_{r}" for r in sorted(biotorch.RULES)]
+    assert "mixer_s4_dfa" in names and "resnet110_kp" in names
+
+
+def test_unknown_names_suggest_close_matches():
+    with pytest.raises(ValueError, match="Did you mean: .*resnet20_fa"):
+        biotorch.create_model("resnet20_fb")
+    with pytest.raises(ValueError, match="unknown model 'resnet21_fa'"):
+        biotorch.create_model("resnet21_fa")
+    with pytest.raises(ValueError, match="no pretrained weights for 'lenet_fa.imagenet'"):
+        biotorch.create_model("lenet_fa.imagenet", pretrained=True)
+
+
+@pytest.mark.parametrize("rule", list(biotorch.RULES))
+def test_create_model_converts_every_layer_and_trains(rule):
+    model = biotorch.create_model(f"resnet20_{rule}", num_classes=7)
+    layers = dict(biotorch.rule_layers(model))
+    assert len(layers) == 20 and all(l.rule.name == rule for l in layers.values())
+    assert model.biotorch_config["num_classes"] == 7
+    out = model(torch.randn(2, 3, 32, 32))
+    F.cross_entropy(out, torch.tensor([0, 6])).backward()
+    assert model.conv1.weight.grad is not None
+
+
+def test_resnet20_size_and_counts():
+    forward, feedback = registry.model_parameters("resnet20_fa")
+    assert forward == 269_722
+    conv_and_fc = sum(l.weight.numel() for _, l in biotorch.rule_layers(biotorch.create_model("resnet20_fa")))
+    assert feedback == conv_and_fc
+    assert registry.model_parameters("resnet20_usf")[1] == 0  # sign(W)·s: nothing stored
+
+
+def test_reset_classifier_keeps_rule_and_redraws_dfa():
+    model = biotorch.create_model("resnet20_dfa", num_classes=10)
+    assert model.layer1[0].conv1.feedback_weight.shape[0] == 10
+    model.reset_classifier(5)
+    head = model.get_classifier()
+    assert head.out_features == 5 and head.rule.name == "dfa"
+    assert model.layer1[0].conv1.feedback_weight.shape[0] == 5
+    F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 4])).backward()
+    features = model.forward_features(torch.randn(1, 3, 32, 32))
+    assert model.forward_head(features).shape == (1, 5)
+
+
+def test_in_chans_and_rule_options():
+    model = biotorch.create_model("lenet_wm", in_chans=1, mirror_lr=0.2)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 10)
+    assert all(l.rule.mirror_lr == 0.2 for _, l in biotorch.rule_layers(model))
+    with pytest.raises(ValueError, match="mirror_lr"):
+        biotorch.create_model("lenet_fa", mirror_lr=0.2)
+
+
+def test_timm_interop():
+    timm = pytest.importorskip("timm")
+    assert "resnet20_fa" in timm.list_models("*_fa")
+    model = timm.create_model("resnet20_fa", num_classes=4)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+    assert model.get_classifier().rule.name == "fa"
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "biotorch", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_list_and_info():
+    listing = _cli("list", "resnet20_*")
+    assert listing.returncode == 0 and "resnet20_kp" in listing.stdout and "0.27M" in listing.stdout
+    info = _cli("info", "resnet20_dfa")
+    assert info.returncode == 0 and "Direct Feedback Alignment" in info.stdout and "269,722" in info.stdout
+    bad = _cli("info", "resnet20_faa")
+    assert bad.returncode == 2 and "Did you mean" in bad.stderr and "Traceback" not in bad.stderr
