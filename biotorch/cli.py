@@ -11,10 +11,11 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="biotorch", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from . import registry, train  # noqa: F401  (imported here so `biotorch --help` stays quick to start)
+    from . import publish, registry, train  # imported here so `biotorch --help` stays quick to start
 
     registry.add_commands(commands)
     train.add_commands(commands)
+    publish.add_commands(commands)
     return parser
 
 

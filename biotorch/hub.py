@@ -52,10 +52,27 @@ def atomic_write(path: PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes private files; checkpoints and cards are meant to be read
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+def canonical_safetensors(path: PathLike) -> PathLike:
+    """Rewrite a safetensors header with its keys sorted, so equal tensors and metadata give equal bytes.
+
+    safetensors serialises ``__metadata__`` from a hash map, in an order that changes from call to call;
+    without this every rebuild would change the sha256 and re-push unchanged weights.
+    """
+    with open(path, "r+b") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))  # offsets are explicit: the order of the entries carries nothing
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
+        if len(text) <= length:  # the same keys and values: the same length, padded as safetensors pads
+            f.seek(8)
+            f.write(text.ljust(length, b" "))
     return path
 
 
@@ -67,7 +84,12 @@ def save_weights(model: nn.Module, path: PathLike) -> Path:
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "arch": str(config.get("arch", type(model).__name__)),
                 "rule": str(config.get("rule", "")), "biotorch_version": __version__}
-    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+    def write(tmp):
+        save_file(state, tmp, metadata=metadata)
+        canonical_safetensors(tmp)  # byte-stable: same weights, same sha256, no spurious re-push
+
+    return atomic_write(path, write)
 
 
 def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional[dict] = None) -> Path:
@@ -204,14 +226,15 @@ def push_to_hub(folder: PathLike, repo_id: str, token: Optional[str] = None, pri
     from huggingface_hub import HfApi
 
     folder = Path(folder)
-    if not (folder / CONFIG_NAME).is_file():
+    if (folder / "best.safetensors").is_file() and (folder / "metrics.json").is_file():  # a training run
         from .publish import build_card_folder
 
-        if not (folder / "metrics.json").is_file():
-            raise FileNotFoundError(f"{folder} is neither a checkpoint folder ({CONFIG_NAME}) nor a training run "
-                                    "(metrics.json)")
-        staging = Path(tempfile.mkdtemp(prefix="biotorch-push-"))
-        folder = build_card_folder([folder], staging / repo_id.split("/")[-1])
+        with tempfile.TemporaryDirectory(prefix="biotorch-push-") as staging:
+            card = build_card_folder([folder], Path(staging) / repo_id.split("/")[-1], hub_org=repo_id.split("/")[0])
+            return push_to_hub(card, repo_id, token, private, commit_message, revision, endpoint)
+    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{folder} is neither a checkpoint folder ({WEIGHTS_NAME}, {CONFIG_NAME}) nor a "
+                                "finished training run (best.safetensors, metrics.json)")
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", revision=revision,

@@ -1,0 +1,60 @@
+"""Shared fixtures: finished training runs written the way ``biotorch train`` writes them, in seconds."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import biotorch
+from biotorch.hub import save_weights
+
+# The smallest valid PNG (1×1, grey): stands in for a run's plots where the test does not look at them.
+TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108000000003a7e9b55"
+                         "0000000a49444154789c636800000082008177cd72b60000000049454e44ae426082")
+
+
+def write_run(folder: Path, arch: str = "lenet", rule: str = "fa", dataset: str = "fashion_mnist", seed: int = 0,
+              val_top1: float = 80.0, test_top1: float = 79.0, plots: bool = True, **recipe) -> Path:
+    """A finished run folder with the trainer's files; the weights are a fresh model of ``seed``."""
+    info = biotorch.data.DATASETS[dataset]
+    torch.manual_seed(seed)
+    model = biotorch.create_model(f"{arch}_{rule}", num_classes=info.num_classes, in_chans=info.in_chans, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(model, folder / "best.safetensors")
+    recipe = {"model": arch, "data": dataset, "epochs": 2, "batch_size": 64, "optimizer": "sgd", "lr": 0.05,
+              "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "augment": "none", "rule": rule,
+              "rule_options": {}, "seed": seed, **recipe}
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    forward, feedback = biotorch.registry.count_parameters(model)
+    metrics = {"model": f"{arch}_{rule}", "arch": arch, "rule": rule, "dataset": dataset, "seed": seed, "epochs": 2,
+               "best_epoch": 2, "val_top1": val_top1, "test_top1": test_top1, "test_top5": 99.0, "test_loss": 0.5,
+               "train_time_s": 3.0, "images_per_s": 1000.0, "params_forward": forward, "params_feedback": feedback,
+               "device": "cpu", "world_size": 1, "biotorch_version": biotorch.__version__, "recipe": recipe}
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (folder / "config.json").write_text(json.dumps(model.biotorch_config, indent=2))  # as the trainer does
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_top1": 50.0 + e, "val_loss": 1.1 / e, "lr": 0.05 / e,
+                "val_top1": None if val_top1 is None else val_top1 - 2 + e, "epoch_time_s": 1.5} for e in (1, 2)]
+    (folder / "history.json").write_text(json.dumps(history))
+    (folder / "history.csv").write_text("epoch,train_loss,train_top1,val_loss,val_top1,lr,epoch_time_s\n" + "".join(
+        ",".join(str(row[k]) for k in row) + "\n" for row in history))
+    layers = {"conv1": {"rule": rule, "angle": 60.0, "norm_ratio": 1.0, "gradient_cosine": 0.5}}
+    (folder / "alignment.json").write_text(json.dumps([{"epoch": e, "layers": layers} for e in (1, 2)]))
+    if plots:
+        (folder / "curves.png").write_bytes(TINY_PNG)
+        (folder / "alignment.png").write_bytes(TINY_PNG)
+    return folder
+
+
+@pytest.fixture
+def make_run(tmp_path):
+    """``make_run(seed=1, val_top1=..., ...)`` → a run folder under ``tmp_path/runs``."""
+
+    def make(name: str | None = None, **kwargs) -> Path:
+        kwargs.setdefault("seed", 0)
+        key = f"{kwargs.get('arch', 'lenet')}_{kwargs.get('rule', 'fa')}.{kwargs.get('dataset', 'fashion_mnist')}"
+        return write_run(tmp_path / "runs" / (name or f"{key}-seed{kwargs['seed']}"), **kwargs)
+
+    return make

@@ -1,0 +1,240 @@
+"""Model cards and the index are generated from training runs, and every published folder is checked."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+import biotorch
+from biotorch import hub, publish, registry
+from biotorch.hub import MIRROR, WEIGHTS_NAME, sha256
+
+NAME = "lenet_fa.fashion_mnist"
+
+
+def model_index(card: ModelCard) -> dict[str, float]:
+    """``{split: top-1}`` from a card's model-index."""
+    return {r.dataset_split: r.metric_value for r in card.data.eval_results}
+
+
+def outputs(model: torch.nn.Module) -> torch.Tensor:
+    x = torch.randn(4, *model.default_input_size, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        return model(x[:, :model.biotorch_config["in_chans"]])
+
+
+@pytest.fixture
+def two_seeds(make_run):
+    # Seed 0 validates best but tests worse than seed 1: only validation may choose the checkpoint.
+    return [make_run(seed=0, val_top1=90.0, test_top1=80.0), make_run(seed=1, val_top1=85.0, test_top1=88.0)]
+
+
+@pytest.fixture
+def card(two_seeds, tmp_path) -> Path:
+    return publish.build_card_folder(two_seeds, tmp_path / "cards" / NAME)
+
+
+def test_card_folder_publishes_the_best_validation_seed(card, two_seeds):
+    assert sorted(p.name for p in card.iterdir()) == sorted(
+        ["model.safetensors", "config.json", "README.md", "metrics.json", "history.csv", "recipe.yaml",
+         "curves.png", "alignment.png"])
+    metrics = json.loads((card / "metrics.json").read_text())
+    assert metrics["seed"] == 0 and metrics["val_top1"] == 90.0 and metrics["test_top1"] == 80.0
+    assert metrics["seeds"] == 2 and metrics["seed_list"] == [0, 1]
+    assert metrics["test_top1_mean"] == pytest.approx(84.0)
+    assert metrics["test_top1_std"] == pytest.approx(statistics.stdev([80.0, 88.0]))
+    assert [r["seed"] for r in metrics["runs"]] == [0, 1]
+
+    published = biotorch.from_pretrained(card)
+    seed0, seed1 = (hub.load_checkpoint(biotorch.create_model("lenet_fa", in_chans=1, seed=seed),
+                                        run / "best.safetensors") for seed, run in enumerate(two_seeds))
+    assert torch.equal(outputs(published), outputs(seed0))
+    assert not torch.equal(outputs(published), outputs(seed1))
+
+
+def test_config_records_every_pretrained_field_and_the_file_hash(card):
+    config = json.loads((card / "config.json").read_text())
+    cfg = config["pretrained_cfg"]
+    registry.PretrainedCfg(**cfg)  # every field present, none unknown
+    info = biotorch.data.DATASETS["fashion_mnist"]
+    assert cfg["name"] == NAME and cfg["tag"] == "fashion_mnist" and cfg["hub_id"] == f"biotorch/{NAME}"
+    assert cfg["label_names"] == list(info.label_names) and cfg["num_classes"] == 10
+    assert cfg["input_size"] == [1, 32, 32] and cfg["mean"] == list(info.mean) and cfg["std"] == list(info.std)
+    assert "val 10,000 held out" in cfg["split"] and "test 10,000" in cfg["split"]
+    assert cfg["default"] is True  # fashion_mnist is lenet's default tag
+    weights = card / WEIGHTS_NAME
+    expected = {WEIGHTS_NAME: {"sha256": sha256(weights), "size": weights.stat().st_size}}
+    assert cfg["files"] == config["files"] == expected
+    model = biotorch.create_model("lenet_fa", in_chans=1)
+    assert (cfg["params_forward"], cfg["params_feedback"]) == registry.count_parameters(model)
+
+
+def test_card_front_matter_parses_and_matches_metrics(card):
+    parsed = ModelCard.load(card / "README.md")
+    metrics = json.loads((card / "metrics.json").read_text())
+    data = parsed.data
+    assert data.library_name == "biotorch" and data.license == "mit"
+    assert data.pipeline_tag == "image-classification" and data.metrics == ["accuracy"]
+    assert {"biologically-plausible", "fa", "image-classification", "lenet", "fashion_mnist"} <= set(data.tags)
+    assert data.datasets == ["fashion_mnist"] and data.base_model is None
+    assert model_index(parsed) == {"validation": metrics["val_top1"], "test": metrics["test_top1"]}
+    text = parsed.text
+    for needle in ("Feedback Alignment", "biotorch train --recipe", "--rule fa --seed 0", "torch.hub.load(",
+                   'biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True)',
+                   'timm.create_model("lenet_fa", pretrained=True)', "reset_classifier", "num_classes=",
+                   "alignment.png", "2 seeds", "@article{lillicrap2016random", "84.00 ± 5.66"):
+        assert needle in text, needle
+
+
+def test_missing_plots_are_drawn_from_the_records(make_run, tmp_path):
+    run = make_run(plots=False)
+    folder = publish.build_card_folder([run], tmp_path / "cards" / NAME)
+    for plot in ("curves.png", "alignment.png"):
+        assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baseline_cifar10_jpeg_limitations_and_fine_tunes(make_run, tmp_path):
+    cards = tmp_path / "cards"
+    bp = make_run(rule="bp", dataset="cifar10_jpeg", val_top1=70.0, test_top1=68.5)
+    publish.build_card_folder([bp], cards / "lenet_bp.cifar10_jpeg")
+    fa = make_run(dataset="cifar10_jpeg", val_top1=60.0, test_top1=58.0, init_from="hf-hub:someone/lenet_fa.other")
+    folder = publish.build_card_folder([fa], cards / "lenet_fa.cifar10_jpeg")
+    parsed = ModelCard.load(folder / "README.md")
+    assert parsed.data.datasets == ["cifar10"] and "cifar10_jpeg" in parsed.data.tags
+    assert parsed.data.base_model == "someone/lenet_fa.other"
+    assert "not CIFAR-10; accuracies are not comparable to CIFAR-10 numbers" in parsed.text
+    assert "lenet_bp (baseline)" in parsed.text and "68.50" in parsed.text and "-10.50 points" in parsed.text
+    assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["default"] is False
+    # Baseline runs given explicitly win over the published folder.
+    other_bp = make_run(rule="bp", dataset="cifar10_jpeg", seed=3, val_top1=71.0, test_top1=66.25)
+    folder = publish.build_card_folder([fa], cards / "lenet_fa.cifar10_jpeg", baseline_runs=[other_bp])
+    assert "66.25" in ModelCard.load(folder / "README.md").text
+
+
+def test_runs_are_validated(make_run, tmp_path):
+    with pytest.raises(ValueError, match="share arch, rule and dataset"):
+        publish.build_card_folder([make_run(seed=0), make_run(rule="bp", seed=1)], tmp_path / "x")
+    with pytest.raises(ValueError, match=r"different recipes \(lr differ"):
+        publish.build_card_folder([make_run(seed=0), make_run(seed=1, lr=0.5)], tmp_path / "x")
+    with pytest.raises(ValueError, match="trained more than once"):
+        publish.group_runs([publish.Run(make_run(seed=0)), publish.Run(make_run("again", seed=0))])
+    no_val = make_run("no_val", val_top1=None)
+    with pytest.raises(ValueError, match="never on test"):
+        publish.Run(no_val)
+    with pytest.raises(FileNotFoundError, match="not a finished training run"):
+        publish.Run(tmp_path)
+
+
+@pytest.fixture
+def temp_index(tmp_path, monkeypatch):
+    """The registry reads a temporary index and mirror; restored (and its cache cleared) afterwards."""
+    index, cards = tmp_path / "pretrained.json", tmp_path / "cards"
+    monkeypatch.setattr(registry, "PRETRAINED_INDEX", index)
+    monkeypatch.setattr(hub, "MIRROR", cards)
+    registry._pretrained.cache_clear()
+    yield index, cards
+    registry._pretrained.cache_clear()
+
+
+def test_index_and_readme_table_round_trip(two_seeds, temp_index, tmp_path):
+    index, cards = temp_index
+    publish.build_card_folder(two_seeds, cards / NAME)
+    records = publish.build_index(cards, index)
+    assert [r["name"] for r in records] == [NAME] == [r["name"] for r in json.loads(index.read_text())]
+    assert biotorch.list_models(pretrained=True) == [NAME]  # the registry's cache was cleared
+    model = biotorch.create_model("lenet_fa", pretrained=True)  # the default tag, from the mirror
+    assert torch.equal(outputs(model), outputs(biotorch.from_pretrained(cards / NAME)))
+
+    readme = tmp_path / "README.md"
+    before, after = "# biotorch\n\nintro\n\n", "\n\n## Next section\nkept as is\n"
+    readme.write_text(f"{before}{publish.RESULTS_START}\nold table\n{publish.RESULTS_END}{after}")
+    text = publish.update_readme_table(readme, index)
+    assert text.startswith(before) and text.endswith(f"{publish.RESULTS_END}{after}")
+    assert "old table" not in text and f"`{NAME}`" in text and "84.00 ± 5.66 (2 seeds)" in text
+    assert publish.update_readme_table(readme, index) == text == readme.read_text()  # idempotent
+    readme.write_text("# no markers here\n")
+    with pytest.raises(ValueError, match="results:start"):
+        publish.update_readme_table(readme, index)
+
+
+def test_index_refuses_a_folder_whose_weights_changed(card, tmp_path):
+    with open(card / WEIGHTS_NAME, "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        publish.build_index(card.parent, tmp_path / "index.json")
+
+
+def test_publish_plans_builds_and_pushes_only_changed_weights(two_seeds, tmp_path, monkeypatch, capsys):
+    runs, cards, index = tmp_path / "runs", tmp_path / "cards", tmp_path / "pretrained.json"
+    pushed = []
+    monkeypatch.setattr(publish, "push_to_hub", lambda folder, repo_id, **kw: pushed.append((folder, repo_id)))
+    monkeypatch.setattr(registry, "PRETRAINED_INDEX", index)
+    try:
+        plan = publish.publish(runs, cards, dry_run=True, org="me", token="hf_test", readme=None, index_path=index)
+        assert [(p["name"], p["seed"], p["changed"], p["push"]) for p in plan] == [(NAME, 0, True, True)]
+        assert not cards.exists() and not index.exists() and not pushed  # a dry run writes nothing
+        assert "would build" in capsys.readouterr().out
+
+        publish.publish(runs, cards, org="me", token="hf_test", readme=None, index_path=index)
+        assert pushed == [(cards / NAME, f"me/{NAME}")]
+        assert json.loads(index.read_text())[0]["hub_id"] == f"me/{NAME}"
+        plan = publish.publish(runs, cards, org="me", token="hf_test", readme=None, index_path=index)
+        assert plan[0]["changed"] is False and len(pushed) == 1  # same weights: nothing to push
+        plan = publish.publish(runs, cards, dry_run=True, org="me", token="hf_test", readme=None, index_path=index)
+        assert plan[0]["changed"] is False
+        capsys.readouterr()
+        assert publish.main([str(runs), "--dry-run", "--cards-dir", str(cards), "--index", str(index)]) == 0
+        assert "weights unchanged" in capsys.readouterr().out
+    finally:
+        registry._pretrained.cache_clear()
+
+
+def test_card_from_real_training_runs(tmp_path):
+    """The trainer's own output (two seeds on the synthetic data) publishes, parses and loads back."""
+    from biotorch.training import Trainer, make_recipe
+
+    runs = []
+    for seed in (0, 1):
+        recipe = make_recipe({"model": "lenet", "rule": "dfa", "data": "synthetic", "epochs": 1, "batch_size": 32,
+                              "limit_train": 64, "alignment_every": 1, "lr": 0.05, "seed": seed, "device": "cpu"})
+        runs.append(tmp_path / "runs" / f"seed{seed}")
+        Trainer(recipe, runs[-1], log=None, progress=False).fit()
+    folder = publish.build_card_folder(runs, tmp_path / "cards" / "lenet_dfa.synthetic")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    best = max(metrics["runs"], key=lambda m: (m["val_top1"], -m["seed"]))
+    assert metrics["seed"] == best["seed"] and metrics["test_top1"] == best["test_top1"]
+    assert model_index(ModelCard.load(folder / "README.md")) == {"validation": best["val_top1"],
+                                                                 "test": best["test_top1"]}
+    trained = hub.load_checkpoint(biotorch.create_model("lenet_dfa", in_chans=1, seed=best["seed"]),
+                                  tmp_path / "runs" / f"seed{best['seed']}" / "best.safetensors")
+    assert torch.equal(outputs(biotorch.from_pretrained(folder)), outputs(trained))
+
+
+# --- every published folder in this repository ------------------------------------------------------------
+FOLDERS = sorted(p.parent for p in MIRROR.glob("*/config.json"))
+
+
+def test_index_lists_exactly_the_published_folders():
+    listed = [c["name"] for c in json.loads(registry.PRETRAINED_INDEX.read_text())] \
+        if registry.PRETRAINED_INDEX.is_file() else []
+    assert listed == sorted(f.name for f in FOLDERS), "rebuild with scripts/publish.py (or publish.build_index())"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_published_folder(folder):
+    cfg = registry._pretrained()[folder.name]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    parsed = ModelCard.load(folder / "README.md")
+    assert model_index(parsed) == {"validation": metrics["val_top1"], "test": metrics["test_top1"]}
+    assert cfg.metrics["test_top1"] == metrics["test_top1"] and cfg.metrics["val_top1"] == metrics["val_top1"]
+    assert {"biologically-plausible", cfg.rule} <= set(parsed.data.tags)
+    assert sha256(folder / WEIGHTS_NAME) == cfg.files[WEIGHTS_NAME]["sha256"]
+    assert (folder / WEIGHTS_NAME).stat().st_size == cfg.files[WEIGHTS_NAME]["size"]
+    model = biotorch.create_model(folder.name, pretrained=True)  # strict, sha-checked
+    assert registry.count_parameters(model) == (cfg.params_forward, cfg.params_feedback)
