@@ -194,8 +194,8 @@ class WM(FA):
         noise = counter_uniform((self.mirror_samples, fan_in), _key(layer.feedback_seed, layer.feedback_step))
         noise = noise.to(weight.dtype).mul_(math.sqrt(3))  # unit variance
         mirrored = noise @ weight.t()
-        feedback = layer.feedback_weight.view_as(weight)
-        feedback.mul_(1 - self.mirror_lr).addmm_(mirrored.t(), noise, alpha=self.mirror_lr / self.mirror_samples)
+        update = (mirrored.t() @ noise).view(layer.feedback_weight.shape)  # any memory format
+        layer.feedback_weight.mul_(1 - self.mirror_lr).add_(update, alpha=self.mirror_lr / self.mirror_samples)
 
 
 class _ErrorSlot:

@@ -1,0 +1,303 @@
+"""Training recipes: a YAML file plus command-line overrides, validated into one typed ``Recipe``.
+
+Example::
+
+    >>> recipe = load_recipe("recipes/fashion_mnist/lenet.yaml", overrides={"rule": "dfa", "seed": 1})
+    >>> recipe.rule, recipe.lr          # rule_overrides: {dfa: {lr: ...}} of the file applied
+    ('dfa', 0.01)
+    >>> save_recipe(recipe, "runs/x/recipe.yaml")   # the resolved recipe, kept beside the run
+
+Precedence, lowest first: the dataclass defaults, the file, the file's ``rule_overrides`` for the chosen
+rule, the command line. The saved recipe is resolved (every value final) and loads back unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ..rules import RULES, make_rule
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("step", "cosine", "onecycle", "constant")
+AUGMENTS = ("none", "crop_flip", "crop")
+AMP = ("none", "bf16", "fp16")
+COMPILE = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SYNTHETIC = "synthetic"  # a tiny generated dataset for tests and smoke runs (biotorch.training.datasets)
+
+
+@dataclass
+class Recipe:
+    """Everything that determines a training run. Field comments say what is allowed."""
+
+    model: str = ""                     # architecture (resnet20) or architecture_rule (resnet20_fa)
+    data: str = ""                      # a biotorch.data.DATASETS name, or "synthetic"
+    data_dir: Optional[str] = None      # where the dataset files are (default: biotorch.data's search)
+    download: bool = False              # let torchvision download the dataset when it is not found
+    val_size: Optional[int] = None      # images held out of train for validation (default: the dataset's)
+    limit_train: Optional[int] = None   # train on the first N training images only (smoke runs)
+    epochs: int = 10
+    batch_size: int = 128               # global batch: split across torchrun ranks
+    eval_batch_size: int = 1024
+    optimizer: str = "sgd"              # sgd | adam | adamw
+    lr: float = 0.1
+    momentum: float = 0.9               # sgd momentum
+    nesterov: bool = False              # sgd only (momentum, nesterov are ignored by adam/adamw)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam / adamw
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"            # step | cosine | onecycle | constant, stepped every batch
+    milestones: list[float] = field(default_factory=list)  # step: epochs where lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0          # linear warmup from 0 (not for onecycle, which has its own)
+    augment: str = "none"               # none | crop | crop_flip
+    label_smoothing: float = 0.0
+    rule: Optional[str] = None          # overrides the model name's rule; default bp
+    rule_options: dict = field(default_factory=dict)
+    rule_overrides: dict = field(default_factory=dict)  # {rule: {key: value}} applied when that rule runs
+    applied_rule_overrides: dict = field(default_factory=dict)  # set on resolving: what was applied
+    seed: int = 0
+    deterministic: bool = False         # deterministic kernels (bitwise-reproducible resume on CPU)
+    val_every: int = 1                  # validate every N epochs (and always at the last)
+    alignment_every: int = 5            # record alignment every N epochs (0: never)
+    amp: str = "none"                   # none | bf16 | fp16 autocast
+    channels_last: bool = False
+    compile: str = "none"               # torch.compile mode, or none
+    cuda_graph: bool = False            # capture the whole training step in one CUDA graph
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+
+    @property
+    def model_name(self) -> str:
+        """The registry name of the model trained, e.g. ``resnet20_fa``."""
+        return f"{self.model}_{self.rule}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
+_TYPES = typing.get_type_hints(Recipe)
+# Keys a rule override may not change: they decide which run this is.
+_IDENTITY = ("model", "data", "rule", "rule_overrides", "applied_rule_overrides", "seed")
+
+
+def _unknown_key(key: str, where: str) -> ValueError:
+    close = difflib.get_close_matches(key, FIELDS, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"{where}: unknown recipe key {key!r}.{hint} Known keys: {', '.join(FIELDS)}")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """``value`` as the type of field ``key``; raises ValueError naming the key."""
+    kind = _TYPES[key]
+    optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+    if optional:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    base = typing.get_origin(kind) or kind
+    bad = ValueError(f"recipe key {key!r} must be {getattr(kind, '__name__', kind)}"
+                     f"{' or null' if optional else ''}, got {value!r}")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad
+    if base is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise bad
+    if base is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)  # YAML reads 1e-3 as a string
+        except (TypeError, ValueError):
+            raise bad from None
+    if base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if base is list:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item,) = typing.get_args(kind) or (float,)
+        try:
+            return [item(v) for v in value]
+        except (TypeError, ValueError):
+            raise bad from None
+    if base is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    raise AssertionError(f"no coercion for {key}: {kind}")
+
+
+def _choice(key: str, value: str, allowed) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=2)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"recipe key {key!r} is {value!r}.{hint} Allowed: {', '.join(allowed)}")
+
+
+def split_model_name(name: str) -> tuple[str, Optional[str]]:
+    """``"resnet20_fa"`` → ``("resnet20", "fa")``; ``"resnet20"`` → ``("resnet20", None)``."""
+    arch, _, suffix = name.rpartition("_")
+    return (arch, suffix) if arch and suffix in RULES else (name, None)
+
+
+def _validate(recipe: Recipe) -> None:
+    from ..data import DATASETS
+    from ..models import ARCHITECTURES
+
+    if not recipe.model:
+        raise ValueError("recipe key 'model' is required, e.g. model: resnet20 (or --model resnet20_fa)")
+    if not recipe.data:
+        raise ValueError(f"recipe key 'data' is required: one of {', '.join([*DATASETS, SYNTHETIC])}")
+    if "." in recipe.model:
+        raise ValueError(f"recipe key 'model' is {recipe.model!r}: give an architecture (resnet20) or "
+                         "architecture_rule (resnet20_fa); a '.tag' names published weights, which "
+                         "`biotorch train` does not fine-tune")
+    _choice("model", recipe.model, list(ARCHITECTURES))
+    _choice("data", recipe.data, [*DATASETS, SYNTHETIC])
+    _choice("rule", recipe.rule, list(RULES))
+    try:
+        make_rule(recipe.rule, **recipe.rule_options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"recipe key 'rule_options': {error}") from None
+    _choice("optimizer", recipe.optimizer, OPTIMIZERS)
+    _choice("schedule", recipe.schedule, SCHEDULES)
+    _choice("augment", recipe.augment, AUGMENTS)
+    _choice("amp", recipe.amp, AMP)
+    _choice("compile", recipe.compile, COMPILE)
+    device = recipe.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"recipe key 'device' is {device!r}. Allowed: auto, cpu, cuda, cuda:N")
+    positive = {"epochs": recipe.epochs, "batch_size": recipe.batch_size,
+                "eval_batch_size": recipe.eval_batch_size, "val_every": recipe.val_every, "lr": recipe.lr}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"recipe key {key!r} must be > 0, got {value!r}")
+    nonnegative = {"weight_decay": recipe.weight_decay, "momentum": recipe.momentum,
+                   "warmup_epochs": recipe.warmup_epochs, "alignment_every": recipe.alignment_every,
+                   "gamma": recipe.gamma, "val_size": recipe.val_size or 0,
+                   "limit_train": recipe.limit_train if recipe.limit_train is not None else 1}
+    for key, value in nonnegative.items():
+        if value < 0:
+            raise ValueError(f"recipe key {key!r} must be >= 0, got {value!r}")
+    if recipe.limit_train == 0:
+        raise ValueError("recipe key 'limit_train' must be a positive number of images or null")
+    if not 0 <= recipe.label_smoothing < 1:
+        raise ValueError(f"recipe key 'label_smoothing' must be in [0, 1), got {recipe.label_smoothing}")
+    if len(recipe.betas) != 2 or not all(0 <= b < 1 for b in recipe.betas):
+        raise ValueError(f"recipe key 'betas' must be two numbers in [0, 1), got {recipe.betas}")
+    if recipe.nesterov and recipe.optimizer == "sgd" and recipe.momentum == 0:
+        raise ValueError("recipe key 'nesterov' needs momentum > 0")
+    if recipe.schedule == "step" and not recipe.milestones:
+        raise ValueError("recipe key 'milestones' is needed by schedule: step, e.g. milestones: [100, 150]")
+    if recipe.cuda_graph and recipe.compile not in ("none", "max-autotune-no-cudagraphs", "default"):
+        raise ValueError(f"recipe keys 'cuda_graph' and 'compile: {recipe.compile}' both capture CUDA "
+                         "graphs: use one (compile: default or max-autotune-no-cudagraphs with cuda_graph)")
+    if recipe.cuda_graph and recipe.amp == "fp16":
+        raise ValueError("recipe key 'amp: fp16' needs a loss scaler that syncs the host, which a CUDA "
+                         "graph cannot hold: use amp: bf16 with cuda_graph")
+    for rule, values in recipe.rule_overrides.items():
+        _choice("rule_overrides", rule, list(RULES))
+        if not isinstance(values, dict):
+            raise ValueError(f"recipe key 'rule_overrides.{rule}' must map recipe keys to values, "
+                             f"got {values!r}")
+        for key in values:
+            if key not in FIELDS:
+                raise _unknown_key(key, f"rule_overrides.{rule}")
+            if key in _IDENTITY:
+                raise ValueError(f"rule_overrides.{rule} may not set {key!r}")
+
+
+def make_recipe(values: dict, *, overrides: Optional[dict] = None, resolved: bool = False,
+                where: str = "recipe") -> Recipe:
+    """Build and validate a Recipe from a mapping and command-line ``overrides``.
+
+    ``resolved=True`` for a saved recipe: its ``rule_overrides`` were applied already.
+    """
+    overrides = dict(overrides or {})
+    for source, mapping in ((where, values), ("command line", overrides)):
+        for key in mapping:
+            if key not in FIELDS:
+                raise _unknown_key(key, source)
+    merged = {k: _coerce(k, v) for k, v in values.items()}
+    overrides = {k: _coerce(k, v) for k, v in overrides.items()}
+    # The rule: --rule, else the rule in --model's name, else the file's rule, else its model name's; bp.
+    arch, file_name_rule = split_model_name(merged.get("model", ""))
+    if "model" in overrides:
+        arch, cli_name_rule = split_model_name(overrides["model"])
+    else:
+        cli_name_rule = None
+    rule = (overrides.get("rule") or cli_name_rule or merged.get("rule") or file_name_rule or "bp")
+    recipe = Recipe(**merged)
+    if not resolved:
+        if not isinstance(recipe.rule_overrides, dict):
+            raise ValueError("recipe key 'rule_overrides' must map rule names to {key: value}")
+        applied = recipe.rule_overrides.get(rule) or {}
+        if isinstance(applied, dict):
+            for key, value in applied.items():
+                if key in FIELDS and key not in _IDENTITY:
+                    setattr(recipe, key, _coerce(key, value))
+            recipe.applied_rule_overrides = dict(applied)
+    for key, value in overrides.items():
+        setattr(recipe, key, value)
+    recipe.model, recipe.rule = arch, rule
+    _validate(recipe)
+    return recipe
+
+
+def load_recipe(path=None, overrides: Optional[dict] = None, *, resolved: bool = False) -> Recipe:
+    """A validated Recipe from a YAML file (or none) and ``overrides``; see the module docstring."""
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file {path} not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {error}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a mapping of recipe keys, got {type(values).__name__}")
+    return make_recipe(values, overrides=overrides, resolved=resolved, where=str(path or "recipe"))
+
+
+def save_recipe(recipe: Recipe, path) -> None:
+    from .records import write_text
+
+    write_text(path, "# Resolved recipe of this run: `biotorch train --recipe` reproduces it.\n"
+               + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+
+def parse_set(pairs) -> dict:
+    """``["lr=0.1", "milestones=[10, 20]"]`` → ``{"lr": 0.1, "milestones": [10, 20]}`` (values read as YAML)."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes key=value, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out

@@ -1,0 +1,542 @@
+"""One training run: model selection on validation, the test set once at the end, resumable every epoch.
+
+Example::
+
+    >>> recipe = load_recipe("recipes/fashion_mnist/lenet.yaml", {"rule": "fa"})
+    >>> metrics = Trainer(recipe, "runs/lenet_fa").fit()       # or Trainer(..., resume=True)
+    >>> metrics["test_top1"]
+
+The epoch loop never waits for the device: loss and accuracy are summed on it and read once per epoch.
+``step`` is the whole training step (forward, backward, optimizer, feedback update); with
+``cuda_graph: true`` it is captured once and replayed. ``train_together`` interleaves the steps of
+several runs in one process, each on its own CUDA stream.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import __version__
+from ..convert import feedback_step, rule_layers
+from ..data import DeviceLoader
+from ..metrics import alignment, gradient_alignment
+from ..registry import count_parameters
+from . import checkpoint as ckpt
+from . import datasets
+from .evaluate import evaluate
+from .recipe import Recipe, save_recipe
+from .records import TensorBoard, plot_alignment, plot_curves, write_history, write_json
+
+_GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (allocates optimizer state)
+
+
+# ---------------------------------------------------------------------------------------------------
+# process-level setup
+
+
+class Distributed:
+    """Rank and world size from torchrun's environment; initialises the process group when WORLD_SIZE > 1."""
+
+    def __init__(self, device: torch.device):
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.owns_group = False
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.owns_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, tensor: Tensor) -> Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def resolve_device(name: str) -> torch.device:
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"recipe key 'device' is {name!r} but torch sees no CUDA device; use device: cpu")
+    return device
+
+
+def configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimizer step ``s`` (0-based); schedules are stepped every batch."""
+    total = max(1, recipe.epochs * steps_per_epoch)
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    milestones = sorted(m * steps_per_epoch for m in recipe.milestones)
+
+    def factor(step: int) -> float:
+        if recipe.schedule == "onecycle":  # triangle: 1/25 → 1 over the rise, then down to 0
+            rise = warmup or max(1, int(0.3 * total))
+            if step < rise:
+                return 1 / 25 + (1 - 1 / 25) * step / rise
+            return max(0.0, (total - step) / max(1, total - rise))
+        scale = (step + 1) / warmup if step < warmup else 1.0
+        if recipe.schedule == "cosine":
+            t = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
+            return scale * 0.5 * (1 + math.cos(math.pi * t))
+        if recipe.schedule == "step":
+            return scale * recipe.gamma ** sum(step >= m for m in milestones)
+        return scale
+
+    return factor
+
+
+def build_model(recipe: Recipe, info, device: torch.device) -> nn.Module:
+    import biotorch
+
+    torch.manual_seed(recipe.seed)
+    return biotorch.create_model(recipe.model_name, num_classes=info.num_classes, in_chans=info.in_chans,
+                                 device=device, seed=recipe.seed, **recipe.rule_options)
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    return Path("runs") / f"{recipe.model_name}.{recipe.data}-seed{recipe.seed}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the run
+
+
+class Trainer:
+    """A run in ``run_dir``: ``fit()`` trains it to the end; ``begin_epoch``/``step``/``end_epoch``/``finish``
+    let ``train_together`` interleave several runs.
+
+    Args:
+        recipe: a validated :class:`Recipe`.
+        run_dir: where records, checkpoints and weights go (written by rank 0 only).
+        resume: continue from ``run_dir/checkpoint`` when there is one.
+        progress: tqdm bars (only on a terminal, only on rank 0).
+        log: where the one line per epoch goes (rank 0).
+    """
+
+    def __init__(self, recipe: Recipe, run_dir, *, resume: bool = False, tensorboard: bool = False,
+                 progress: bool = True, log: Optional[Callable[[str], None]] = print, name: Optional[str] = None):
+        self.recipe, self.run_dir = recipe, Path(run_dir)
+        self.name = name or recipe.model_name
+        self.device = resolve_device(recipe.device)
+        self.dist = Distributed(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if recipe.cuda_graph and (self.device.type != "cuda" or self.dist.world_size > 1):
+            # A recipe written for one GPU still runs elsewhere, step by step; the saved recipe says so.
+            why = "one process on CUDA" if self.device.type == "cuda" else f"CUDA, not {self.device.type}"
+            print(f"biotorch train: cuda_graph needs {why}: training without it", file=sys.stderr)
+            recipe = self.recipe = dataclasses.replace(recipe, cuda_graph=False)
+        if recipe.batch_size % self.dist.world_size:
+            raise ValueError(f"recipe key 'batch_size' ({recipe.batch_size}) must divide by the number of "
+                             f"processes ({self.dist.world_size}): it is the global batch")
+        self.log = log if self.dist.main and log is not None else (lambda line: None)
+        self.progress = progress and self.dist.main and sys.stderr.isatty()
+        configure_determinism(recipe.deterministic)
+        random.seed(recipe.seed)
+
+        # data, resident on the device
+        self.info = datasets.dataset_info(recipe.data, recipe.data_dir)
+        load = dict(data_dir=recipe.data_dir, download=recipe.download, val_size=recipe.val_size,
+                    device=self.device)
+        train_x, train_y = datasets.load(recipe.data, "train", **load)
+        if recipe.limit_train:
+            train_x, train_y = train_x[:recipe.limit_train], train_y[:recipe.limit_train]
+        self.val_x, self.val_y = datasets.load(recipe.data, "val", **load)
+        self.has_val = len(self.val_y) > 0
+        norm = dict(mean=self.info.mean, std=self.info.std, device=self.device, channels_last=recipe.channels_last)
+        self.train_loader = DeviceLoader(
+            train_x, train_y, recipe.batch_size // self.dist.world_size, train=True, augment=recipe.augment,
+            seed=recipe.seed, drop_last=recipe.cuda_graph, rank=self.dist.rank,
+            world_size=self.dist.world_size, **norm)
+        if len(self.train_loader) == 0:
+            raise ValueError(f"recipe key 'batch_size' ({recipe.batch_size}) is larger than the "
+                             f"{len(train_y)} training images")
+        self.val_loader = DeviceLoader(self.val_x, self.val_y, recipe.eval_batch_size, train=False,
+                                       rank=self.dist.rank, world_size=self.dist.world_size, **norm)
+        self._norm = norm
+
+        # model, optimizer, schedule
+        self.model = build_model(recipe, self.info, self.device)
+        if recipe.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            # dfa's feedback is read flat, as a (classes, C·H·W) matrix: keep it contiguous (no copy per step).
+            for _, layer in rule_layers(self.model):
+                if layer.rule.name == "dfa":
+                    for name, buffer in layer._buffers.items():
+                        if name.startswith("feedback_") and buffer is not None:
+                            layer._buffers[name] = buffer.contiguous()
+        self.params_forward, self.params_feedback = count_parameters(self.model)
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lr_factor(recipe, len(self.train_loader)))
+        self.scaler = torch.amp.GradScaler(self.device.type) if recipe.amp == "fp16" else None
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp)
+
+        self.epoch, self.global_step = 0, 0
+        self.best_val, self.best_epoch = -1.0, None
+        self.history: list[dict] = []
+        self.alignment_records: list[dict] = []
+        self.train_time_s, self.images_trained = 0.0, 0
+        found = ckpt.find_checkpoint(self.run_dir) if resume else None
+        if found is not None:
+            self._restore(ckpt.load_checkpoint(found, model=self.model, optimizer=self.optimizer,
+                                               scheduler=self.scheduler, scaler=self.scaler,
+                                               device=self.device))
+            self.log(f"[{self.name}] resumed from {found} after epoch {self.epoch}")
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_recipe(recipe, self.run_dir / "recipe.yaml")
+            write_json(self.run_dir / "config.json", self.model.biotorch_config)
+        self.tensorboard = TensorBoard(self.run_dir / "tensorboard", tensorboard and self.dist.main)
+
+        self.net: nn.Module = self.model
+        if self.dist.world_size > 1:
+            # Buffers are not broadcast each step: feedback is identical by construction (seeds), and
+            # BatchNorm statistics are averaged across ranks at the end of every epoch.
+            ddp = nn.parallel.DistributedDataParallel
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                       else {"broadcast_buffers": False})
+            self.net = ddp(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                           **no_sync)
+        if recipe.compile != "none":
+            self.net = torch.compile(self.net, mode=None if recipe.compile == "default" else recipe.compile)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        self._graph = None
+        self._eager_steps = 0
+        self._epoch_start = 0.0
+        self._alignment_batch = self._fixed_batch()
+
+    # -- setup helpers ------------------------------------------------------------------------------
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        r = self.recipe
+        # A CUDA graph reads lr from device memory, so the schedule can change it between replays; the
+        # fused CUDA optimizers take such a tensor lr without a host sync (foreach would call .item()).
+        lr = torch.tensor(r.lr, device=self.device) if r.cuda_graph else r.lr
+        fused = True if self.device.type == "cuda" else None
+        params = list(self.model.parameters())
+        if r.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=lr, momentum=r.momentum, nesterov=r.nesterov,
+                                        weight_decay=r.weight_decay, fused=fused)
+        else:
+            cls = torch.optim.Adam if r.optimizer == "adam" else torch.optim.AdamW
+            optimizer = cls(params, lr=lr, betas=tuple(r.betas), weight_decay=r.weight_decay,
+                            capturable=r.cuda_graph, fused=fused)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = float(r.lr)  # the schedule computes floats: no device reads per step
+        return optimizer
+
+    def _fixed_batch(self) -> tuple[Tensor, Tensor]:
+        """A fixed batch (validation, else training images) for gradient alignment."""
+        if self.has_val:
+            x, y = self.val_x, self.val_y
+        else:
+            x, y = self.train_loader.images, self.train_loader.labels
+        n = min(256, len(y))
+        loader = DeviceLoader(x[:n], y[:n], n, train=False, **self._norm)
+        return next(iter(loader))
+
+    def _restore(self, state: dict) -> None:
+        self.epoch, self.global_step = state["epoch"], state["global_step"]
+        self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
+        self.history, self.alignment_records = state["history"], state["alignment"]
+        self.train_time_s, self.images_trained = state["train_time_s"], state["images_trained"]
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.recipe.epochs
+
+    def stream_context(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.recipe.cuda_graph)
+
+    # -- the training step --------------------------------------------------------------------------
+
+    def begin_epoch(self):
+        """The batches of the next epoch (an iterator of (x, y) on the device)."""
+        self.model.train()
+        self.train_loader.set_epoch(self.epoch)
+        self._loss_sum.zero_()
+        self._correct.zero_()
+        self._epoch_images = 0
+        self._epoch_lr = float(self.optimizer.param_groups[0]["lr"])  # the lr of the epoch's first step
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # this run's stream only
+        self._epoch_start = time.perf_counter()
+        batches = iter(self.train_loader)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, total=len(self.train_loader), leave=False, dynamic_ncols=True,
+                           desc=f"{self.name} epoch {self.epoch + 1}/{self.recipe.epochs}")
+        return batches
+
+    def _step_ops(self, x: Tensor, y: Tensor) -> None:
+        """Forward, backward, optimizer step, feedback update, statistics: all on the device."""
+        with self._autocast():
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        feedback_step(self.model)
+        self._loss_sum.add_(loss.detach().double() * len(y))
+        self._correct.add_((logits.detach().argmax(1) == y).sum())
+
+    def step(self, x: Tensor, y: Tensor) -> None:
+        """One training step on a batch; no host synchronisation."""
+        if not self.recipe.cuda_graph:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._step_ops(x, y)
+        elif self._graph is None and self._eager_steps < _GRAPH_WARMUP_STEPS:
+            # Warm-up on a side stream (as torch.cuda.graphs asks); these are real training steps.
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._step_ops(x, y)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._eager_steps += 1
+        else:
+            if self._graph is None:
+                self._static_x, self._static_y = x.clone(), y.clone()
+                self.optimizer.zero_grad(set_to_none=True)
+                self._graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self._graph):
+                    self._step_ops(self._static_x, self._static_y)
+            else:
+                self._static_x.copy_(x)
+                self._static_y.copy_(y)
+            self._graph.replay()
+        self.scheduler.step()
+        self.global_step += 1
+        self._epoch_images += len(y) * self.dist.world_size
+
+    # -- end of epoch -------------------------------------------------------------------------------
+
+    def _average_buffers(self) -> None:
+        """BatchNorm statistics differ per rank (each saw its shard): average them."""
+        if self.dist.world_size == 1:
+            return
+        for name, buffer in self.model.named_buffers():
+            if buffer.is_floating_point() and not name.rpartition(".")[2].startswith("feedback_"):
+                dist.all_reduce(buffer)
+                buffer.div_(self.dist.world_size)
+
+    def _record_alignment(self, epoch: int) -> dict:
+        x, y = self._alignment_batch
+        was_training = self.model.training
+        self.model.train()
+        angles = alignment(self.model)
+        cosines = gradient_alignment(self.model, lambda m: F.cross_entropy(m(x), y))
+        self.model.train(was_training)
+        layers = {name: {"rule": angles.get(name, {}).get("rule"), "angle": angles.get(name, {}).get("angle"),
+                         "norm_ratio": angles.get(name, {}).get("norm_ratio"), "gradient_cosine": cosine}
+                  for name, cosine in cosines.items()}
+        return {"epoch": epoch, "layers": layers}
+
+    def end_epoch(self) -> dict:
+        """Read the epoch's statistics (the one host sync), validate, record, checkpoint."""
+        r, epoch = self.recipe, self.epoch + 1
+        totals = self.dist.all_sum(torch.stack([self._loss_sum, self._correct.double()]))
+        loss_sum, correct = totals.tolist()
+        epoch_time = time.perf_counter() - self._epoch_start
+        images = self._epoch_images
+        self.train_time_s += epoch_time
+        self.images_trained += images
+        train_loss = loss_sum / images
+        if not math.isfinite(train_loss):
+            raise RuntimeError(f"{self.name}: the training loss became {train_loss} in epoch {epoch}; "
+                               f"lower lr (now {r.lr}) or add warmup_epochs")
+        self._average_buffers()
+        row = {"epoch": epoch, "train_loss": train_loss, "train_top1": 100.0 * correct / images,
+               "val_loss": None, "val_top1": None, "lr": self._epoch_lr, "epoch_time_s": epoch_time}
+        validate = self.has_val and (epoch % r.val_every == 0 or epoch == r.epochs)
+        if validate:
+            result = evaluate(self.model, self.val_loader, self.info.num_classes, autocast=self._autocast,
+                              all_sum=self.dist.all_sum)
+            row["val_loss"], row["val_top1"] = result["loss"], result["top1"]
+        improved = (validate and row["val_top1"] > self.best_val) or (not self.has_val and epoch == r.epochs)
+        if improved:
+            self.best_val, self.best_epoch = row["val_top1"] if validate else -1.0, epoch
+        self.history.append(row)
+        if r.alignment_every and (epoch % r.alignment_every == 0 or epoch == r.epochs) and self.dist.main:
+            self.alignment_records.append(self._record_alignment(epoch))
+        self.epoch = epoch
+        if self.dist.main:
+            if improved:
+                ckpt.save_weights(self.run_dir / "best.safetensors", self.model, self.weights_metadata())
+            write_history(self.run_dir, self.history)
+            if self.alignment_records:
+                write_json(self.run_dir / "alignment.json", self.alignment_records)
+            ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
+                                 scheduler=self.scheduler, scaler=self.scaler, state=self._state())
+            self.tensorboard.epoch(row)
+        val = f"  val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f}" if validate else ""
+        self.log(f"[{self.name}] epoch {epoch}/{r.epochs}  train loss {train_loss:.4f} "
+                 f"top1 {row['train_top1']:.2f}{val}  lr {row['lr']:.4g}  {epoch_time:.1f}s "
+                 f"({images / epoch_time:,.0f} img/s)")
+        return row
+
+    def _state(self) -> dict:
+        return {"epoch": self.epoch, "global_step": self.global_step, "best_val": self.best_val,
+                "best_epoch": self.best_epoch, "history": self.history, "alignment": self.alignment_records,
+                "train_time_s": self.train_time_s, "images_trained": self.images_trained,
+                "biotorch_version": __version__}
+
+    def weights_metadata(self) -> dict:
+        return {"arch": self.recipe.model, "rule": self.recipe.rule, "biotorch_version": __version__}
+
+    # -- the end ------------------------------------------------------------------------------------
+
+    def finish(self) -> Optional[dict]:
+        """Evaluate the best model on the test set once, write metrics.json and the plots (rank 0)."""
+        metrics = None
+        if self.dist.main:
+            metrics_path = self.run_dir / "metrics.json"
+            if metrics_path.is_file():  # a finished run resumed: the test set was already used
+                import json
+
+                metrics = json.loads(metrics_path.read_text())
+            else:
+                metrics = self._test_metrics()
+                write_json(metrics_path, metrics)
+            title = f"{self.recipe.model_name} on {self.recipe.data}, seed {self.recipe.seed}"
+            plot_curves(self.run_dir / "curves.png", self.history, title)
+            if self.alignment_records:
+                plot_alignment(self.run_dir / "alignment.png", self.alignment_records, title)
+            self.log(f"[{self.name}] best epoch {metrics['best_epoch']}: val top1 {metrics['val_top1']}, "
+                     f"test top1 {metrics['test_top1']:.2f} top5 {metrics['test_top5']:.2f} → {self.run_dir}")
+        self.tensorboard.close()
+        self.dist.barrier()
+        return metrics
+
+    def _test_metrics(self) -> dict:
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(str(self.run_dir / "best.safetensors"), device=str(self.device)))
+        test_x, test_y = datasets.load(self.recipe.data, "test", self.recipe.data_dir,
+                                       download=self.recipe.download, device=self.device)
+        loader = DeviceLoader(test_x, test_y, self.recipe.eval_batch_size, train=False, **self._norm)
+        test = evaluate(self.model, loader, self.info.num_classes, autocast=self._autocast)
+        r = self.recipe
+        return {"model": r.model_name, "arch": r.model, "rule": r.rule, "dataset": r.data, "seed": r.seed,
+                "epochs": r.epochs, "best_epoch": self.best_epoch,
+                "val_top1": self.best_val if self.has_val else None,
+                "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
+                "train_time_s": self.train_time_s,
+                "images_per_s": self.images_trained / self.train_time_s if self.train_time_s else None,
+                "params_forward": self.params_forward, "params_feedback": self.params_feedback,
+                "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+                "world_size": self.dist.world_size, "biotorch_version": __version__, "recipe": r.to_dict()}
+
+    def fit(self) -> Optional[dict]:
+        """Train the remaining epochs, then :meth:`finish`; returns metrics (rank 0) or None."""
+        try:
+            while not self.done:
+                for x, y in self.begin_epoch():
+                    self.step(x, y)
+                self.end_epoch()
+            return self.finish()
+        finally:
+            self.dist.close()
+
+
+def train_together(make_trainers, *, max_concurrent: Optional[int] = None,
+                   log: Callable[[str], None] = print) -> list:
+    """Train several runs in one process, one step of each in turn, each on its own CUDA stream.
+
+    ``make_trainers`` yields zero-argument callables that build a :class:`Trainer`; at most
+    ``max_concurrent`` are alive at once (default all), the next starts when one finishes. One
+    process keeps the GPU busy where separate processes would contend; on CPU the steps simply alternate.
+    Returns each run's metrics, or the exception that ended it.
+    """
+    pending = list(make_trainers)
+    limit = max_concurrent or len(pending)
+    active: dict[int, tuple[Trainer, object]] = {}
+    results: list = [None] * len(pending)
+    queue = list(range(len(pending)))
+    images, start_time = 0, time.perf_counter()
+
+    def start(index: int) -> None:
+        try:
+            trainer = pending[index]()
+            if trainer.done:
+                results[index] = trainer.finish()
+                return
+            with trainer.stream_context():
+                active[index] = (trainer, trainer.begin_epoch())
+        except Exception as error:  # one bad run does not stop the others
+            log(f"run {index} failed to start: {error}")
+            results[index] = error
+
+    while queue or active:
+        while queue and len(active) < limit:
+            start(queue.pop(0))
+        for index in list(active):
+            trainer, batches = active[index]
+            try:
+                with trainer.stream_context():
+                    batch = next(batches, None)
+                    if batch is not None:
+                        trainer.step(*batch)
+                        images += len(batch[1])
+                        continue
+                    trainer.end_epoch()
+                    if not trainer.done:
+                        active[index] = (trainer, trainer.begin_epoch())
+                        continue
+                    results[index] = trainer.finish()
+            except Exception as error:
+                log(f"[{trainer.name}] failed: {error}")
+                results[index] = error
+            del active[index]
+    wall = time.perf_counter() - start_time
+    log(f"trained {images:,} images in {wall:.1f}s: {images / wall:,.0f} images/s in aggregate "
+        "(including validation, checkpoints and start-up)")
+    return results

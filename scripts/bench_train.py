@@ -1,0 +1,134 @@
+"""Training speed per rule and batch size: images/s, ms per step, epoch time, ratio to bp (not a test).
+
+Times the trainer's real step (``Trainer.step``: forward, backward, optimizer, feedback update) on data
+resident on the device, after warm-up; bp is measured in the same process for the ratios.
+
+Example::
+
+    $ python scripts/bench_train.py --model lenet --rules all --batch-sizes 128 --device cpu
+    $ python scripts/bench_train.py --model resnet20 --rules bp,fa,dfa --batch-sizes 128 512 \\
+          --amp bf16 --channels-last --cuda-graph                       # one H100
+    $ python scripts/bench_train.py --model resnet20 --rules fa --batch-sizes 128 --cuda-graph --together 4
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from biotorch.rules import RULES
+from biotorch.training import Trainer, datasets, make_recipe
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--rules", default="all", help=f"comma-separated or 'all' ({','.join(RULES)})")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
+    parser.add_argument("--data", default="synthetic",
+                        help="synthetic (random 1x32x32 images) or a dataset name, e.g. cifar10_jpeg")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed steps first (graph capture, compile)")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--cuda-graph", action="store_true")
+    parser.add_argument("--compile", default="none")
+    parser.add_argument("--optimizer", default="sgd")
+    parser.add_argument("--augment", default="crop_flip")
+    parser.add_argument("--together", type=int, default=1, help="runs trained together (one stream each)")
+    parser.add_argument("--epoch-images", type=int, default=50_000, help="images per epoch for epoch time")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    return parser.parse_args(argv)
+
+
+def make_trainer(args, rule: str, batch: int, folder: Path, index: int) -> Trainer:
+    data = "synthetic" if args.data == "synthetic" else args.data
+    recipe = make_recipe({"model": args.model, "data": data, "data_dir": args.data_dir, "rule": rule,
+                          "batch_size": batch, "epochs": 1, "amp": args.amp, "channels_last": args.channels_last,
+                          "cuda_graph": args.cuda_graph, "compile": args.compile, "device": args.device,
+                          "optimizer": args.optimizer, "augment": args.augment, "alignment_every": 0,
+                          "lr": 0.01, "seed": index, "val_size": 0 if data == "synthetic" else None})
+    if data != "synthetic":
+        return Trainer(recipe, folder / f"{rule}-{batch}-{index}", log=None, progress=False)
+    # synthetic (1x32x32; a 3-channel stem costs next to nothing more), grown to a few batches per epoch
+    original = datasets.SYNTHETIC_INFO
+    datasets.SYNTHETIC_INFO = dataclasses.replace(original, train_size=max(8192, 4 * batch))
+    datasets.clear_cache()
+    try:
+        return Trainer(recipe, folder / f"{rule}-{batch}-{index}", log=None, progress=False)
+    finally:
+        datasets.SYNTHETIC_INFO = original
+        datasets.clear_cache()
+
+def batches(trainer: Trainer):
+    while True:
+        yield from trainer.begin_epoch()
+
+
+def measure(args, rule: str, batch: int, folder: Path) -> dict:
+    trainers = [make_trainer(args, rule, batch, folder, i) for i in range(args.together)]
+    streams = [iter(batches(t)) for t in trainers]
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            for trainer, stream in zip(trainers, streams):
+                with trainer.stream_context():
+                    trainer.step(*next(stream))
+
+    def sync() -> None:
+        if trainers[0].device.type == "cuda":
+            torch.cuda.synchronize(trainers[0].device)
+
+    run(args.warmup)
+    sync()
+    start = time.perf_counter()
+    run(args.steps)
+    sync()
+    seconds = time.perf_counter() - start
+    images = args.steps * batch * args.together
+    return {"rule": rule, "batch": batch, "together": args.together, "images_per_s": images / seconds,
+            "ms_per_step": 1000 * seconds / (args.steps * args.together),
+            "epoch_s": args.epoch_images / (images / seconds) * args.together}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rules = list(RULES) if args.rules == "all" else [r.strip() for r in args.rules.split(",")]
+    if "bp" not in rules:
+        rules.insert(0, "bp")  # the reference for the ratios
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    cuda = str(device).startswith("cuda")
+    name = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"{args.model} on {name}; amp {args.amp}, channels_last {args.channels_last}, cuda_graph "
+          f"{args.cuda_graph}, compile {args.compile}, {args.together} run(s) together")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in args.batch_sizes:
+            for rule in rules:
+                try:
+                    results.append(measure(args, rule, batch, Path(tmp)))
+                except Exception as error:  # report and go on: one rule's failure is a result too
+                    print(f"{rule} batch {batch}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+    bp = {r["batch"]: r["images_per_s"] for r in results if r["rule"] == "bp"}
+    print(f"\n{'rule':<6} {'batch':>6} {'images/s':>11} {'vs bp':>6} {'ms/step':>8} "
+          f"{'epoch s':>8}  (epoch = {args.epoch_images:,} images{', per run' if args.together > 1 else ''})")
+    for r in results:
+        r["ratio_to_bp"] = r["images_per_s"] / bp[r["batch"]] if r["batch"] in bp else None
+        ratio = f"{r['ratio_to_bp']:.2f}" if r["ratio_to_bp"] else "-"
+        print(f"{r['rule']:<6} {r['batch']:>6} {r['images_per_s']:>11,.0f} {ratio:>6} {r['ms_per_step']:>8.2f} "
+              f"{r['epoch_s']:>8.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": name, "args": vars(args), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
