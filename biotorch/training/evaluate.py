@@ -60,6 +60,18 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, autocast: Optional[C
 # biotorch eval
 
 
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"  # sample test images shipped in the repository
+
+
+def _samples(folder: Path, dataset: str, device):
+    from ..data import load_samples
+
+    if not (folder / "labels.csv").is_file():
+        raise FileNotFoundError(f"no sample images for {dataset} in {folder}")
+    images, labels = load_samples(folder, dataset)
+    return images.to(device), labels.to(device)
+
+
 def _weights_file(path: Path) -> Path:
     if path.is_file():
         return path
@@ -79,6 +91,10 @@ def run_eval(args) -> int:
     from .recipe import SYNTHETIC
     from .trainer import resolve_device
 
+    if args.data is None:
+        if args.checkpoint or args.model is None:
+            raise ValueError("--data is needed with --checkpoint (which dataset to evaluate on)")
+        args.data = biotorch.get_pretrained_cfg(args.model).dataset  # the checkpoint's own data
     if args.data not in [*datasets.DATASETS, SYNTHETIC]:
         raise ValueError(f"--data {args.data!r} is not a dataset; choose one of "
                          f"{', '.join([*datasets.DATASETS, SYNTHETIC])}")
@@ -109,16 +125,28 @@ def run_eval(args) -> int:
         classes = getattr(model, "biotorch_config", {}).get("num_classes")
         if classes is not None and classes != info.num_classes:
             raise ValueError(f"{name} has {classes} outputs but {args.data} has {info.num_classes} classes")
-    images, labels = datasets.load(args.data, args.split, args.data_dir, download=args.download, device=device)
+    samples, split = SAMPLES / args.data, args.split
+    try:
+        if args.samples:
+            raise FileNotFoundError("--samples")
+        images, labels = datasets.load(args.data, args.split, args.data_dir, download=args.download, device=device)
+    except FileNotFoundError as error:
+        if args.split != "test" or not (samples / "labels.csv").is_file():
+            raise
+        if not args.samples:
+            print(f"biotorch eval: no {args.data} test set found ({' '.join(str(error).split())[:300]}); "
+                  f"evaluating on the {args.data} sample images shipped in {samples} instead")
+        images, labels = _samples(samples, args.data, device)
+        split = f"samples ({samples.name})"
     loader = DeviceLoader(images, labels, args.batch_size, info.mean, info.std, train=False, device=device)
     context = biotorch.exact_gradients(model) if args.exact_gradients else contextlib.nullcontext()
     with context:
         result = evaluate(model, loader, info.num_classes, per_class=args.per_class)
     if args.json:
-        print(json.dumps({"model": name, "dataset": args.data, "split": args.split, "weights": source, **result},
+        print(json.dumps({"model": name, "dataset": args.data, "split": split, "weights": source, **result},
                          indent=2))
         return 0
-    print(f"{name} on {args.data} {args.split} ({result['images']:,} images, {source}): "
+    print(f"{name} on {args.data} {split} ({result['images']:,} images, {source}): "
           f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     if args.per_class:
         names = list(info.label_names) or [str(i) for i in range(info.num_classes)]
@@ -136,7 +164,10 @@ def add_eval_command(subparsers) -> None:
                     "weights) or `biotorch eval --checkpoint runs/x --data fashion_mnist`.")
     parser.add_argument("model", nargs="?", help="registry name, e.g. lenet_fa.fashion_mnist (optional with "
                         "--checkpoint, whose metadata names the model)")
-    parser.add_argument("--data", required=True, help="dataset name, e.g. fashion_mnist")
+    parser.add_argument("--data", help="dataset name, e.g. fashion_mnist (default: the checkpoint's own)")
+    parser.add_argument("--samples", action="store_true",
+                        help="evaluate on the sample images shipped in samples/<data> (used automatically "
+                             "when the test set is not found)")
     parser.add_argument("--data-dir", help="folder holding the dataset files")
     parser.add_argument("--download", action="store_true", help="download the dataset when missing")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
