@@ -287,8 +287,11 @@ def _baseline(arch: str, dataset: str, baseline_runs, out_dir: Path) -> Optional
 
 def _reproduce_command(run: Run) -> str:
     arch, rule, dataset = run.key
-    recipe_file = Path("recipes") / dataset / f"{arch}.yaml"
     seed = run.metrics["seed"]
+    own = Path("recipes") / dataset / f"{arch}_{rule}.yaml"  # the published run's own recipe
+    if (REPO_ROOT / own).is_file():
+        return f"biotorch train --recipe {own.as_posix()} --seed {seed}"
+    recipe_file = Path("recipes") / dataset / f"{arch}.yaml"
     if (REPO_ROOT / recipe_file).is_file():
         return f"biotorch train --recipe {recipe_file.as_posix()} --rule {rule} --seed {seed}"
     return f"biotorch train --recipe recipe.yaml --rule {rule} --seed {seed}   # recipe.yaml of this repo"

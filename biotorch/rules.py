@@ -169,13 +169,15 @@ class WM(FA):
     """Weight Mirrors (Akrout et al. 2019): B learned by driving noise through the forward weights.
 
     After each step, unit-variance noise x goes through the forward weights, y = W x, and
-    B ← (1 − η) B + η·mean(y xᵀ); the decay is the growth control, so B tracks W·E[x xᵀ] = W."""
+    B ← (1 − η) B + η·mean(y xᵀ); the decay is the growth control, so B tracks W·E[x xᵀ] = W.
+    A small ``mirror_lr`` averages the noise over ~1/η steps: faster tracking (η = 0.01 to 0.05) destabilised
+    LeNet training on Fashion-MNIST in our runs even though B was then within 2–10° of W."""
 
     name = "wm"
     stateful = True
     options = ("mirror_lr", "mirror_samples")
 
-    def __init__(self, mirror_lr: float = 0.05, mirror_samples: int = 64):
+    def __init__(self, mirror_lr: float = 0.002, mirror_samples: int = 64):
         if not 0 < mirror_lr <= 1:
             raise ValueError(f"wm: mirror_lr must be in (0, 1], got {mirror_lr!r}")
         if int(mirror_samples) < 1:

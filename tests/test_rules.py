@@ -281,7 +281,7 @@ def test_kp_distance_shrinks_by_weight_decay_factor():
 
 def test_wm_mirror_steps_align_feedback():
     torch.manual_seed(0)
-    layer = biotorch.nn.Conv2d(8, 16, 3, rule="wm", seed=1)
+    layer = biotorch.nn.Conv2d(8, 16, 3, rule="wm", seed=1, mirror_lr=0.05)
     model = nn.Sequential(layer)
     start = biotorch.alignment(model)["0"]["angle"]
     for _ in range(200):
