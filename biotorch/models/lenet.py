@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mlp import new_classifier
+from ._head import ClassifierMixin, new_classifier
 
 __all__ = ["LeNet", "lenet"]
 
 
-class LeNet(nn.Module):
+class LeNet(ClassifierMixin, nn.Module):
     """LeNet-5 with ReLU and max pooling: two 5×5 convolutions, then three fully connected layers.
 
     Expects 32×32 images; 28×28 MNIST-style images are padded to 32×32 by the data transform.
@@ -57,15 +57,6 @@ class LeNet(nn.Module):
         x = self.act4(self.fc2(x))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = new_classifier(self.num_features, num_classes, like=self)
 
 
 def lenet(**kwargs) -> LeNet:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mlp import new_classifier
+from ._head import ClassifierMixin, new_classifier
 
 __all__ = ["MlpMixer", "mixer_s4"]
 
@@ -38,7 +38,7 @@ class MixerBlock(nn.Module):
         return x + self.mlp_channels(self.norm2(x))
 
 
-class MlpMixer(nn.Module):
+class MlpMixer(ClassifierMixin, nn.Module):
     """MLP-Mixer: patch embedding, ``depth`` mixer blocks, layer norm, mean over patches, classifier.
 
     Every learnable layer is an ``nn.Linear``, ``nn.Conv2d`` (the patch embedding) or ``nn.LayerNorm``.
@@ -102,15 +102,6 @@ class MlpMixer(nn.Module):
         x = x.mean(dim=1)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = new_classifier(self.num_features, num_classes, like=self)
 
 
 def mixer_s4(**kwargs) -> MlpMixer:

@@ -7,31 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP", "mlp", "new_classifier"]
+from ._head import ClassifierMixin, new_classifier
+
+__all__ = ["MLP", "mlp"]
 
 
-def new_classifier(in_features: int, num_classes: int, like: nn.Module | None = None) -> nn.Module:
-    """A freshly initialised ``nn.Linear(in_features, num_classes)``, or ``nn.Identity`` for 0 classes.
-
-    ``like`` places the new layer on the device and dtype of that module's parameters, so
-    ``reset_classifier`` works on a model already moved to a GPU or to half precision.
-
-    Example::
-
-        >>> new_classifier(84, 5)
-        Linear(in_features=84, out_features=5, bias=True)
-    """
-    if num_classes < 0:
-        raise ValueError(f"num_classes must be a positive integer, or 0 for no classifier; got {num_classes}")
-    if num_classes == 0:
-        return nn.Identity()  # timm's convention: a model without a head returns pooled features
-    reference = next(like.parameters(), None) if like is not None else None
-    device = reference.device if reference is not None else None
-    dtype = reference.dtype if reference is not None else None
-    return nn.Linear(in_features, num_classes, device=device, dtype=dtype)
-
-
-class MLP(nn.Module):
+class MLP(ClassifierMixin, nn.Module):
     """Fully connected network: flatten, ``Linear -> activation`` per hidden layer, then a linear classifier.
 
     Args:
@@ -78,15 +59,6 @@ class MLP(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = new_classifier(self.num_features, num_classes, like=self)
 
 
 def mlp(**kwargs) -> MLP:

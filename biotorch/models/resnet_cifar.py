@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mlp import new_classifier
+from ._head import ClassifierMixin, new_classifier
 
 __all__ = ["CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 
@@ -53,7 +53,7 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierMixin, nn.Module):
     """ResNet for 32×32 images: a 3×3 stem, then three stages of n basic blocks (16, 32, 64 channels).
 
     Args:
@@ -69,6 +69,8 @@ class CifarResNet(nn.Module):
         >>> model(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
+
+    classifier_attr = "fc"
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3) -> None:
         super().__init__()
@@ -113,15 +115,6 @@ class CifarResNet(nn.Module):
         x = self.flatten(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = new_classifier(self.num_features, num_classes, like=self)
 
 
 def resnet20(**kwargs) -> CifarResNet:

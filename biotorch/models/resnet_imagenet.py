@@ -5,12 +5,12 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from .mlp import new_classifier
+from ._head import ClassifierMixin, new_classifier
 
 __all__ = ["ImageNetResNet", "resnet18", "resnet34", "resnet50"]
 
 
-class ImageNetResNet(tv_resnet.ResNet):
+class ImageNetResNet(ClassifierMixin, tv_resnet.ResNet):
     """torchvision's ResNet plus ``in_chans``, ``forward_features``/``forward_head``, classifier reset.
 
     Parameter names match torchvision's, so its state dicts load unchanged.
@@ -27,6 +27,8 @@ class ImageNetResNet(tv_resnet.ResNet):
         >>> model(torch.randn(1, 3, 224, 224)).shape
         torch.Size([1, 10])
     """
+
+    classifier_attr = "fc"
 
     def __init__(
         self,
@@ -62,15 +64,6 @@ class ImageNetResNet(tv_resnet.ResNet):
         x = torch.flatten(self.avgpool(x), 1)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = new_classifier(self.num_features, num_classes, like=self)
 
 
 def resnet18(**kwargs) -> ImageNetResNet:
