@@ -27,6 +27,7 @@ def run(recipe, rule, lr, args) -> float:
                "--epochs", str(args.epochs), "--seed", str(args.seed), "--out", str(out), "--no-progress"]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
+        cmd += args.train_args.split()
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     return json.loads((out / "metrics.json").read_text())["val_top1"]
@@ -43,6 +44,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--train-args", default="", help='more `biotorch train` flags, e.g. "--optimizer adam"')
     args = parser.parse_args()
     grid = list(itertools.product(args.rules, args.lrs))
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -54,7 +56,7 @@ def main():
         cells = " | ".join(f"{results[rule, lr]:.2f}" for lr in args.lrs)
         lines.append(f"| {rule} | {cells} | {best[rule]:g} |")
     table = "\n".join(lines)
-    print(f"validation top-1 after {args.epochs} epochs (seed {args.seed}):\n{table}")
+    print(f"validation top-1 after {args.epochs} epochs (seed {args.seed}) {args.train_args}:\n{table}")
     Path(args.out, "search.md").write_text(table + "\n")
     Path(args.out, "search.json").write_text(json.dumps({"epochs": args.epochs, "seed": args.seed, "best_lr": best,
                                                          "val_top1": {f"{r}@{lr:g}": v for (r, lr), v in

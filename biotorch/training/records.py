@@ -74,12 +74,18 @@ def plot_curves(path, history: list[dict], title: str) -> None:
     for ax in (ax_loss, ax_top1):
         ax.legend()
         ax.grid(alpha=0.3)
+    _save_figure(fig, path, title)
+
+
+def _save_figure(fig, path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())  # atomic: a crash never leaves half a PNG
 
 
 def plot_alignment(path, records: list[dict], title: str) -> None:
@@ -104,12 +110,7 @@ def plot_alignment(path, records: list[dict], title: str) -> None:
         ax.grid(alpha=0.3)
     if 0 < len(layers) <= 24:
         ax_grad.legend(fontsize=6, ncol=2)
-    fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+    _save_figure(fig, path, title)
 
 
 class TensorBoard:
