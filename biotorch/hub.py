@@ -194,8 +194,15 @@ def from_pretrained(name_or_path: PathLike, device=None, revision: Optional[str]
         folder = _download_repo(text[len("hf-hub:"):], revision, local_files_only)
     elif Path(text).is_dir():
         folder = Path(text)
-    else:
-        return create_model(text, pretrained=True, device=device, num_classes=num_classes)
+    else:  # a registered name: its published weights (mirror, then Hub at ``revision``)
+        from .registry import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(text)
+        model = create_model(cfg.name, device=device)
+        load_weights(model, cfg, revision=revision, local_files_only=local_files_only)
+        if num_classes is not None and num_classes != cfg.num_classes:
+            model.reset_classifier(num_classes)
+        return model
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not a biotorch checkpoint folder")
