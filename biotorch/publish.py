@@ -40,7 +40,7 @@ from .registry import PRETRAINED_INDEX, PretrainedCfg, count_parameters, create_
 RUN_WEIGHTS = "best.safetensors"
 RUN_METRICS = "metrics.json"
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
-CARD_FILES = ("history.csv", "recipe.yaml", "curves.png", "alignment.png")
+CARD_FILES = ("history.csv", "curves.png", "alignment.png")  # recipe.yaml is written from Run.recipe
 
 # The tag a name without one resolves to: decided by the architecture alone, so every folder knows
 # whether it is the default without looking at the others. Small MLP/LeNet → Fashion-MNIST, CIFAR-sized
@@ -183,6 +183,8 @@ class Run:
         recipe_path = self.folder / "recipe.yaml"
         self.recipe = (yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file()
                        else dict(self.metrics.get("recipe") or {}))
+        if self.recipe.get("data_dir"):  # where the data lay on the training machine: not part of the recipe
+            self.recipe["data_dir"] = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -368,7 +370,7 @@ def _card_body(cfg: dict, run: Run, baseline: Optional[dict], has_alignment: boo
                             _spread(baseline, "test_top1"), _pct(baseline["val_top1"]),
                             _pct(baseline.get("test_top5"))])
         gap = m["test_top1"] - baseline["test_top1"]
-        baseline_text = f"Against backprop on the same architecture, data and recipe: {gap:+.2f} points test top-1."
+        baseline_text = f"Against backprop on the same architecture and data (each rule with the recipe tuned for it under the same search budget): {gap:+.2f} points test top-1."
     hardware = m.get("device") or "unrecorded hardware"
     world = f" × {m['world_size']}" if m.get("world_size", 1) > 1 else ""
     limitations = [
