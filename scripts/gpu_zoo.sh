@@ -8,7 +8,7 @@
 #   GPU:  run(command="EPOCHS=30 bash scripts/gpu_zoo.sh", carry=["data"], timeout_s=...)
 #   CPU smoke test, in a scratch worktree (it writes model_cards/):
 #     git worktree add /tmp/smoke && cp -r data /tmp/smoke/ && cd /tmp/smoke &&
-#     EPOCHS=1 LIMIT=256 DEVICE=cpu SKIP_CALIBRATION=1 bash scripts/gpu_zoo.sh
+#     EPOCHS=1 LIMIT=256 DEVICE=cpu SKIP_CALIBRATION=1 RULES=bp,fa,dfa bash scripts/gpu_zoo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--stage" ]]; then  # copy the shared data into the carried folder
@@ -34,7 +34,7 @@ fi
 
 # 2. the zoo: 8 rules x 2 datasets x seeds, one process, checkpoints written as runs finish
 python scripts/train_zoo.py --recipe recipes/cifar10_jpeg/resnet20.yaml --recipe recipes/fashion_mnist/resnet20.yaml \
-  --rules all --seeds $SEEDS --epochs "$EPOCHS" --device "$DEVICE" --out "$RUNS" \
+  --rules "${RULES:-all}" --seeds $SEEDS --epochs "$EPOCHS" --device "$DEVICE" --out "$RUNS" \
   ${LIMIT:+--limit-train $LIMIT} 2>&1 | tail -n 200 > "$OUT/zoo.log"
 
 # 3. publish into model_cards/ (no push here: no network), then load every new checkpoint through
