@@ -153,9 +153,8 @@ def _reset_classifier(model: nn.Module, num_classes: int, *args, **kwargs) -> No
                                                   **config["rule_options"])
         setattr(model.get_submodule(parent), child, new_head)
     config["num_classes"] = num_classes
-    if config["rule"] == "dfa":
-        redraw_feedback(model, num_classes)
-        _draw_direct_feedback(model)
+    redraw_feedback(model, num_classes)  # no-op unless some layer learns by direct feedback
+    _draw_direct_feedback(model)
 
 
 def create_model(name: str, pretrained: bool = False, num_classes: Optional[int] = None,

@@ -277,6 +277,10 @@ class DFA(Rule):
         expected, _ = self._shapes(context.num_classes, input.shape)
         if layer.feedback_weight.numel() == 0:
             self.draw(layer, context.num_classes, input.shape)
+        elif not layer.feedback_weight.is_contiguous():
+            # B is read flat, as (classes, C·H·W); after .to(memory_format=channels_last) make it
+            # contiguous once here rather than copying it in every backward.
+            layer.feedback_weight = layer.feedback_weight.contiguous()
         elif tuple(layer.feedback_weight.shape) != expected and torch.is_grad_enabled():
             raise RuntimeError(f"dfa feedback was drawn for {tuple(layer.feedback_weight.shape)} "
                                f"(num_classes, *input) but this input needs {expected}; call "

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import __version__
-from ..convert import feedback_step, rule_layers
+from ..convert import feedback_step
 from ..data import DeviceLoader
 from ..metrics import alignment, gradient_alignment
 from ..registry import count_parameters
@@ -194,12 +194,6 @@ class Trainer:
         self.model = build_model(recipe, self.info, self.device)
         if recipe.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-            # dfa's feedback is read flat, as a (classes, C·H·W) matrix: keep it contiguous (no copy per step).
-            for _, layer in rule_layers(self.model):
-                if layer.rule.name == "dfa":
-                    for name, buffer in layer._buffers.items():
-                        if name.startswith("feedback_") and buffer is not None:
-                            layer._buffers[name] = buffer.contiguous()
         self.params_forward, self.params_feedback = count_parameters(self.model)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
