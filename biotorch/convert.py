@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import warnings
 from typing import Callable, Iterable, Iterator, Optional, Union
 
@@ -122,6 +123,24 @@ def redraw_feedback(model: nn.Module, num_classes: Optional[int] = None) -> None
     _attach_output_error(model, num_classes)
     for layer in layers:
         layer.rule.setup(layer, int(layer.feedback_seed))
+
+
+def feedback_fingerprint(model: nn.Module) -> str:
+    """sha256 of the feedback the layers derive from (seed, step) rather than store (``rule.derived``).
+
+    Saved with the weights and checked after loading, so a changed generator or option fails loudly
+    instead of silently training with a different B.
+    """
+    digest = hashlib.sha256()
+    for name, layer in rule_layers(model):
+        for buffer_name in layer.rule.derived:
+            tensor = getattr(layer, buffer_name, None)
+            if tensor is None:
+                continue
+            values = tensor.detach().to("cpu", torch.float32).contiguous()
+            digest.update(f"{name}.{buffer_name}{tuple(values.shape)};".encode())
+            digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

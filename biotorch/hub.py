@@ -27,6 +27,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .convert import feedback_fingerprint
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 HUB_ORG = "biotorch"
@@ -76,14 +78,20 @@ def canonical_safetensors(path: PathLike) -> PathLike:
     return path
 
 
-def save_weights(model: nn.Module, path: PathLike) -> Path:
-    """The model's full state_dict as safetensors (atomically), with arch/rule/version metadata."""
+def save_weights(model: nn.Module, path: PathLike, metadata: Optional[dict] = None) -> Path:
+    """The model's state_dict as safetensors (atomically), with arch/rule/version and feedback fingerprint.
+
+    Feedback that is a function of (seed, step) is not in the state_dict (``rule.derived``); its
+    fingerprint is stored instead and checked by :func:`load_checkpoint`.
+    """
     from . import __version__
 
     config = getattr(model, "biotorch_config", {})
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "arch": str(config.get("arch", type(model).__name__)),
-                "rule": str(config.get("rule", "")), "biotorch_version": __version__}
+                "rule": str(config.get("rule", "")), "biotorch_version": __version__,
+                "feedback_fingerprint": feedback_fingerprint(model),
+                **{k: str(v) for k, v in (metadata or {}).items()}}
 
     def write(tmp):
         save_file(state, tmp, metadata=metadata)
@@ -142,7 +150,15 @@ def load_checkpoint(model: nn.Module, path: PathLike, expected_sha256: Optional[
                          + "; ".join(f"{label}: {', '.join(items[:5])}{' …' if len(items) > 5 else ''}"
                                      for label, items in (("missing", missing), ("unexpected", unexpected),
                                                           ("shape", wrong)) if items))
-    model.load_state_dict(state, strict=True)
+    before = {k: v.detach().clone() for k, v in expected.items()}
+    model.load_state_dict(state, strict=True)  # re-derives feedback from the loaded seeds and steps
+    fingerprint = feedback_fingerprint(model)
+    if metadata.get("feedback_fingerprint") != fingerprint:
+        model.load_state_dict(before, strict=True)
+        saved = metadata.get("feedback_fingerprint")
+        raise ValueError(f"{path}: the feedback re-derived from its seeds does not match the fingerprint saved "
+                         f"with it ({fingerprint[:12]}… vs {saved[:12] + '…' if saved else 'none saved'}): "
+                         "it was written by a biotorch whose feedback generator or options differ from this one")
     return model
 
 

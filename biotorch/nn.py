@@ -49,14 +49,8 @@ class RuleLayer:
         return layer
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Feedback drawn lazily (dfa) is empty until the first forward: take the checkpoint's shape.
-        for name, buf in self._buffers.items():
-            incoming = state_dict.get(prefix + name)
-            if name.startswith("feedback_") and incoming is not None and buf is not None \
-                    and buf.numel() == 0 and incoming.shape != buf.shape:
-                self._buffers[name] = buf.new_empty(incoming.shape)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.rule.after_load(self)
+        self.rule.after_load(self)  # re-derive the feedback that is not saved (rule.derived)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.rule!r}"

@@ -197,10 +197,10 @@ def create_model(name: str, pretrained: bool = False, num_classes: Optional[int]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(forward parameters, stored feedback numbers) of a model."""
+    """(forward parameters, feedback numbers the rule holds, whether saved or re-derived) of a model."""
     forward = sum(p.numel() for n, p in model.named_parameters() if "feedback_" not in n)
-    feedback = sum(t.numel() for n, t in model.state_dict().items()
-                   if "feedback_" in n.rpartition(".")[2] and t.is_floating_point())
+    feedback = sum(t.numel() for n, t in [*model.named_buffers(), *model.named_parameters()]
+                   if n.rpartition(".")[2].startswith("feedback_") and t.is_floating_point())
     return forward, feedback
 
 

@@ -24,6 +24,8 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
+from .functional import capture_error
+
 _MASKS = {s: (1 << (64 - s)) - 1 for s in (11, 27, 30, 31)}
 
 
@@ -58,9 +60,30 @@ def init_bound(weight: Tensor) -> float:
     return 1.0 / math.sqrt(weight[0].numel())
 
 
-def draw_like(weight: Tensor, key) -> Tensor:
-    """A random matrix of W's shape, scaled like torch's default init of W."""
-    return (counter_uniform(weight.shape, key, weight.device) * init_bound(weight)).to(weight.dtype)
+FEEDBACK_INITS = ("default", "xavier")
+
+
+def feedback_bound(shape, init: str) -> float:
+    """Half-width of the uniform draw of a feedback matrix of ``shape`` (out, in, *kernel).
+
+    ``default``: torch's default init of a weight of that shape, U(±1/sqrt(fan_in)).
+    ``xavier``: Glorot's U(±sqrt(6 / (fan_in + fan_out))), as BioTorch initialises its feedback.
+    """
+    receptive = math.prod(shape[2:])
+    fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+    return 1.0 / math.sqrt(fan_in) if init == "default" else math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def draw_like(weight: Tensor, key, init: str = "default") -> Tensor:
+    """A random matrix of W's shape from ``key``, scaled by ``init`` (see :func:`feedback_bound`)."""
+    bound = feedback_bound(weight.shape, init)
+    return (counter_uniform(weight.shape, key, weight.device) * bound).to(weight.dtype)
+
+
+def _check_init(rule: str, feedback_init: str) -> str:
+    if feedback_init not in FEEDBACK_INITS:
+        raise ValueError(f"{rule}: feedback_init must be one of {', '.join(FEEDBACK_INITS)}, got {feedback_init!r}")
+    return feedback_init
 
 
 class Rule:
@@ -69,6 +92,9 @@ class Rule:
     name: ClassVar[str] = "bp"
     options: ClassVar[tuple[str, ...]] = ()
     stateful: ClassVar[bool] = False  # True when after_step does something
+    # Feedback buffers that are functions of (seed, step): not saved, re-derived by after_load, and
+    # checked against the fingerprint saved with the weights (biotorch.convert.feedback_fingerprint).
+    derived: ClassVar[tuple[str, ...]] = ()
 
     def setup(self, layer: nn.Module, seed: int) -> None:
         pass
@@ -97,13 +123,28 @@ def _register_seed(layer: nn.Module, seed: int) -> Tensor:
 
 
 class FA(Rule):
-    """Feedback Alignment (Lillicrap et al. 2016): a fixed random B of W's shape."""
+    """Feedback Alignment (Lillicrap et al. 2016): a fixed random B of W's shape.
+
+    ``feedback_init``: ``"default"`` draws B like torch's default init of W, ``"xavier"`` as Glorot."""
 
     name = "fa"
+    options = ("feedback_init",)
+    derived = ("feedback_weight",)
+
+    def __init__(self, feedback_init: str = "default"):
+        self.feedback_init = _check_init(self.name, feedback_init)
+
+    def draw(self, layer) -> Tensor:
+        return draw_like(layer.weight, _key(layer.feedback_seed, 0), self.feedback_init)
 
     def setup(self, layer, seed):
-        key = _register_seed(layer, seed)
-        layer.register_buffer("feedback_weight", draw_like(layer.weight, _key(key, 0)))
+        _register_seed(layer, seed)
+        layer.register_buffer("feedback_weight", self.draw(layer), persistent=not self.derived)
+
+    def after_load(self, layer):
+        if self.derived:
+            with torch.no_grad():
+                layer.feedback_weight.copy_(self.draw(layer))
 
     def signal(self, layer, input):
         return layer.feedback_weight, None
@@ -123,18 +164,22 @@ class FRSF(Rule):
     """Fixed Random-magnitude Sign-concordant Feedback (Moskovitz et al. 2018): |R0| ∘ sign(W)."""
 
     name = "frsf"
-    persistent_magnitude: ClassVar[bool] = True
+    options = ("feedback_init",)
+    derived = ("feedback_magnitude",)
+
+    def __init__(self, feedback_init: str = "default"):
+        self.feedback_init = _check_init(self.name, feedback_init)
 
     def setup(self, layer, seed):
-        key = _register_seed(layer, seed)
+        _register_seed(layer, seed)
         layer.register_buffer("feedback_step", torch.zeros((), dtype=torch.int64, device=layer.weight.device))
-        layer.register_buffer("feedback_magnitude", torch.empty_like(layer.weight),
-                              persistent=self.persistent_magnitude)
+        layer.register_buffer("feedback_magnitude", torch.empty_like(layer.weight), persistent=False)
         self.after_load(layer)
 
     def after_load(self, layer):
+        key = _key(layer.feedback_seed, layer.feedback_step)
         with torch.no_grad():
-            layer.feedback_magnitude.copy_(draw_like(layer.weight, _key(layer.feedback_seed, layer.feedback_step)).abs())
+            layer.feedback_magnitude.copy_(draw_like(layer.weight, key, self.feedback_init).abs())
 
     def signal(self, layer, input):
         return layer.weight.detach().sign() * layer.feedback_magnitude, None
@@ -145,7 +190,6 @@ class BRSF(FRSF):
 
     name = "brsf"
     stateful = True
-    persistent_magnitude = False  # derived from (seed, step)
 
     def after_step(self, layer):
         layer.feedback_step.add_(1)
@@ -159,10 +203,11 @@ class KP(FA):
     weight decay as W and W − B decays to zero."""
 
     name = "kp"
+    derived = ()  # B is learned: saved with the weights
 
     def setup(self, layer, seed):
-        key = _register_seed(layer, seed)
-        layer.feedback_weight = nn.Parameter(draw_like(layer.weight, _key(key, 0)))
+        _register_seed(layer, seed)
+        layer.feedback_weight = nn.Parameter(self.draw(layer))
 
 
 class WM(FA):
@@ -175,9 +220,11 @@ class WM(FA):
 
     name = "wm"
     stateful = True
-    options = ("mirror_lr", "mirror_samples")
+    options = ("mirror_lr", "mirror_samples", "feedback_init")
+    derived = ()  # B is learned: saved with the weights
 
-    def __init__(self, mirror_lr: float = 0.002, mirror_samples: int = 64):
+    def __init__(self, mirror_lr: float = 0.002, mirror_samples: int = 64, feedback_init: str = "default"):
+        super().__init__(feedback_init)
         if not 0 < mirror_lr <= 1:
             raise ValueError(f"wm: mirror_lr must be in (0, 1], got {mirror_lr!r}")
         if int(mirror_samples) < 1:
@@ -220,8 +267,6 @@ class OutputError:
         self.current = _ErrorSlot()
 
     def post_forward(self, module, args, output):
-        from .functional import capture_error
-
         if not isinstance(output, Tensor):
             raise TypeError(f"dfa needs the model to return one tensor of logits, got {type(output).__name__}")
         return capture_error(output, self.current) if output.requires_grad else output
@@ -241,19 +286,21 @@ class DFA(Rule):
     """
 
     name = "dfa"
-    options = ("dfa_feedback",)
+    options = ("dfa_feedback", "feedback_init")
+    derived = ("feedback_weight", "feedback_spatial")
 
-    def __init__(self, dfa_feedback: str = "dense"):
+    def __init__(self, dfa_feedback: str = "dense", feedback_init: str = "default"):
         if dfa_feedback not in ("dense", "factorized"):
             raise ValueError(f"dfa: dfa_feedback must be 'dense' or 'factorized', got {dfa_feedback!r}")
         self.dfa_feedback = dfa_feedback
+        self.feedback_init = _check_init(self.name, feedback_init)
 
     def setup(self, layer, seed):
         _register_seed(layer, seed)
         empty = torch.empty(0, device=layer.weight.device, dtype=layer.weight.dtype)
-        layer.register_buffer("feedback_weight", empty)
+        layer.register_buffer("feedback_weight", empty, persistent=False)
         if self.dfa_feedback == "factorized":
-            layer.register_buffer("feedback_spatial", empty.clone())
+            layer.register_buffer("feedback_spatial", empty.clone(), persistent=False)
 
     def _shapes(self, num_classes: int, input_shape) -> tuple:
         if self.dfa_feedback == "factorized" and len(input_shape) > 2:
@@ -262,12 +309,25 @@ class DFA(Rule):
 
     @torch.no_grad()
     def draw(self, layer, num_classes: int, input_shape) -> None:
+        """Draw B (and V when factorized) for ``num_classes`` outputs and inputs of ``input_shape``."""
         shape, spatial = self._shapes(num_classes, input_shape)
         key, dtype = _key(layer.feedback_seed, 0), layer.weight.dtype
-        layer.feedback_weight = (counter_uniform(shape, key) / math.sqrt(num_classes)).to(dtype)
+        # default: U(±1/sqrt(classes)); xavier: Glorot over B seen as a (classes, input numel) matrix.
+        # (A product with a Python float rounds the same on every device; CUDA divides by multiplying.)
+        bound = (1 / math.sqrt(num_classes) if self.feedback_init == "default"
+                 else feedback_bound((num_classes, math.prod(input_shape[1:])), "xavier"))
+        layer.feedback_weight = (counter_uniform(shape, key) * bound).to(dtype)
         if self.dfa_feedback == "factorized":
             spatial_draw = counter_uniform(spatial, key + 1) * math.sqrt(3) if spatial else key.new_empty(0)
             layer.feedback_spatial = spatial_draw.to(dtype)
+
+    def after_load(self, layer):
+        # B is not saved: redraw it from the loaded seed for the shape the model already drew it in.
+        if layer.feedback_weight.numel():
+            spatial = getattr(layer, "feedback_spatial", None)
+            input_shape = ((1, *spatial.shape) if spatial is not None and spatial.numel()
+                           else (1, *layer.feedback_weight.shape[1:]))
+            self.draw(layer, layer.feedback_weight.shape[0], input_shape)
 
     def signal(self, layer, input):
         context: Optional[OutputError] = getattr(layer, "output_error", None)

@@ -24,6 +24,7 @@ import torch
 
 from biotorch.rules import RULES
 from biotorch.training import Trainer, datasets, make_recipe
+from biotorch.training.trainer import seconds_per_round
 
 
 def parse_args(argv=None):
@@ -68,34 +69,12 @@ def make_trainer(args, rule: str, batch: int, folder: Path, index: int) -> Train
         datasets.SYNTHETIC_INFO = original
         datasets.clear_cache()
 
-def batches(trainer: Trainer):
-    while True:
-        yield from trainer.begin_epoch()
-
-
 def measure(args, rule: str, batch: int, folder: Path) -> dict:
     trainers = [make_trainer(args, rule, batch, folder, i) for i in range(args.together)]
-    streams = [iter(batches(t)) for t in trainers]
-
-    def run(steps: int) -> None:
-        for _ in range(steps):
-            for trainer, stream in zip(trainers, streams):
-                with trainer.stream_context():
-                    trainer.step(*next(stream))
-
-    def sync() -> None:
-        if trainers[0].device.type == "cuda":
-            torch.cuda.synchronize(trainers[0].device)
-
-    run(args.warmup)
-    sync()
-    start = time.perf_counter()
-    run(args.steps)
-    sync()
-    seconds = time.perf_counter() - start
-    images = args.steps * batch * args.together
+    seconds = seconds_per_round(trainers, args.steps, args.warmup)
+    images = batch * args.together
     return {"rule": rule, "batch": batch, "together": args.together, "images_per_s": images / seconds,
-            "ms_per_step": 1000 * seconds / (args.steps * args.together),
+            "ms_per_step": 1000 * seconds / args.together,
             "epoch_s": args.epoch_images / (images / seconds) * args.together}
 
 

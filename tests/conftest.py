@@ -1,7 +1,9 @@
 """Shared fixtures: finished training runs written the way ``biotorch train`` writes them, in seconds."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,14 @@ def make_run(tmp_path):
         return write_run(tmp_path / "runs" / (name or f"{key}-seed{kwargs['seed']}"), **kwargs)
 
     return make
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (registered, so its dataclasses work)."""
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 import biotorch
 from biotorch import hub, registry
+from biotorch.convert import feedback_fingerprint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,3 +174,48 @@ def test_pretrained_cfg_is_typed_and_complete():
     fields = {f.name for f in dataclasses.fields(registry.PretrainedCfg)}
     assert {"dataset", "split", "num_classes", "label_names", "input_size", "mean", "std", "interpolation",
             "recipe", "metrics", "params_forward", "params_feedback", "files", "hub_id"} <= fields
+
+
+# --- checkpoints hold only what cannot be re-derived ------------------------------------------------------
+
+def _saved_size(name, tmp_path, **kwargs):
+    model = biotorch.create_model(name, **kwargs)
+    return hub.save_weights(model, tmp_path / f"{name}.safetensors").stat().st_size
+
+
+def test_checkpoints_store_only_learned_feedback(tmp_path):
+    bp = _saved_size("resnet20_bp", tmp_path)
+    for rule in ("fa", "dfa", "usf", "brsf", "frsf"):  # feedback is a function of (seed, step)
+        assert _saved_size(f"resnet20_{rule}", tmp_path) <= 1.05 * bp, rule
+    for rule in ("wm", "kp"):  # learned feedback: B is stored beside W
+        assert _saved_size(f"resnet20_{rule}", tmp_path) > 1.9 * bp, rule
+    assert bp < 1.2e6  # ResNet-20: 0.27 M float32 numbers
+
+
+@pytest.mark.parametrize("rule", ["fa", "frsf", "brsf", "dfa"])
+def test_derived_feedback_is_regenerated_at_load_and_fingerprinted(rule, tmp_path):
+    model, x = _trained(f"lenet_{rule}", in_chans=1, seed=3)
+    path = hub.save_weights(model, tmp_path / "w.safetensors")
+    with safe_open(str(path), "pt") as f:
+        assert not [k for k in f.keys() if k.endswith(("feedback_weight", "feedback_magnitude"))]
+        assert f.metadata()["feedback_fingerprint"] == feedback_fingerprint(model)
+    other = biotorch.create_model(f"lenet_{rule}", in_chans=1, seed=11)  # different feedback before loading
+    hub.load_checkpoint(other, path)
+    for (name, a), (_, b) in zip(model.named_buffers(), other.named_buffers()):
+        assert torch.equal(a, b), name
+    for name, grad in _grads(model, x).items():
+        assert torch.equal(grad, _grads(other, x)[name]), name
+
+
+def test_changed_feedback_generator_fails_loudly_and_leaves_the_model_untouched(tmp_path, monkeypatch):
+    model, _ = _trained("lenet_fa", in_chans=1)
+    path = hub.save_weights(model, tmp_path / "w.safetensors")
+    # the same checkpoint read by a biotorch whose fa draws B differently (here: the other init)
+    other = biotorch.create_model("lenet_fa", in_chans=1, feedback_init="xavier")
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="fingerprint"):
+        hub.load_checkpoint(other, path)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    monkeypatch.setattr(biotorch.rules, "counter_uniform", lambda shape, key, device=None: torch.zeros(shape))
+    with pytest.raises(ValueError, match="generator"):
+        hub.load_checkpoint(biotorch.create_model("lenet_fa", in_chans=1), path)

@@ -338,7 +338,10 @@ def test_feedback_lives_in_buffers_and_follows_dtype():
     model = biotorch.convert(_mlp(), "fa")
     names = {n for n, _ in model.named_parameters()}
     assert not any("feedback" in n for n in names)
-    assert "2.feedback_weight" in model.state_dict()
+    # fa's B is a function of its seed: held as a buffer, not saved; learned feedback (wm) is saved
+    assert "2.feedback_weight" in dict(model.named_buffers()) and "2.feedback_weight" not in model.state_dict()
+    assert "2.feedback_seed" in model.state_dict()
+    assert "2.feedback_weight" in biotorch.convert(_mlp(), "wm").state_dict()
     model.to(torch.float64)
     assert model[2].feedback_weight.dtype == torch.float64
     model(torch.randn(2, 6, dtype=torch.float64)).sum().backward()
@@ -431,3 +434,25 @@ def test_torch_compile(rule):
     model.zero_grad()
     model(x).sum().backward()
     torch.testing.assert_close(compiled_grad, model[0].weight.grad)
+
+
+@pytest.mark.parametrize("rule", ["fa", "frsf", "kp", "wm"])
+def test_feedback_init_xavier_follows_glorot(rule):
+    conv = biotorch.nn.Conv2d(6, 10, 3, rule=rule, seed=5, feedback_init="xavier")
+    b = conv.feedback_magnitude if rule == "frsf" else conv.feedback_weight
+    fan_in, fan_out = 6 * 9, 10 * 9
+    bound = math.sqrt(6 / (fan_in + fan_out))             # Glorot & Bengio 2010, uniform
+    assert b.abs().max() <= bound and b.abs().max() > 0.95 * bound
+    default = biotorch.nn.Conv2d(6, 10, 3, rule=rule, seed=5)
+    d = default.feedback_magnitude if rule == "frsf" else default.feedback_weight
+    torch.testing.assert_close(b, d * bound * math.sqrt(fan_in))   # the same draw, another scale
+    with pytest.raises(ValueError, match="feedback_init must be one of default, xavier"):
+        biotorch.nn.Linear(3, 2, rule=rule, feedback_init="orthogonal")
+
+
+def test_dfa_feedback_init_xavier():
+    model = biotorch.convert(_mlp(), "dfa", feedback_init="xavier")
+    model(torch.randn(1, 6))
+    b = model[2].feedback_weight                            # (classes, inputs of the layer) = (4, 8)
+    bound = math.sqrt(6 / (4 + 8))
+    assert b.shape == (4, 8) and b.abs().max() <= bound and b.abs().max() > 0.9 * bound

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..hub import load_checkpoint as load_weights_file, save_weights
 from .records import write_bytes, write_json
 
 CHECKPOINT = "checkpoint"
@@ -46,16 +47,6 @@ def _plain(value):
 def _tensors_to_cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     # A copy per tensor: safetensors refuses tensors that share memory (tied weights, views).
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-
-
-def save_weights(path, model: nn.Module, metadata: Optional[dict] = None) -> None:
-    """``model.state_dict()`` (forward weights and feedback buffers) as one safetensors file, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(_tensors_to_cpu(model.state_dict()), str(tmp),
-              metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
 
 
 def read_metadata(path) -> dict:
@@ -96,7 +87,7 @@ def save_checkpoint(run_dir, *, model: nn.Module, optimizer: torch.optim.Optimiz
     tmp = run_dir / f".{CHECKPOINT}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_tensors_to_cpu(model.state_dict()), str(tmp / "model.safetensors"))
+    save_weights(model, tmp / "model.safetensors")
     opt_tensors, opt_extra, param_groups = _optimizer_files(optimizer)
     save_file(_tensors_to_cpu(opt_tensors), str(tmp / "optimizer.safetensors"))
     save_file(_tensors_to_cpu(_rng_tensors()), str(tmp / "rng.safetensors"))
@@ -126,7 +117,7 @@ def load_checkpoint(folder, *, model: nn.Module, optimizer: torch.optim.Optimize
     """Restore everything ``save_checkpoint`` wrote (RNG states included); returns the state dict."""
     folder = Path(folder)
     state = json.loads((folder / "state.json").read_text())
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
+    load_weights_file(model, folder / "model.safetensors")
     opt_tensors = load_file(str(folder / "optimizer.safetensors"), device=str(device))
     per_param: dict[int, dict] = {}
     for key, value in opt_tensors.items():

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..convert import feedback_step
 from ..data import DeviceLoader
+from ..hub import load_checkpoint, save_weights
 from ..metrics import alignment, gradient_alignment
 from ..registry import count_parameters
 from . import checkpoint as ckpt
@@ -404,7 +405,7 @@ class Trainer:
         self.epoch = epoch
         if self.dist.main:
             if improved:
-                ckpt.save_weights(self.run_dir / "best.safetensors", self.model, self.weights_metadata())
+                save_weights(self.model, self.run_dir / "best.safetensors")
             write_history(self.run_dir, self.history)
             if self.alignment_records:
                 write_json(self.run_dir / "alignment.json", self.alignment_records)
@@ -422,9 +423,6 @@ class Trainer:
                 "best_epoch": self.best_epoch, "history": self.history, "alignment": self.alignment_records,
                 "train_time_s": self.train_time_s, "images_trained": self.images_trained,
                 "biotorch_version": __version__}
-
-    def weights_metadata(self) -> dict:
-        return {"arch": self.recipe.model, "rule": self.recipe.rule, "biotorch_version": __version__}
 
     # -- the end ------------------------------------------------------------------------------------
 
@@ -451,16 +449,14 @@ class Trainer:
         return metrics
 
     def _test_metrics(self) -> dict:
-        from safetensors.torch import load_file
-
-        self.model.load_state_dict(load_file(str(self.run_dir / "best.safetensors"), device=str(self.device)))
+        load_checkpoint(self.model, self.run_dir / "best.safetensors")
         test_x, test_y = datasets.load(self.recipe.data, "test", self.recipe.data_dir,
                                        download=self.recipe.download, device=self.device)
         loader = DeviceLoader(test_x, test_y, self.recipe.eval_batch_size, train=False, **self._norm)
         test = evaluate(self.model, loader, self.info.num_classes, autocast=self._autocast)
         r = self.recipe
         return {"model": r.model_name, "arch": r.model, "rule": r.rule, "dataset": r.data, "seed": r.seed,
-                "epochs": r.epochs, "best_epoch": self.best_epoch,
+                "epochs": r.epochs, "epochs_trained": self.epoch, "best_epoch": self.best_epoch,
                 "val_top1": self.best_val if self.has_val else None,
                 "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
                 "train_time_s": self.train_time_s,
@@ -482,12 +478,14 @@ class Trainer:
 
 
 def train_together(make_trainers, *, max_concurrent: Optional[int] = None,
-                   log: Callable[[str], None] = print) -> list:
+                   log: Callable[[str], None] = print, deadline: Optional[float] = None) -> list:
     """Train several runs in one process, one step of each in turn, each on its own CUDA stream.
 
     ``make_trainers`` yields zero-argument callables that build a :class:`Trainer`; at most
     ``max_concurrent`` are alive at once (default all), the next starts when one finishes. One
     process keeps the GPU busy where separate processes would contend; on CPU the steps simply alternate.
+    Past ``deadline`` (a ``time.perf_counter()`` value) no new run starts and every active run stops where
+    it is and is finished on its best validated epoch (``epochs_trained`` in its metrics says how far it got).
     Returns each run's metrics, or the exception that ended it.
     """
     pending = list(make_trainers)
@@ -510,6 +508,20 @@ def train_together(make_trainers, *, max_concurrent: Optional[int] = None,
             results[index] = error
 
     while queue or active:
+        if deadline is not None and time.perf_counter() > deadline:
+            for index in queue:
+                results[index] = RuntimeError("not started: the time budget ran out")
+            queue.clear()
+            for index, (trainer, _) in list(active.items()):
+                log(f"[{trainer.name}] stopped by the time budget after epoch {trainer.epoch}/{trainer.recipe.epochs}")
+                try:
+                    if trainer.epoch == 0:
+                        raise RuntimeError("the time budget ran out before its first epoch")
+                    results[index] = trainer.finish()
+                except Exception as error:
+                    results[index] = error
+                del active[index]
+            break
         while queue and len(active) < limit:
             start(queue.pop(0))
         for index in list(active):
@@ -534,3 +546,31 @@ def train_together(make_trainers, *, max_concurrent: Optional[int] = None,
     log(f"trained {images:,} images in {wall:.1f}s: {images / wall:,.0f} images/s in aggregate "
         "(including validation, checkpoints and start-up)")
     return results
+
+
+def seconds_per_round(trainers: list, steps: int, warmup: int = _GRAPH_WARMUP_STEPS + 2) -> float:
+    """Seconds for one training step of every trainer in turn (as ``train_together`` runs them), measured
+    after ``warmup`` rounds (CUDA-graph capture included there). The steps are real: use scratch runs."""
+    streams = []
+    for trainer in trainers:
+        def batches(trainer=trainer):
+            while True:
+                yield from trainer.begin_epoch()
+        streams.append(batches())
+
+    def run(rounds: int) -> None:
+        for _ in range(rounds):
+            for trainer, stream in zip(trainers, streams):
+                with trainer.stream_context():
+                    trainer.step(*next(stream))
+
+    def sync() -> None:
+        for device in {t.device for t in trainers if t.device.type == "cuda"}:
+            torch.cuda.synchronize(device)
+
+    run(warmup)
+    sync()
+    start = time.perf_counter()
+    run(steps)
+    sync()
+    return (time.perf_counter() - start) / steps

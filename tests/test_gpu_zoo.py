@@ -1,0 +1,90 @@
+"""The one-call GPU pipeline (scripts/gpu_zoo.sh, scripts/train_zoo.py), run end to end on the CPU."""
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import load_script
+
+ROOT = Path(__file__).resolve().parent.parent
+zoo = load_script("train_zoo")
+
+
+def test_committed_zoo_file_validates_and_every_rule_gets_the_same_grid():
+    entries = zoo.read_zoo(ROOT / "recipes" / "zoo.yaml")
+    assert entries and all(set(e.rules) == set(zoo.RULES) for e in entries)
+    lenet = next(e for e in entries if "lenet" in e.recipe)
+    assert lenet.seeds == [0, 1, 2] and zoo.load_recipe(lenet.recipe).epochs >= 100
+    grids = {rule: zoo.candidates(lenet, rule) for rule in lenet.rules}
+    assert len(grids["fa"]) == len(grids["dfa"]) == 2 * len(grids["bp"]) == 2 * len(grids["usf"])
+    assert all("feedback_init" not in c for c in grids["bp"])
+
+
+def test_zoo_file_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "zoo.yaml"
+    bad.write_text("runs:\n  - recipe: recipes/fashion_mnist/lenet.yaml\n    seed: [0]\n")
+    with pytest.raises(ValueError, match="unknown key.*seed"):
+        zoo.read_zoo(bad)
+    bad.write_text("runs:\n  - recipe: recipes/fashion_mnist/lenet.yaml\n    rules: [fa, fx]\n")
+    with pytest.raises(ValueError, match="unknown learning rule 'fx'"):
+        zoo.read_zoo(bad)
+
+
+def test_search_chooses_on_validation_only(tmp_path):
+    runs = [dataclasses.replace(_fake(0, "fa", 2, tmp_path), search={"lr_scale": s}) for s in (0.5, 1.0, 2.0)]
+    results = [{"val_top1": 80.0, "test_top1": 99.0}, {"val_top1": 85.0, "test_top1": 10.0},
+               RuntimeError("diverged")]
+    assert zoo.choose(runs, results) == {(0, "fa"): {"lr_scale": 1.0}}
+
+
+def _fake(entry, rule, nominal, tmp_path):
+    recipe = zoo.make_recipe({"model": "lenet", "data": "synthetic", "rule": rule, "epochs": nominal})
+    return zoo.Run(tmp_path / f"{rule}{entry}{nominal}", recipe, entry, nominal)
+
+
+def test_plan_fits_the_budget_and_drops_a_search_that_would_halve_the_runs(tmp_path):
+    runs = [_fake(0, "bp", 100, tmp_path), _fake(0, "fa", 100, tmp_path)]
+    costs = {(0, "bp"): zoo.Cost(0.01, 0.1, 0.2, 0.5, 100), (0, "fa"): zoo.Cost(0.02, 0.1, 0.2, 0.5, 100)}
+    full = sum(zoo.run_seconds(costs[(0, r.recipe.rule)], 100, 1.0) for r in runs)
+    fraction, expected, _ = zoo.plan(runs, [], costs, 1.0, full / 2)
+    assert expected <= full / 2 and 0.4 < fraction < 0.5        # fixed costs (test, epoch ends) included
+    assert zoo.plan(runs, [], costs, 1.0, 2 * full)[0] == 1.0   # never more than the recipe asks
+    searches = [_fake(0, "fa", 50, tmp_path)]                  # a search as long as half the runs
+    keep = zoo.plan(runs, searches, costs, 1.0, 3 * full)
+    drop = zoo.plan(runs, searches, costs, 1.0, 0.5 * full)
+    assert keep[2] is True and drop[2] is False and drop[1] <= 0.5 * full
+    assert zoo.epochs_for(runs[0], 0.001) == 1
+
+
+def test_gpu_zoo_script_end_to_end_on_cpu_within_its_budget(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".git", "runs", "data", "__pycache__", "*.egg-info"))
+    out, budget = tmp_path / "out", 100
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OUT": str(out), "BUDGET_S": str(budget),
+           "ZOO": "tests/fixtures/zoo_tiny.yaml", "PUBLISH_S": "25", "VERIFY_S": "25", "PACK_S": "5",
+           "VERIFY_PATTERNS": "*.synthetic", "TRAIN_ARGS": "--calibration-steps 4"}
+    start = time.perf_counter()
+    done = subprocess.run(["bash", "scripts/gpu_zoo.sh"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=budget + 60)
+    elapsed = time.perf_counter() - start
+    log = (out / "zoo.log").read_text()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert elapsed <= budget + 3, log[-3000:]
+    files = list(out.iterdir())
+    assert len(files) <= 6 and sum(f.stat().st_size for f in files) <= 24 * 2 ** 20
+    assert "PLAN:" in log and ("chosen on validation for fa" in log or "search dropped" in log)
+    assert "2/2 checkpoints match their cards on cpu" in log, log[-3000:]
+    with tarfile.open(out / "cards.tar.gz") as cards:
+        names = cards.getnames()
+    assert "model_cards/lenet_fa.synthetic/model.safetensors" in names and "biotorch/pretrained.json" in names
+    with tarfile.open(out / "records.tar.gz") as records:
+        names = records.getnames()
+    assert any(n.endswith("lenet_fa.synthetic-seed1/metrics.json") for n in names)
+    assert any("-search/lenet_fa.synthetic-lr_scale" in n for n in names)
+    assert not [n for n in names if n.endswith(".safetensors") or "/checkpoint" in n]
