@@ -337,7 +337,7 @@ def probe(device: str, steps: int) -> int:
                         seconds = seconds_per_round([trainer], steps)
                         trainers[rule] = trainer
                         rows.append((rule, batch, "alone", batch / seconds))
-                        log(f"resnet20 {rule:<4} batch {batch}: captured step ok, {batch / seconds:>10,.0f} img/s")
+                        log(f"resnet20 {rule:<4} batch {batch}: {'graph-captured' if cuda else 'eager'} step ok, {batch / seconds:>10,.0f} img/s")
                     except Exception as error:  # one rule's failure is a result too
                         log(f"resnet20 {rule:<4} batch {batch}: FAILED {type(error).__name__}: {error}")
                 if len(trainers) > 1:
