@@ -9,14 +9,14 @@ Importing this file only builds small Python functions: no model, file or networ
 """
 dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub", "timm"]
 
-from biotorch import data as _data  # noqa: E402
+from biotorch import factory as _factory  # noqa: E402
 from biotorch import registry as _registry  # noqa: E402
 
 
 def _entrypoint(name: str):
     def entrypoint(pretrained: bool = True, device=None, tag=None, **kwargs):
         full = f"{name}.{tag}" if tag else name
-        return _registry.create_model(full, pretrained=pretrained, device=device, **kwargs)
+        return _factory.create_model(full, pretrained=pretrained, device=device, **kwargs)
 
     tags = sorted(c.tag for c in _registry._pretrained().values() if c.model_name == name)
     entrypoint.__name__ = entrypoint.__qualname__ = name
@@ -39,4 +39,4 @@ for _name in _registry.model_names():
 
 def transforms(name: str):
     """The eval transform (PIL image or uint8 tensor → normalised tensor) matching a pretrained model."""
-    return _data.transforms(name)
+    return _factory.transforms(name)

@@ -1,22 +1,312 @@
-"""The ``biotorch`` command line: ``biotorch list``, ``info``, ``train``, ``eval``, ``push``.
+"""The ``biotorch`` command line: ``list``, ``info``, ``train``, ``eval``, ``push``; run ``biotorch --help``.
 
-Each area registers its own sub-commands; run ``biotorch --help``.
+Errors are one line on stderr and exit status 2, never a traceback.
+
+Example::
+
+    $ biotorch list 'resnet20_*' --pretrained
+    $ biotorch info resnet20_dfa
+    $ biotorch train --recipe recipes/fashion_mnist/lenet.yaml --rule dfa --seed 1
+    $ biotorch train --resume runs/lenet_dfa.fashion_mnist-seed1      # after a crash, continues exactly
+    $ torchrun --nproc-per-node 8 -m biotorch train --recipe recipes/cifar10_jpeg/resnet20.yaml
+    $ biotorch eval lenet_fa.fashion_mnist --per-class
+    $ biotorch push runs --dry-run
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
+import typing
+from pathlib import Path
+
+from . import registry
+from .convert import exact_gradients
+from .data import DATASETS, DeviceLoader, dataset_info, load_samples
+from .factory import create_model, model_parameters
+from .files import REPO_ROOT
+from .hub import HUB_ORG, MIRROR, read_checkpoint_metadata
+from .publish import publish
+from .registry import PRETRAINED_INDEX, PretrainedCfg, describe, get_pretrained_cfg, list_models, split_name
+from .training import datasets, evaluate
+from .training.checkpoint import find_checkpoint
+from .training.recipe import _TYPES, FIELDS, load_recipe, parse_set
+from .training.runtime import resolve_device
+from .training.trainer import Trainer, default_run_dir
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="biotorch", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from . import publish, registry, train  # imported here so `biotorch --help` stays quick to start
+# --- list, info --------------------------------------------------------------------------------------------
+def _format_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
 
-    registry.add_commands(commands)
-    train.add_commands(commands)
-    publish.add_commands(commands)
+
+def _accuracy(cfg: PretrainedCfg) -> str:
+    m = cfg.metrics
+    text = f"{m['test_top1']:.2f}"
+    if "test_top1_std" in m and m.get("seeds", 1) > 1:
+        text += f" ({m['test_top1_mean']:.2f}±{m['test_top1_std']:.2f}, {m['seeds']} seeds)"
+    return text
+
+
+def _cmd_list(args) -> int:
+    if args.pretrained:
+        rows = []
+        for name in list_models(args.pattern, pretrained=True):
+            cfg = registry._pretrained()[name]
+            rows.append([name, cfg.rule, f"{cfg.params_forward / 1e6:.2f}M", f"{cfg.params_feedback / 1e6:.2f}M",
+                         cfg.dataset, _accuracy(cfg)])
+        print(_format_table(rows, ["name", "rule", "params", "feedback", "dataset", "test top-1 %"])
+              if rows else "no pretrained models match")
+        return 0
+    rows = []
+    for name in list_models(args.pattern):
+        forward, feedback = model_parameters(name)
+        tags = sorted(c.tag for c in registry._pretrained().values() if c.model_name == name)
+        rows.append([name, split_name(name)[1], f"{forward / 1e6:.2f}M", f"{feedback / 1e6:.2f}M",
+                     ", ".join(tags) or "-"])
+    print(_format_table(rows, ["name", "rule", "params", "feedback", "pretrained tags"])
+          if rows else "no models match")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    arch, rule, tag = split_name(args.name)
+    name = f"{arch}_{rule}"
+    forward, feedback = model_parameters(name)
+    print(f"{name}\n  {describe(name)}\n  parameters: {forward:,} forward, {feedback:,} feedback "
+          f"(at the default input size and classes)")
+    cfgs = [c for c in registry._pretrained().values() if c.model_name == name and (tag is None or c.tag == tag)]
+    if tag is not None and not cfgs:
+        get_pretrained_cfg(args.name)  # raises with the available tags
+    for cfg in cfgs:
+        print(f"\n  {cfg.name}{'  (default)' if cfg.default else ''}\n    data: {cfg.dataset}; {cfg.split}\n"
+              f"    test top-1: {_accuracy(cfg)} %  val top-1: {cfg.metrics['val_top1']:.2f} %\n"
+              f"    input: {'x'.join(map(str, cfg.input_size))}, mean {cfg.mean}, std {cfg.std}\n"
+              f"    hub: {cfg.hub_id}\n    load: biotorch.create_model({cfg.name!r}, pretrained=True)")
+    if not cfgs:
+        print("  no pretrained weights yet; train with: biotorch train --model", name)
+    return 0
+
+
+# --- train ------------------------------------------------------------------------------------------------
+_NOT_FLAGS = ("rule_options", "rule_overrides", "applied_rule_overrides")
+
+
+def _base_type(name: str):
+    kind = _TYPES[name]
+    if typing.get_origin(kind) is typing.Union:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return typing.get_origin(kind) or kind
+
+
+def _cmd_train(args) -> int:
+    overrides = {name: getattr(args, name) for name in FIELDS
+                 if name not in _NOT_FLAGS and getattr(args, name, None) is not None}
+    overrides.update(parse_set(args.set))
+    if args.rule_option:
+        overrides["rule_options"] = parse_set(args.rule_option)
+    if args.resume:
+        run_dir = Path(args.resume)
+        extra = sorted(set(overrides) - {"device"}) + (["--recipe"] if args.recipe else [])
+        if extra or args.out:
+            raise ValueError(f"--resume continues {run_dir} with its saved recipe; drop "
+                             f"{', '.join(extra + (['--out'] if args.out else []))}")
+        saved = run_dir / "recipe.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{saved} not found: --resume takes the folder of a run started by "
+                                    "`biotorch train`")
+        recipe = load_recipe(saved, overrides, resolved=True)
+    else:
+        recipe = load_recipe(args.recipe, overrides)
+        run_dir = Path(args.out) if args.out else default_run_dir(recipe)
+        if find_checkpoint(run_dir) or (run_dir / "metrics.json").exists():
+            raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+                             "or choose another --out")
+    trainer = Trainer(recipe, run_dir, resume=bool(args.resume), tensorboard=args.tensorboard,
+                      progress=not args.no_progress)
+    trainer.fit()
+    return 0
+
+
+# --- eval -------------------------------------------------------------------------------------------------
+SAMPLES = REPO_ROOT / "samples"  # sample test images shipped in the repository
+
+
+def _samples(folder: Path, dataset: str, device):
+    if not (folder / "labels.csv").is_file():
+        raise FileNotFoundError(f"no sample images for {dataset} in {folder}")
+    images, labels = load_samples(folder, dataset)
+    return images.to(device), labels.to(device)
+
+
+def _weights_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for candidate in (path / "best.safetensors", path / "model.safetensors", path / "checkpoint" / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no weights in {path}: expected a .safetensors file or a folder holding "
+                            "best.safetensors (a run) or model.safetensors")
+
+
+def _cmd_eval(args) -> int:
+    if args.data is None:
+        if args.checkpoint or args.model is None:
+            raise ValueError("--data is needed with --checkpoint (which dataset to evaluate on)")
+        args.data = get_pretrained_cfg(args.model).dataset  # the checkpoint's own data
+    if args.data not in DATASETS:
+        raise ValueError(f"--data {args.data!r} is not a dataset; choose one of {', '.join(DATASETS)}")
+    info = dataset_info(args.data, args.data_dir)
+    device = resolve_device(args.device)
+    name, rule_options = args.model, {}
+    if args.checkpoint:
+        weights = _weights_file(Path(args.checkpoint))
+        metadata = read_checkpoint_metadata(weights)
+        config_file = next((p / "config.json" for p in (weights.parent, weights.parent.parent)
+                            if (p / "config.json").is_file()), None)
+        config = json.loads(config_file.read_text()) if config_file else {}
+        rule_options = config.get("rule_options") or {}
+        if name is None:
+            if "arch" not in metadata:
+                raise ValueError(f"{weights} has no arch/rule metadata: name the model, e.g. "
+                                 "biotorch eval resnet20_fa --checkpoint ...")
+            name = f"{metadata['arch']}_{metadata.get('rule', 'bp')}"
+        name = name.partition(".")[0]  # the checkpoint provides the weights, not the tag
+        model = create_model(name, checkpoint=weights, num_classes=info.num_classes,
+                                      in_chans=info.in_chans, device=device, **rule_options)
+        source = str(weights)
+    else:
+        if name is None:
+            raise ValueError("name a model (e.g. lenet_fa.fashion_mnist) or pass --checkpoint")
+        model = create_model(name, pretrained=True, device=device)
+        source = "published weights"
+        classes = getattr(model, "biotorch_config", {}).get("num_classes")
+        if classes is not None and classes != info.num_classes:
+            raise ValueError(f"{name} has {classes} outputs but {args.data} has {info.num_classes} classes")
+    samples, split = SAMPLES / args.data, args.split
+    try:
+        if args.samples:
+            raise FileNotFoundError("--samples")
+        images, labels = datasets.load(args.data, args.split, args.data_dir, download=args.download, device=device)
+    except FileNotFoundError as error:
+        if args.split != "test" or not (samples / "labels.csv").is_file():
+            raise
+        if not args.samples:
+            print(f"biotorch eval: no {args.data} test set found ({' '.join(str(error).split())[:300]}); "
+                  f"evaluating on the {args.data} sample images shipped in {samples} instead")
+        images, labels = _samples(samples, args.data, device)
+        split = f"samples ({samples.name})"
+    loader = DeviceLoader(images, labels, args.batch_size, info.mean, info.std, train=False, device=device)
+    context = exact_gradients(model) if args.exact_gradients else contextlib.nullcontext()
+    with context:
+        result = evaluate(model, loader, info.num_classes, per_class=args.per_class)
+    if args.json:
+        print(json.dumps({"model": name, "dataset": args.data, "split": split, "weights": source, **result},
+                         indent=2))
+        return 0
+    print(f"{name} on {args.data} {split} ({result['images']:,} images, {source}): "
+          f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+    if args.per_class:
+        names = list(info.label_names) or [str(i) for i in range(info.num_classes)]
+        width = max(len(n) for n in names + ["class"])
+        print(f"{'class':<{width}}  {'images':>7}  {'top-1':>7}")
+        for label, row in zip(names, result["per_class"]):
+            print(f"{label:<{width}}  {row['images']:>7}  {row['top1']:>6.2f}%")
+    return 0
+
+
+# --- push -------------------------------------------------------------------------------------------------
+def _push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("runs", nargs="?", default="runs", help="folder holding training runs (default: runs)")
+    parser.add_argument("--cards-dir", default=str(MIRROR), help="where card folders go (default: model_cards/)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan; write and push nothing")
+    parser.add_argument("--no-push", dest="push", action="store_false", help="build only, never push")
+    parser.add_argument("--org", default=HUB_ORG, help=f"Hub organisation of the repos (default: {HUB_ORG})")
+    parser.add_argument("--token", default=None, help="Hub token (default: huggingface_hub.get_token())")
+    parser.add_argument("--index", default=str(PRETRAINED_INDEX), help="the registry index to regenerate "
+                        "(default: biotorch/pretrained.json)")
+    parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"), help="README whose table is regenerated")
+    parser.set_defaults(handler=_cmd_push)
     return parser
+
+
+def _cmd_push(args) -> int:
+    publish(Path(args.runs), cards_dir=Path(args.cards_dir), dry_run=args.dry_run, push=args.push, org=args.org,
+            token=args.token, readme=Path(args.readme), index_path=Path(args.index))
+    return 0
+
+
+# --- the parser -------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="biotorch", description=__doc__.splitlines()[0])
+    subparsers = commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("list", help="list models (or pretrained checkpoints)")
+    listing.add_argument("pattern", nargs="?", default=None, help="glob, e.g. 'resnet20_*'")
+    listing.add_argument("--pretrained", action="store_true", help="list pretrained checkpoints")
+    listing.set_defaults(handler=_cmd_list)
+    info = commands.add_parser("info", help="describe a model and its pretrained checkpoints")
+    info.add_argument("name")
+    info.set_defaults(handler=_cmd_info)
+
+    parser = subparsers.add_parser(
+        "train", help="train a model with a learning rule (recipes, resume, torchrun)",
+        description="Train a model. Values come from --recipe (YAML), then the recipe's rule_overrides for "
+                    "the chosen rule, then the flags below. The resolved recipe is saved in the run folder.")
+    parser.add_argument("--recipe", help="YAML recipe, e.g. recipes/fashion_mnist/lenet.yaml")
+    parser.add_argument("--out", help="run folder (default runs/<model>_<rule>.<data>-seed<seed>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="set any recipe key (value read as YAML), e.g. --set milestones=[100,150]")
+    parser.add_argument("--rule-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the rule, e.g. --rule-option mirror_lr=0.1")
+    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard when installed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    keys = parser.add_argument_group("recipe keys (override the recipe file)")
+    for name in FIELDS:
+        if name in _NOT_FLAGS:
+            continue
+        flag, kind = "--" + name.replace("_", "-"), _base_type(name)
+        if kind is bool:
+            keys.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        elif kind is list:
+            keys.add_argument(flag, dest=name, nargs="+", default=None, metavar="V")
+        else:
+            keys.add_argument(flag, dest=name, default=None, metavar=name.upper())
+    parser.set_defaults(handler=_cmd_train)
+
+    parser = subparsers.add_parser(
+        "eval", help="top-1/top-5 of a published model or a checkpoint on a dataset split",
+        description="Evaluate a model: `biotorch eval lenet_fa.fashion_mnist --data fashion_mnist` (published "
+                    "weights) or `biotorch eval --checkpoint runs/x --data fashion_mnist`.")
+    parser.add_argument("model", nargs="?", help="registry name, e.g. lenet_fa.fashion_mnist (optional with "
+                        "--checkpoint, whose metadata names the model)")
+    parser.add_argument("--data", help="dataset name, e.g. fashion_mnist (default: the checkpoint's own)")
+    parser.add_argument("--samples", action="store_true",
+                        help="evaluate on the sample images shipped in samples/<data> (used automatically "
+                             "when the test set is not found)")
+    parser.add_argument("--data-dir", help="folder holding the dataset files")
+    parser.add_argument("--download", action="store_true", help="download the dataset when missing")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--checkpoint", help="a .safetensors file, or a run folder (its best.safetensors)")
+    parser.add_argument("--per-class", action="store_true", help="print top-1 per class")
+    parser.add_argument("--exact-gradients", action="store_true",
+                        help="evaluate inside biotorch.exact_gradients (exact backward for probes)")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(handler=_cmd_eval)
+
+    _push_arguments(subparsers.add_parser(
+        "push", help="build model cards from training runs and push the changed ones to the Hub",
+        description="Build every model card folder from training runs, regenerate the index and the README "
+                    "table, and push the folders whose weights changed."))
+    return root
 
 
 def main(argv=None) -> int:

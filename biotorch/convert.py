@@ -13,10 +13,10 @@ import contextlib
 import fnmatch
 import hashlib
 import warnings
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .nn import LAYERS, RuleLayer
 from .rules import DFA, OutputError, Rule, make_rule
@@ -69,18 +69,25 @@ def convert(model: nn.Module, rule: Union[str, Rule], *, exclude: Iterable[str] 
 
     targets = [(name, m) for name, m in model.named_modules()
                if type(m) in LAYERS and not _excluded(name, exclude)]
-    for index, (name, module) in enumerate(targets):
-        seed_i = seed * 10007 + index
-        if isinstance(module, RuleLayer):
-            module.set_rule(rule_obj, seed_i)
-        else:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            setattr(parent, child, LAYERS[type(module)].from_module(module, rule_obj, seed_i))
+    for index, (name, _) in enumerate(targets):
+        convert_layer(model, name, rule_obj, seed * 10007 + index)
     _attach_output_error(model, num_classes)
     if verbose:
         print(summary(model))
     return model
+
+
+def convert_layer(model: nn.Module, name: str, rule: Union[str, Rule], seed: int, **rule_options) -> nn.Module:
+    """Make the ``Linear``/``Conv`` called ``name`` in ``model`` learn with ``rule`` (its own Parameters are
+    kept); returns the new layer. Call :func:`redraw_feedback` afterwards when the model learns by dfa."""
+    module = model.get_submodule(name)
+    if isinstance(module, RuleLayer):
+        module.set_rule(rule, seed, **rule_options)
+        return module
+    layer = LAYERS[type(module)].from_module(module, rule, seed, **rule_options)
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, layer)
+    return layer
 
 
 def _attach_output_error(model: nn.Module, num_classes: Optional[int]) -> None:

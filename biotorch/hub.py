@@ -1,4 +1,4 @@
-"""Checkpoints as Hugging Face Hub repos: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``.
+"""Checkpoint folders as Hugging Face Hub repos: safetensors weights, strict loading, mirror → Hub download.
 
 A checkpoint folder *is* a Hub repo: ``model.safetensors`` (forward weights and the feedback state needed to
 keep training with the same rule; its metadata names arch, rule and biotorch version), ``config.json``
@@ -6,60 +6,35 @@ keep training with the same rule; its metadata names arch, rule and biotorch ver
 the training record. Weights are looked up in order: an explicit local folder, this clone's
 ``model_cards/`` mirror, then the Hub (``hf_hub_download``: cached, ``revision``, offline mode).
 
+Building a model around a checkpoint is :mod:`biotorch.factory` (``from_pretrained``); building a card folder
+from a training run and pushing it is :mod:`biotorch.publish` (``push_to_hub``).
+
 Example::
 
-    >>> biotorch.save_pretrained(model, "out/lenet_fa")
-    >>> model = biotorch.from_pretrained("out/lenet_fa")                         # a folder
-    >>> model = biotorch.from_pretrained("hf-hub:biotorch/lenet_fa.fashion_mnist")
-    >>> biotorch.push_to_hub("out/lenet_fa", "me/lenet_fa.fashion_mnist")
+    >>> biotorch.hub.save_pretrained(model, "out/lenet_fa")                  # model.safetensors + config.json
+    >>> biotorch.hub.load_checkpoint(model, "out/lenet_fa/model.safetensors")  # strict, all or nothing
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .convert import feedback_fingerprint
+from .files import REPO_ROOT, atomic_write, sha256, write_json
+from .version import __version__
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 HUB_ORG = "biotorch"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MIRROR = REPO_ROOT / "model_cards"  # the offline mirror of the Hub inside a clone of this repository
 
 PathLike = Union[str, os.PathLike]
-
-
-def sha256(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write(path: PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes private files; checkpoints and cards are meant to be read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def canonical_safetensors(path: PathLike) -> PathLike:
@@ -84,8 +59,6 @@ def save_weights(model: nn.Module, path: PathLike, metadata: Optional[dict] = No
     Feedback that is a function of (seed, step) is not in the state_dict (``rule.derived``); its
     fingerprint is stored instead and checked by :func:`load_checkpoint`.
     """
-    from . import __version__
-
     config = getattr(model, "biotorch_config", {})
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "arch": str(config.get("arch", type(model).__name__)),
@@ -110,7 +83,7 @@ def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional
     config["files"] = {WEIGHTS_NAME: {"sha256": sha256(weights), "size": weights.stat().st_size}}
     if pretrained_cfg is not None:
         config["pretrained_cfg"] = pretrained_cfg
-    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    write_json(folder / CONFIG_NAME, config)
     return folder
 
 
@@ -129,6 +102,15 @@ def read_checkpoint(path: PathLike, expected_sha256: Optional[str] = None, devic
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         raise ValueError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated): {error}") from None
     return state, metadata
+
+
+def read_checkpoint_metadata(path: PathLike) -> dict:
+    """The metadata of a safetensors file (arch, rule, version, feedback fingerprint), reading no tensor."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint: {error}") from None
 
 
 def load_checkpoint(model: nn.Module, path: PathLike, expected_sha256: Optional[str] = None) -> nn.Module:
@@ -187,7 +169,8 @@ def load_weights(model: nn.Module, cfg, checkpoint: Optional[PathLike] = None,
     return load_checkpoint(model, resolve_weights(cfg, revision, local_files_only), expected)
 
 
-def _download_repo(repo_id: str, revision: Optional[str], local_files_only: bool) -> Path:
+def download_repo(repo_id: str, revision: Optional[str] = None, local_files_only: bool = False) -> Path:
+    """The folder of a Hub checkpoint repo (config and weights) in the local HF cache, downloaded if needed."""
     from huggingface_hub import hf_hub_download
 
     config = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, local_files_only=local_files_only)
@@ -195,69 +178,15 @@ def _download_repo(repo_id: str, revision: Optional[str], local_files_only: bool
     return Path(config).parent
 
 
-def from_pretrained(name_or_path: PathLike, device=None, revision: Optional[str] = None,
-                    local_files_only: bool = False, num_classes: Optional[int] = None) -> nn.Module:
-    """A model with weights, from a checkpoint folder, ``hf-hub:<org>/<repo>``, or a registered name.
-
-    Example::
-
-        >>> model = biotorch.from_pretrained("lenet_fa.fashion_mnist", device="cpu")
-    """
-    from .registry import create_model
-
-    text = str(name_or_path)
-    if text.startswith("hf-hub:"):
-        folder = _download_repo(text[len("hf-hub:"):], revision, local_files_only)
-    elif Path(text).is_dir():
-        folder = Path(text)
-    else:  # a registered name: its published weights (mirror, then Hub at ``revision``)
-        from .registry import get_pretrained_cfg
-
-        cfg = get_pretrained_cfg(text)
-        model = create_model(cfg.name, device=device)
-        load_weights(model, cfg, revision=revision, local_files_only=local_files_only)
-        if num_classes is not None and num_classes != cfg.num_classes:
-            model.reset_classifier(num_classes)
-        return model
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not a biotorch checkpoint folder")
-    try:
-        config = json.loads(config_path.read_text())
-        name = f"{config['arch']}_{config['rule']}"
-        build = dict(num_classes=config["num_classes"], in_chans=config["in_chans"], seed=config.get("seed", 0),
-                     **config.get("rule_options", {}))
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{config_path} is not a valid biotorch config: {error!r}") from None
-    model = create_model(name, device=device, **build)
-    if "pretrained_cfg" in config:
-        model.pretrained_cfg = config["pretrained_cfg"]
-    expected = config.get("files", {}).get(WEIGHTS_NAME, {}).get("sha256")
-    load_checkpoint(model, folder / WEIGHTS_NAME, expected)
-    if num_classes is not None and num_classes != config["num_classes"]:
-        model.reset_classifier(num_classes)
-    return model
-
-
-def push_to_hub(folder: PathLike, repo_id: str, token: Optional[str] = None, private: bool = False,
-                commit_message: Optional[str] = None, revision: Optional[str] = None,
-                endpoint: Optional[str] = None):
-    """Publish a checkpoint folder (or a training run, whose card folder is built first) in one commit.
-
-    Returns huggingface_hub's ``CommitInfo``.
-    """
+def upload_folder(folder: PathLike, repo_id: str, token: Optional[str] = None, private: bool = False,
+                  commit_message: Optional[str] = None, revision: Optional[str] = None,
+                  endpoint: Optional[str] = None):
+    """Push a checkpoint folder to the Hub repo ``repo_id`` in one commit; returns huggingface_hub's ``CommitInfo``."""
     from huggingface_hub import HfApi
 
     folder = Path(folder)
-    if (folder / "best.safetensors").is_file() and (folder / "metrics.json").is_file():  # a training run
-        from .publish import build_card_folder
-
-        with tempfile.TemporaryDirectory(prefix="biotorch-push-") as staging:
-            card = build_card_folder([folder], Path(staging) / repo_id.split("/")[-1], hub_org=repo_id.split("/")[0])
-            return push_to_hub(card, repo_id, token, private, commit_message, revision, endpoint)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{folder} is neither a checkpoint folder ({WEIGHTS_NAME}, {CONFIG_NAME}) nor a "
-                                "finished training run (best.safetensors, metrics.json)")
+        raise FileNotFoundError(f"{folder} is not a checkpoint folder ({WEIGHTS_NAME}, {CONFIG_NAME})")
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", revision=revision,

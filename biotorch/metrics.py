@@ -59,3 +59,11 @@ def gradient_alignment(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor])
     return {name: float("nan") if g is None or t is None else
             torch.nn.functional.cosine_similarity(g.flatten().double(), t.flatten().double(), dim=0).item()
             for (name, _), g, t in zip(layers, rule_grads, true_grads)}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(forward parameters, feedback numbers the rule holds, whether saved or re-derived) of a model."""
+    forward = sum(p.numel() for n, p in model.named_parameters() if "feedback_" not in n)
+    feedback = sum(t.numel() for n, t in [*model.named_buffers(), *model.named_parameters()]
+                   if n.rpartition(".")[2].startswith("feedback_") and t.is_floating_point())
+    return forward, feedback

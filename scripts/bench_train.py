@@ -13,15 +13,16 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from biotorch.data import DATASETS, SYNTHETIC
 from biotorch.rules import RULES
 from biotorch.training import Trainer, datasets, make_recipe
 from biotorch.training.trainer import seconds_per_round
@@ -50,6 +51,19 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+@contextlib.contextmanager
+def synthetic_train_size(size: int):
+    """The synthetic dataset grown to ``size`` training images while the block runs (for timing only)."""
+    original = DATASETS[SYNTHETIC]
+    DATASETS[SYNTHETIC] = dataclasses.replace(original, train_size=size)
+    datasets.clear_cache()
+    try:
+        yield
+    finally:
+        DATASETS[SYNTHETIC] = original
+        datasets.clear_cache()
+
+
 def make_trainer(args, rule: str, batch: int, folder: Path, index: int) -> Trainer:
     data = "synthetic" if args.data == "synthetic" else args.data
     recipe = make_recipe({"model": args.model, "data": data, "data_dir": args.data_dir, "rule": rule,
@@ -60,14 +74,9 @@ def make_trainer(args, rule: str, batch: int, folder: Path, index: int) -> Train
     if data != "synthetic":
         return Trainer(recipe, folder / f"{rule}-{batch}-{index}", log=None, progress=False)
     # synthetic (1x32x32; a 3-channel stem costs next to nothing more), grown to a few batches per epoch
-    original = datasets.SYNTHETIC_INFO
-    datasets.SYNTHETIC_INFO = dataclasses.replace(original, train_size=max(8192, 4 * batch))
-    datasets.clear_cache()
-    try:
+    with synthetic_train_size(max(8192, 4 * batch)):
         return Trainer(recipe, folder / f"{rule}-{batch}-{index}", log=None, progress=False)
-    finally:
-        datasets.SYNTHETIC_INFO = original
-        datasets.clear_cache()
+
 
 def measure(args, rule: str, batch: int, folder: Path) -> dict:
     trainers = [make_trainer(args, rule, batch, folder, i) for i in range(args.together)]

@@ -3,7 +3,7 @@
 For each (arch, rule, dataset) found under RUNS, the seed with the best validation top-1 becomes
 ``model_cards/<arch>_<rule>.<dataset>/`` (weights, config, card, records); then ``biotorch/pretrained.json``
 and the README's results table are regenerated. Folders whose weights changed are pushed when a Hub
-token is available (``--token`` or ``huggingface-cli login``). ``biotorch push`` does the same.
+token is available (``--token`` or ``huggingface-cli login``). The same as ``biotorch push``.
 
 Usage::
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from biotorch.publish import main
+from biotorch.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["push", *sys.argv[1:]]))

@@ -42,11 +42,13 @@ from typing import Optional
 import torch
 import yaml
 
+from bench_train import synthetic_train_size
 from biotorch.rules import RULES, make_rule
-from biotorch.training import datasets, evaluate
+from biotorch.training import evaluate
 from biotorch.training.recipe import Recipe, load_recipe, make_recipe, parse_set
 from biotorch.training.records import plot_curves, write_json
 from biotorch.training.trainer import Trainer, seconds_per_round, train_together
+from biotorch.version import __version__
 
 START = time.perf_counter()
 
@@ -307,9 +309,7 @@ def choose(searches: list[Run], results: list) -> dict:
 
 
 def probe(device: str, steps: int) -> int:
-    import biotorch
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "biotorch": biotorch.__version__}
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "biotorch": __version__}
     for name in ("torchvision", "timm", "safetensors", "huggingface_hub"):
         try:
             versions[name] = __import__(name).__version__
@@ -322,10 +322,7 @@ def probe(device: str, steps: int) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for batch in (128, 512):
-            original = datasets.SYNTHETIC_INFO
-            datasets.SYNTHETIC_INFO = dataclasses.replace(original, train_size=max(2048, 4 * batch))
-            datasets.clear_cache()
-            try:
+            with synthetic_train_size(max(2048, 4 * batch)):
                 trainers = {}
                 for rule in RULES:
                     recipe = make_recipe({"model": "resnet20", "data": "synthetic", "rule": rule, "batch_size": batch,
@@ -346,9 +343,6 @@ def probe(device: str, steps: int) -> int:
                     log(f"resnet20 all {len(trainers)} rules together, batch {batch}: "
                         f"{batch * len(trainers) / seconds:,.0f} img/s")
                 del trainers
-            finally:
-                datasets.SYNTHETIC_INFO = original
-                datasets.clear_cache()
     print(f"\n{'rule':<6} {'batch':>5} {'how':<13} {'images/s':>11}", flush=True)
     for rule, batch, how, speed in rows:
         print(f"{rule:<6} {batch:>5} {how:<13} {speed:>11,.0f}", flush=True)

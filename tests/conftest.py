@@ -30,7 +30,7 @@ def write_run(folder: Path, arch: str = "lenet", rule: str = "fa", dataset: str 
               "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "augment": "none", "rule": rule,
               "rule_options": {}, "seed": seed, **recipe}
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    forward, feedback = biotorch.registry.count_parameters(model)
+    forward, feedback = biotorch.metrics.count_parameters(model)
     metrics = {"model": f"{arch}_{rule}", "arch": arch, "rule": rule, "dataset": dataset, "seed": seed, "epochs": 2,
                "best_epoch": 2, "val_top1": val_top1, "test_top1": test_top1, "test_top5": 99.0, "test_loss": 0.5,
                "train_time_s": 3.0, "images_per_s": 1000.0, "params_forward": forward, "params_feedback": feedback,
@@ -64,8 +64,11 @@ def make_run(tmp_path):
 
 def load_script(name: str):
     """Import ``scripts/<name>.py`` as a module (registered, so its dataclasses work)."""
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    if str(scripts) not in sys.path:
+        sys.path.insert(0, str(scripts))  # as when the script runs: its folder is importable
     if name not in sys.modules:
-        path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+        path = scripts / f"{name}.py"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module

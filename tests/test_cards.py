@@ -11,7 +11,8 @@ import torch
 from huggingface_hub import ModelCard
 
 import biotorch
-from biotorch import hub, publish, registry
+from biotorch import cli, hub, publish, registry
+from biotorch.metrics import count_parameters
 from biotorch.hub import MIRROR, WEIGHTS_NAME, sha256
 
 NAME = "lenet_fa.fashion_mnist"
@@ -72,7 +73,7 @@ def test_config_records_every_pretrained_field_and_the_file_hash(card):
     expected = {WEIGHTS_NAME: {"sha256": sha256(weights), "size": weights.stat().st_size}}
     assert cfg["files"] == config["files"] == expected
     model = biotorch.create_model("lenet_fa", in_chans=1)
-    assert (cfg["params_forward"], cfg["params_feedback"]) == registry.count_parameters(model)
+    assert (cfg["params_forward"], cfg["params_feedback"]) == count_parameters(model)
 
 
 def test_card_front_matter_parses_and_matches_metrics(card):
@@ -176,7 +177,7 @@ def test_index_refuses_a_folder_whose_weights_changed(card, tmp_path):
 def test_publish_plans_builds_and_pushes_only_changed_weights(two_seeds, tmp_path, monkeypatch, capsys):
     runs, cards, index = tmp_path / "runs", tmp_path / "cards", tmp_path / "pretrained.json"
     pushed = []
-    monkeypatch.setattr(publish, "push_to_hub", lambda folder, repo_id, **kw: pushed.append((folder, repo_id)))
+    monkeypatch.setattr(publish, "upload_folder", lambda folder, repo_id, **kw: pushed.append((folder, repo_id)))
     monkeypatch.setattr(registry, "PRETRAINED_INDEX", index)
     try:
         plan = publish.publish(runs, cards, dry_run=True, org="me", token="hf_test", readme=None, index_path=index)
@@ -192,7 +193,7 @@ def test_publish_plans_builds_and_pushes_only_changed_weights(two_seeds, tmp_pat
         plan = publish.publish(runs, cards, dry_run=True, org="me", token="hf_test", readme=None, index_path=index)
         assert plan[0]["changed"] is False
         capsys.readouterr()
-        assert publish.main([str(runs), "--dry-run", "--cards-dir", str(cards), "--index", str(index)]) == 0
+        assert cli.main(["push", str(runs), "--dry-run", "--cards-dir", str(cards), "--index", str(index)]) == 0
         assert "weights unchanged" in capsys.readouterr().out
     finally:
         registry._pretrained.cache_clear()
@@ -240,4 +241,4 @@ def test_published_folder(folder):
     assert sha256(folder / WEIGHTS_NAME) == cfg.files[WEIGHTS_NAME]["sha256"]
     assert (folder / WEIGHTS_NAME).stat().st_size == cfg.files[WEIGHTS_NAME]["size"]
     model = biotorch.create_model(folder.name, pretrained=True)  # strict, sha-checked
-    assert registry.count_parameters(model) == (cfg.params_forward, cfg.params_feedback)
+    assert count_parameters(model) == (cfg.params_forward, cfg.params_feedback)

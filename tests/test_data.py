@@ -14,6 +14,7 @@ from PIL import Image
 from torchvision.io import decode_jpeg, encode_jpeg, encode_png
 
 from biotorch import data
+from biotorch.data import sources
 from biotorch.data import DATASETS, DeviceLoader, eval_transform, imagefolder_info, load_samples, load_split
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -25,7 +26,7 @@ def isolated(tmp_path, monkeypatch):
     """No test may see the user's data, cache or system datasets."""
     monkeypatch.setenv("BIOTORCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("BIOTORCH_DATA", raising=False)
-    monkeypatch.setattr(data, "_SYSTEM_DIRS", {})
+    monkeypatch.setattr(sources, "_SYSTEM_DIRS", {})
 
 
 def write_idx(path: Path, array: torch.Tensor, compress: bool = True) -> None:
@@ -76,7 +77,7 @@ def tiny_cifar_jpeg(tmp_path) -> Path:
 
 
 def test_dataset_table_is_consistent():
-    assert set(DATASETS) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "cifar10_jpeg", "imagefolder"}
+    assert set(DATASETS) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "cifar10_jpeg", "imagefolder", "synthetic"}
     for name, info in DATASETS.items():
         assert info.name == name
         assert len(info.mean) == len(info.std) == info.in_chans == info.input_size[0]
@@ -90,9 +91,9 @@ def test_dataset_table_is_consistent():
 
 def test_holdout_permutation_is_pinned():
     # The published val numbers depend on these exact indices: fail loudly if torch's RNG changes.
-    train, val = data._holdout(60_000, 10_000)
+    train, val = data.holdout(60_000, 10_000)
     assert val[:5].tolist() == [1, 3, 32, 34, 47] and int(val.sum()) == 300_543_041
-    train, val = data._holdout(50_000, 5_000)
+    train, val = data.holdout(50_000, 5_000)
     assert val[:5].tolist() == [1, 11, 23, 39, 44] and int(val.sum()) == 124_322_501
     assert len(train) == 45_000 and not set(train.tolist()) & set(val.tolist())
 

@@ -86,5 +86,6 @@ def test_gpu_zoo_script_end_to_end_on_cpu_within_its_budget(tmp_path):
     with tarfile.open(out / "records.tar.gz") as records:
         names = records.getnames()
     assert any(n.endswith("lenet_fa.synthetic-seed1/metrics.json") for n in names)
-    assert any("-search/lenet_fa.synthetic-lr_scale" in n for n in names)
+    if "chosen on validation" in log:  # the search ran (the planner keeps it when there is time)
+        assert any("-search/lenet_fa.synthetic-lr_scale" in n for n in names)
     assert not [n for n in names if n.endswith(".safetensors") or "/checkpoint" in n]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import biotorch
-from biotorch import registry
+from biotorch import factory
 from biotorch.models import ARCHITECTURES
 
 
@@ -39,11 +39,11 @@ def test_create_model_converts_every_layer_and_trains(rule):
 
 
 def test_resnet20_size_and_counts():
-    forward, feedback = registry.model_parameters("resnet20_fa")
+    forward, feedback = factory.model_parameters("resnet20_fa")
     assert forward == 269_722
     conv_and_fc = sum(l.weight.numel() for _, l in biotorch.rule_layers(biotorch.create_model("resnet20_fa")))
     assert feedback == conv_and_fc
-    assert registry.model_parameters("resnet20_usf")[1] == 0  # sign(W)·s: nothing stored
+    assert factory.model_parameters("resnet20_usf")[1] == 0  # sign(W)·s: nothing stored
 
 
 def test_reset_classifier_keeps_rule_and_redraws_dfa():

@@ -1,5 +1,4 @@
 """The trainer on tiny synthetic data: recipes, records, eval, exact resume after a kill, the zoo script."""
-import importlib.util
 import json
 import math
 import os
@@ -15,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from biotorch import cli
+from conftest import load_script
 from biotorch.training import Trainer, load_recipe, make_recipe
 from biotorch.training.trainer import lr_factor
 

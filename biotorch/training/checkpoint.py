@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..hub import load_checkpoint as load_weights_file, save_weights
-from .records import write_bytes, write_json
+from ..files import write_json
 
 CHECKPOINT = "checkpoint"
 _OLD = ".checkpoint.old"
@@ -47,11 +46,6 @@ def _plain(value):
 def _tensors_to_cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     # A copy per tensor: safetensors refuses tensors that share memory (tied weights, views).
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-
-
-def read_metadata(path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
 
 
 def _rng_tensors() -> dict[str, Tensor]:
@@ -112,7 +106,7 @@ def find_checkpoint(run_dir) -> Optional[Path]:
     return None
 
 
-def load_checkpoint(folder, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+def restore_checkpoint(folder, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                     scaler=None, device: torch.device) -> dict:
     """Restore everything ``save_checkpoint`` wrote (RNG states included); returns the state dict."""
     folder = Path(folder)
@@ -141,7 +135,3 @@ def load_checkpoint(folder, *, model: nn.Module, optimizer: torch.optim.Optimize
     version, internal, gauss = state["python_rng"]
     random.setstate((version, tuple(internal), gauss))
     return state
-
-
-def copy_file(src, dst) -> None:
-    write_bytes(dst, Path(src).read_bytes())

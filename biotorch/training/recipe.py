@@ -21,6 +21,9 @@ from typing import Any, Optional
 
 import yaml
 
+from ..data import DATASETS
+from ..models import ARCHITECTURES
+from ..registry import split_name
 from ..rules import RULES, make_rule
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -28,7 +31,6 @@ SCHEDULES = ("step", "cosine", "onecycle", "constant")
 AUGMENTS = ("none", "crop_flip", "crop")
 AMP = ("none", "bf16", "fp16")
 COMPILE = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-SYNTHETIC = "synthetic"  # a tiny generated dataset for tests and smoke runs (biotorch.training.datasets)
 
 
 @dataclass
@@ -156,26 +158,27 @@ def _choice(key: str, value: str, allowed) -> None:
         raise ValueError(f"recipe key {key!r} is {value!r}.{hint} Allowed: {', '.join(allowed)}")
 
 
-def split_model_name(name: str) -> tuple[str, Optional[str]]:
-    """``"resnet20_fa"`` → ``("resnet20", "fa")``; ``"resnet20"`` → ``("resnet20", None)``."""
-    arch, _, suffix = name.rpartition("_")
-    return (arch, suffix) if arch and suffix in RULES else (name, None)
+def _split_model(name: str) -> tuple[str, Optional[str]]:
+    """``"resnet20_fa"`` → ``("resnet20", "fa")``; ``"resnet20"`` → ``("resnet20", None)``; a name that is
+    not a model is kept as given, for _validate to report with the architectures."""
+    try:
+        arch, rule, tag = split_name(name, rule_required=False)
+    except (TypeError, ValueError):
+        return name, None
+    return (f"{arch}.{tag}", rule) if tag else (arch, rule)
 
 
 def _validate(recipe: Recipe) -> None:
-    from ..data import DATASETS
-    from ..models import ARCHITECTURES
-
     if not recipe.model:
         raise ValueError("recipe key 'model' is required, e.g. model: resnet20 (or --model resnet20_fa)")
     if not recipe.data:
-        raise ValueError(f"recipe key 'data' is required: one of {', '.join([*DATASETS, SYNTHETIC])}")
+        raise ValueError(f"recipe key 'data' is required: one of {', '.join(DATASETS)}")
     if "." in recipe.model:
         raise ValueError(f"recipe key 'model' is {recipe.model!r}: give an architecture (resnet20) or "
                          "architecture_rule (resnet20_fa); a '.tag' names published weights, which "
                          "`biotorch train` does not fine-tune")
     _choice("model", recipe.model, list(ARCHITECTURES))
-    _choice("data", recipe.data, [*DATASETS, SYNTHETIC])
+    _choice("data", recipe.data, list(DATASETS))
     _choice("rule", recipe.rule, list(RULES))
     try:
         make_rule(recipe.rule, **recipe.rule_options)
@@ -243,9 +246,9 @@ def make_recipe(values: dict, *, overrides: Optional[dict] = None, resolved: boo
     merged = {k: _coerce(k, v) for k, v in values.items()}
     overrides = {k: _coerce(k, v) for k, v in overrides.items()}
     # The rule: --rule, else the rule in --model's name, else the file's rule, else its model name's; bp.
-    arch, file_name_rule = split_model_name(merged.get("model", ""))
+    arch, file_name_rule = _split_model(merged.get("model", ""))
     if "model" in overrides:
-        arch, cli_name_rule = split_model_name(overrides["model"])
+        arch, cli_name_rule = _split_model(overrides["model"])
     else:
         cli_name_rule = None
     rule = (overrides.get("rule") or cli_name_rule or merged.get("rule") or file_name_rule or "bp")

@@ -1,47 +1,17 @@
 """What a run leaves beside its weights: history (CSV, JSON), alignment, metrics, plots, TensorBoard.
 
-Every file is written whole to a temporary name and renamed, so a crash never leaves half a file.
+Every file is written atomically (:mod:`biotorch.files`), so a crash never leaves half a file.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import os
 from pathlib import Path
 
+from ..files import write_bytes, write_json, write_text
+
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "epoch_time_s")
-
-
-def write_bytes(path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_text(path, text: str) -> None:
-    write_bytes(path, text.encode())
-
-
-def _finite(value):
-    """JSON has no NaN: non-finite floats become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json(path, value) -> None:
-    write_text(path, json.dumps(_finite(value), indent=2) + "\n")
 
 
 def write_history(run_dir, history: list[dict]) -> None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import math
-import os
 import random
 import sys
 import time
@@ -29,73 +29,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import __version__
 from ..convert import feedback_step
-from ..data import DeviceLoader
+from ..data import DeviceLoader, dataset_info
+from ..factory import create_model
+from ..files import write_json
 from ..hub import load_checkpoint, save_weights
-from ..metrics import alignment, gradient_alignment
-from ..registry import count_parameters
+from ..metrics import alignment, count_parameters, gradient_alignment
+from ..version import __version__
 from . import checkpoint as ckpt
 from . import datasets
 from .evaluate import evaluate
 from .recipe import Recipe, save_recipe
-from .records import TensorBoard, plot_alignment, plot_curves, write_history, write_json
+from .records import TensorBoard, plot_alignment, plot_curves, write_history
+from .runtime import Distributed, configure_determinism, resolve_device
 
 _GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (allocates optimizer state)
-
-
-# ---------------------------------------------------------------------------------------------------
-# process-level setup
-
-
-class Distributed:
-    """Rank and world size from torchrun's environment; initialises the process group when WORLD_SIZE > 1."""
-
-    def __init__(self, device: torch.device):
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.owns_group = False
-        if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            self.owns_group = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, tensor: Tensor) -> Tensor:
-        if self.world_size > 1:
-            dist.all_reduce(tensor)
-        return tensor
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def resolve_device(name: str) -> torch.device:
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"recipe key 'device' is {name!r} but torch sees no CUDA device; use device: cpu")
-    return device
-
-
-def configure_determinism(deterministic: bool) -> None:
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.backends.cudnn.deterministic = deterministic
 
 
 def lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
@@ -122,10 +70,8 @@ def lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
 
 
 def build_model(recipe: Recipe, info, device: torch.device) -> nn.Module:
-    import biotorch
-
     torch.manual_seed(recipe.seed)
-    return biotorch.create_model(recipe.model_name, num_classes=info.num_classes, in_chans=info.in_chans,
+    return create_model(recipe.model_name, num_classes=info.num_classes, in_chans=info.in_chans,
                                  device=device, seed=recipe.seed, **recipe.rule_options)
 
 
@@ -171,7 +117,7 @@ class Trainer:
         random.seed(recipe.seed)
 
         # data, resident on the device
-        self.info = datasets.dataset_info(recipe.data, recipe.data_dir)
+        self.info = dataset_info(recipe.data, recipe.data_dir)
         load = dict(data_dir=recipe.data_dir, download=recipe.download, val_size=recipe.val_size,
                     device=self.device)
         train_x, train_y = datasets.load(recipe.data, "train", **load)
@@ -209,7 +155,7 @@ class Trainer:
         self.train_time_s, self.images_trained = 0.0, 0
         found = ckpt.find_checkpoint(self.run_dir) if resume else None
         if found is not None:
-            self._restore(ckpt.load_checkpoint(found, model=self.model, optimizer=self.optimizer,
+            self._restore(ckpt.restore_checkpoint(found, model=self.model, optimizer=self.optimizer,
                                                scheduler=self.scheduler, scaler=self.scaler,
                                                device=self.device))
             self.log(f"[{self.name}] resumed from {found} after epoch {self.epoch}")
@@ -432,8 +378,6 @@ class Trainer:
         if self.dist.main:
             metrics_path = self.run_dir / "metrics.json"
             if metrics_path.is_file():  # a finished run resumed: the test set was already used
-                import json
-
                 metrics = json.loads(metrics_path.read_text())
             else:
                 metrics = self._test_metrics()

@@ -1,7 +1,4 @@
-"""Datasets for training and evaluating the model zoo.
-
-Every dataset is loaded whole into memory as uint8 tensors and fed by a :class:`DeviceLoader`
-that keeps the images on the training device, so an epoch of MNIST or CIFAR costs no host work.
+"""Where dataset files are and how they are read: whole splits as uint8 tensors, one fixed hold-out.
 
 Sources, in the order they are searched (first hit wins):
 
@@ -12,146 +9,43 @@ Sources, in the order they are searched (first hit wins):
 
 Validation split: MNIST/Fashion-MNIST hold out 10,000 and CIFAR 5,000 images of the official
 training set. The held-out indices are the first ``val_size`` entries of
-``torch.randperm(n_train, generator=torch.Generator().manual_seed(0))`` (sorted), so every run,
+``torch.randperm(n_train, generator=torch.Generator().manual_seed(SPLIT_SEED))`` (sorted), so every run,
 machine and user gets the same split; ``tests/test_data.py`` pins that permutation.
+
+``synthetic`` needs no files: ten classes, each a fixed random 32×32 pattern plus per-image noise and
+jitter, generated from a fixed seed (the same images in every run). Tests and smoke runs use it offline.
 
 Example::
 
-    >>> from biotorch.data import DATASETS, DeviceLoader, load_split
-    >>> info = DATASETS["fashion_mnist"]
     >>> images, labels = load_split("fashion_mnist", "train", data_dir="data/fashion-mnist")
     >>> images.shape, images.dtype                      # padded to LeNet's 32x32
     (torch.Size([50000, 1, 32, 32]), torch.uint8)
-    >>> loader = DeviceLoader(images, labels, batch_size=128, mean=info.mean, std=info.std,
-    ...                       train=True, augment="none", seed=0, device="cuda")
-    >>> for epoch in range(10):
-    ...     loader.set_epoch(epoch)
-    ...     for x, y in loader: ...
 """
-
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import math
 import os
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Union
+from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
-Split = Literal["train", "val", "test"]
-Augment = Literal["none", "crop_flip", "crop"]
+from ..files import atomic_write
+from .catalog import _CIFAR10_CLASSES, DATASETS, SPLIT_SEED, SYNTHETIC, DatasetInfo, Split
+from .transforms import fit
+
 PathLike = Union[str, os.PathLike]
-
-__all__ = [
-    "DATASETS",
-    "transforms",
-    "DatasetInfo",
-    "DeviceLoader",
-    "eval_transform",
-    "imagefolder_info",
-    "load_samples",
-    "load_split",
-]
-
-SPLIT_SEED = 0  # the validation hold-out permutation seed; changing it changes every val number
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about its data: classes, input shape and normalisation.
-
-    ``input_size`` is (C, H, W) after :func:`eval_transform`; ``train_size`` counts the training
-    images left after the validation hold-out. ``None`` means "depends on the folder"
-    (``imagefolder``; see :func:`imagefolder_info`). ``val_size=None`` means the validation
-    split is a folder of its own rather than held out from the training set.
-
-    Example::
-
-        >>> DATASETS["cifar10"].input_size
-        (3, 32, 32)
-    """
-
-    name: str
-    num_classes: int | None
-    label_names: tuple[str, ...]
-    in_chans: int
-    input_size: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    train_size: int | None
-    val_size: int | None
-    test_size: int | None
-    interpolation: str  # used only where inputs are resized (imagefolder)
-    description: str
-
-
-_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                    "dog", "frog", "horse", "ship", "truck")
-_CIFAR100_CLASSES = tuple("""
-apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
-camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup
-dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower
-leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid
-otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray
-road rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar
-sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle
-wardrobe whale willow_tree wolf woman worm""".split())
-
-# Normalisation constants are the customary per-channel values of each official training set
-# (for the MNISTs measured on the unpadded 28x28 images, as LeNet-5 ports do).
-# cifar10_jpeg reuses CIFAR-10's (its own train set measures mean 0.4911 0.4819 0.4466,
-# std 0.2453 0.2428 0.2607), so cifar10 and cifar10_jpeg checkpoints share one preprocessing.
-DATASETS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        DatasetInfo(
-            "mnist", 10, tuple(str(d) for d in range(10)), 1, (1, 32, 32),
-            (0.1307,), (0.3081,), 50_000, 10_000, 10_000, "bilinear",
-            "MNIST handwritten digits, 28x28 grayscale zero-padded to 32x32.",
-        ),
-        DatasetInfo(
-            "fashion_mnist", 10,
-            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-            1, (1, 32, 32), (0.2860,), (0.3530,), 50_000, 10_000, 10_000, "bilinear",
-            "Fashion-MNIST (Zalando), 28x28 grayscale zero-padded to 32x32.",
-        ),
-        DatasetInfo(
-            "cifar10", 10, _CIFAR10_CLASSES, 3, (3, 32, 32),
-            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 45_000, 5_000, 10_000, "bilinear",
-            "CIFAR-10, 32x32 RGB, original pixels (torchvision's python pickles).",
-        ),
-        DatasetInfo(
-            "cifar100", 100, _CIFAR100_CLASSES, 3, (3, 32, 32),
-            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 45_000, 5_000, 10_000, "bilinear",
-            "CIFAR-100 with its 100 fine labels, 32x32 RGB.",
-        ),
-        DatasetInfo(
-            "cifar10_jpeg", 10, _CIFAR10_CLASSES, 3, (3, 32, 32),
-            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 45_000, 5_000, 10_000, "bilinear",
-            "CIFAR-10 re-encoded as JPEG (quality 75, 4:2:0), folder layout "
-            "{train,test}/<class>/*.jpg. Lossy: its accuracies are not CIFAR-10 accuracies.",
-        ),
-        DatasetInfo(
-            "imagefolder", None, (), 3, (3, 224, 224),
-            (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), None, None, None, "bilinear",
-            "Any ImageNet-style folder {train,val,test}/<class>/<image>; classes are the sorted "
-            "folder names. Resized (shorter side 256) and centre-cropped to 224.",
-        ),
-    )
-}
+_SYNTHETIC_SEED = 1234
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _IDX_FILES = {
@@ -291,16 +185,6 @@ def _decode_all(blobs: list[bytes], mode: ImageReadMode) -> list[Tensor]:
     return out  # type: ignore[return-value]
 
 
-def _fit(image: Tensor, info: DatasetInfo) -> Tensor:
-    """Bring one decoded image (C, H, W) to ``info.input_size`` the way eval_transform does."""
-    size = list(info.input_size[1:])
-    if image.shape[-2:] == tuple(size):
-        return image
-    if info.name == "imagefolder":
-        image = TF.resize(image, [round(size[0] / 0.875)], antialias=True)
-    return TF.center_crop(image, size)  # pads with zeros where the image is smaller (MNIST 28->32)
-
-
 def _list_class_folder(root: Path) -> list[tuple[str, Path]]:
     """(class name, file) pairs of an ImageFolder split, classes and files sorted by name."""
     return [
@@ -318,7 +202,7 @@ def _stack(info: DatasetInfo, classes: tuple[str, ...], items: list[tuple[str, b
     if not items:
         raise ValueError(f"{where}: no images ({', '.join(_IMAGE_SUFFIXES)}) in class folders")
     mode = ImageReadMode.GRAY if info.in_chans == 1 else ImageReadMode.RGB
-    images = [_fit(x, info) for x in _decode_all([b for _, b in items], mode)]
+    images = [fit(info)(x) for x in _decode_all([b for _, b in items], mode)]
     index = {c: i for i, c in enumerate(classes)}
     return torch.stack(images), torch.tensor([index[c] for c, _ in items], dtype=torch.int64)
 
@@ -366,6 +250,11 @@ def _read_jpeg_source(source: Path) -> dict[str, list[tuple[str, bytes]]]:
             for part, items in parts.items()}
 
 
+def _save_npy(array: np.ndarray, path: str) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a name
+        np.save(f, array)
+
+
 def _load_cifar10_jpeg(part: str, data_dir: PathLike | None, download: bool):
     source, looked = _find_jpeg_source(data_dir)
     if source is None:
@@ -386,10 +275,7 @@ def _load_cifar10_jpeg(part: str, data_dir: PathLike | None, download: bool):
         cache.mkdir(parents=True, exist_ok=True)
         for p, (images, labels) in decoded.items():
             for path, array in zip(files[p], (images, labels)):
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:
-                    np.save(f, array.numpy())
-                os.replace(tmp, path)  # atomic, so concurrent ranks never read half a file
+                atomic_write(path, functools.partial(_save_npy, array.numpy()))  # ranks never read half a file
         return decoded[part]
     images, labels = (torch.from_numpy(np.load(f)) for f in files[part])
     return images, labels
@@ -427,7 +313,7 @@ def imagefolder_info(data_dir: PathLike) -> DatasetInfo:
 # public loading API
 
 
-def _holdout(n: int, val_size: int) -> tuple[Tensor, Tensor]:
+def holdout(n: int, val_size: int) -> tuple[Tensor, Tensor]:
     """(train indices, val indices) of the fixed validation hold-out, both sorted."""
     if not 0 <= val_size <= n:
         raise ValueError(f"val_size={val_size} must lie in [0, {n}] (the training set has {n} images)")
@@ -461,6 +347,13 @@ def load_split(
         raise ValueError(f"split must be 'train', 'val' or 'test', not {split!r}")
     info = DATASETS[name]
     val_size = info.val_size if val_size is None else val_size
+    if name == SYNTHETIC:
+        images, labels = _synthetic(split == "test")
+        if split == "test":
+            return images, labels
+        train_idx, val_idx = holdout(len(images), val_size)
+        keep = train_idx if split == "train" else val_idx
+        return images[keep], labels[keep]
     if name == "imagefolder" and (split == "test" or val_size is None):
         return _load_imagefolder(split, data_dir)
     part = "test" if split == "test" else "train"
@@ -474,7 +367,7 @@ def load_split(
         images, labels = _load_imagefolder("train", data_dir)
     if part == "test":
         return images, labels
-    train_idx, val_idx = _holdout(len(images), val_size)
+    train_idx, val_idx = holdout(len(images), val_size)
     keep = train_idx if split == "train" else val_idx
     return images[keep], labels[keep]
 
@@ -509,180 +402,26 @@ def load_samples(folder: PathLike, dataset: str | None = None) -> tuple[Tensor, 
         raise ValueError(f"{table}: labels must lie in [0, {info.num_classes})")
     mode = ImageReadMode.GRAY if info.in_chans == 1 else ImageReadMode.RGB
     images = _decode_all([(folder / r["file"]).read_bytes() for r in rows], mode)
-    return torch.stack([_fit(x, info) for x in images]), labels
+    return torch.stack([fit(info)(x) for x in images]), labels
 
 
-def eval_transform(info_or_name: DatasetInfo | str) -> v2.Compose:
-    """The evaluation preprocessing of a dataset: PIL image or uint8 tensor -> normalised float.
-
-    Handles the raw inputs a user has (a 28x28 PIL image for Fashion-MNIST is padded to 32x32;
-    colour and grayscale are converted to the model's channel count) as well as what
-    :func:`load_split` returns.
-
-    Example::
-
-        >>> from PIL import Image
-        >>> t = eval_transform("fashion_mnist")
-        >>> t(Image.open("samples/fashion_mnist/0000_ankle_boot.png")).shape
-        torch.Size([1, 32, 32])
-    """
-    info = DATASETS[info_or_name] if isinstance(info_or_name, str) else info_or_name
-    steps: list[v2.Transform] = [v2.ToImage(), v2.Grayscale(1) if info.in_chans == 1 else v2.RGB()]
-    size = list(info.input_size[1:])
-    if info.name == "imagefolder":
-        steps.append(v2.Resize(round(size[0] / 0.875), antialias=True,
-                               interpolation=v2.InterpolationMode(info.interpolation)))
-    steps += [
-        v2.CenterCrop(size),  # zero-pads smaller images: the MNISTs' 28 -> 32
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(info.mean), list(info.std)),
-    ]
-    return v2.Compose(steps)
+def _synthetic(test: bool) -> tuple[Tensor, Tensor]:
+    info = DATASETS[SYNTHETIC]
+    g = torch.Generator().manual_seed(_SYNTHETIC_SEED)
+    prototypes = F.interpolate(torch.rand(info.num_classes, 1, 8, 8, generator=g), size=32, mode="bilinear")
+    count = info.test_size if test else info.train_size + info.val_size
+    g.manual_seed(_SYNTHETIC_SEED + test)
+    labels = torch.randint(0, info.num_classes, (count,), generator=g)
+    shifts = torch.randint(-2, 3, (count, 2), generator=g)
+    images = prototypes[labels] + 0.35 * torch.randn(count, 1, 32, 32, generator=g)
+    images = torch.stack([img.roll(tuple(s.tolist()), dims=(1, 2)) for img, s in zip(images, shifts)])
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
 
 
-def transforms(model_or_name) -> v2.Compose:
-    """The eval transform matching a pretrained checkpoint (a name like ``"lenet_fa.fashion_mnist"`` or a
-    model created with a tag), from its metadata.
-
-    Example::
-
-        >>> tf = biotorch.data.transforms(biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True))
-    """
-    if isinstance(model_or_name, str):
-        from .registry import get_pretrained_cfg
-
-        cfg = get_pretrained_cfg(model_or_name)
-        dataset, mean, std, size = cfg.dataset, cfg.mean, cfg.std, cfg.input_size
-    else:
-        cfg = getattr(model_or_name, "pretrained_cfg", None)
-        if cfg is None:
-            raise ValueError("this model has no pretrained metadata (create it with a tag, e.g. "
-                             "'lenet_fa.fashion_mnist'); use biotorch.data.eval_transform(dataset_name) instead")
-        dataset, mean, std, size = cfg["dataset"], cfg["mean"], cfg["std"], cfg["input_size"]
-    info = replace(DATASETS[dataset], mean=tuple(mean), std=tuple(std), input_size=tuple(size))
-    return eval_transform(info)
-
-
-# --------------------------------------------------------------------------------------------
-# DeviceLoader
-
-
-class DeviceLoader:
-    """Batches of normalised (optionally augmented) images from uint8 tensors kept on ``device``.
-
-    Everything after construction runs on the device: gathering a batch, random crop (zero
-    padding 4) and horizontal flip, and the float conversion and normalisation. Each epoch's
-    order and augmentation draws come from a CPU ``torch.Generator`` seeded by ``(seed, epoch)``
-    and are copied to the device once when iteration starts, so iterating never syncs the
-    host and gives the same batches on CPU and CUDA. Call :meth:`set_epoch` before each epoch
-    (as with ``DistributedSampler``); otherwise every epoch repeats epoch 0.
-
-    With ``world_size > 1`` every rank draws the same permutation and takes its own contiguous
-    slice of ``N // world_size`` samples (training), or every ``world_size``-th sample
-    (evaluation, so that the ranks together cover each sample exactly once).
-
-    Example::
-
-        >>> loader = DeviceLoader(images, labels, batch_size=128, mean=(0.5,), std=(0.5,),
-        ...                       train=True, augment="crop_flip", seed=0, device="cuda")
-        >>> loader.set_epoch(3)
-        >>> x, y = next(iter(loader))      # float32 (128, C, H, W) and int64 (128,) on cuda
-    """
-
-    def __init__(
-        self,
-        images_u8: Tensor,
-        labels: Tensor,
-        batch_size: int,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        train: bool,
-        augment: Augment = "none",
-        seed: int = 0,
-        drop_last: bool = False,
-        device: torch.device | str = "cpu",
-        rank: int = 0,
-        world_size: int = 1,
-        channels_last: bool = False,
-        padding: int = 4,
-    ) -> None:
-        if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images_u8.dtype} {tuple(images_u8.shape)}")
-        if labels.shape != (len(images_u8),):
-            raise ValueError(f"labels must have shape ({len(images_u8)},), got {tuple(labels.shape)}")
-        channels = images_u8.shape[1]
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean and std need {channels} values, got {len(mean)} and {len(std)}")
-        if augment not in ("none", "crop_flip", "crop"):
-            raise ValueError(f"augment must be 'none', 'crop_flip' or 'crop', not {augment!r}")
-        if augment != "none" and not train:
-            raise ValueError("augmentation is for training: pass augment='none' when train=False")
-        if batch_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got "
-                             f"{batch_size}, {rank}, {world_size}")
-        self.device = torch.device(device)
-        self.batch_size, self.train, self.augment = batch_size, train, augment
-        self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
-        self.rank, self.world_size, self.padding = rank, world_size, padding
-        self.epoch = 0
-        self.dataset_size = len(images_u8)
-        self.images = images_u8.to(self.device)
-        self.labels = labels.to(self.device, torch.int64)
-        if augment != "none":  # padded once; crops are then plain index arithmetic
-            self.padded = F.pad(self.images, (padding,) * 4)
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.scale, self.shift = 1.0 / (255.0 * std_t), mean_t / std_t  # (x/255 - m)/s = x*scale - shift
-        n, ws = self.dataset_size, world_size
-        self.num_samples = n // ws if train else len(range(rank, n, ws))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose shuffle and augmentation the next iteration uses."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def _epoch_plan(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """This rank's sample order and crop offsets (dy, dx, flip) for the current epoch."""
-        n = self.dataset_size
-        if not self.train:
-            return torch.arange(self.rank, n, self.world_size, device=self.device), None, None
-        # torch's CPU generator keeps only 32 bits of a seed, so (seed, epoch) is hashed into 32.
-        # Draws cover all n positions before sharding: augmentation does not depend on world_size.
-        key = hashlib.blake2b(f"{self.seed},{self.epoch}".encode(), digest_size=4).digest()
-        g = torch.Generator().manual_seed(int.from_bytes(key, "little"))
-        order = torch.randperm(n, generator=g)
-        offsets = flips = None
-        if self.augment != "none":
-            offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g)
-            flips = torch.rand(n, generator=g) < 0.5
-            if self.augment == "crop":
-                flips.zero_()
-        shard = slice(self.rank * self.num_samples, (self.rank + 1) * self.num_samples)
-        order = order[shard].to(self.device)
-        if offsets is not None:
-            offsets, flips = offsets[shard].to(self.device), flips[shard].to(self.device)
-        return order, offsets, flips
-
-    def _crop(self, index: Tensor, offsets: Tensor, flips: Tensor) -> Tensor:
-        _, c, h, w = self.images.shape
-        rows = offsets[:, :1] + torch.arange(h, device=self.device)  # (B, H)
-        cols = offsets[:, 1:] + torch.arange(w, device=self.device)  # (B, W)
-        cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reads the window backwards
-        channels = torch.arange(c, device=self.device)
-        return self.padded[index[:, None, None, None], channels[None, :, None, None],
-                           rows[:, None, :, None], cols[:, None, None, :]]
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order, offsets, flips = self._epoch_plan()
-        for b in range(len(self)):
-            s = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            index = order[s]
-            x = self.images[index] if offsets is None else self._crop(index, offsets[s], flips[s])
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x.to(torch.float32).mul_(self.scale).sub_(self.shift), self.labels[index]
-
+def dataset_info(name: str, data_dir: PathLike | None = None) -> DatasetInfo:
+    """``DATASETS[name]``; for ``imagefolder`` with the classes of ``data_dir``."""
+    if name == "imagefolder":
+        return imagefolder_info(data_dir)
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]

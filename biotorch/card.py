@@ -1,0 +1,293 @@
+"""Model cards: the Hub front matter (``ModelCardData`` with a model-index) and the card's text.
+
+Example::
+
+    >>> text = f"---\\n{card_data(cfg, recipe, 'biotorch').to_yaml()}\\n---\\n" + card_body(cfg, recipe, None, True, "biotorch")
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .files import REPO_ROOT
+from .version import __version__
+
+# Hub dataset ids for the card's `datasets:` (cifar10_jpeg is derived from CIFAR-10; its own tag says so).
+HUB_DATASETS = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10",
+                "cifar100": "cifar100", "cifar10_jpeg": "cifar10"}
+DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
+                  "cifar100": "CIFAR-100", "cifar10_jpeg": "CIFAR-10 JPEG (q75, 4:2:0)",
+                  "imagefolder": "ImageNet-style image folder", "synthetic": "synthetic (tests only)"}
+
+# What each rule does, in two sentences, and the paper to cite.
+RULE_SUMMARIES = {
+    "bp": "Backpropagation sends each layer's error backwards through the transpose of its own forward "
+          "weights, so every update is the exact gradient of the loss. It needs weight transport, which "
+          "brains are not known to do, and is the control every other rule is compared with.",
+    "fa": "Feedback Alignment sends errors backwards through a fixed random matrix B of each layer's shape "
+          "instead of the transpose of the forward weights. The forward weights come to align with B during "
+          "training, so the updates approximate the gradient without weight transport.",
+    "dfa": "Direct Feedback Alignment projects the output error straight to every layer through a fixed random "
+           "matrix, with no layer-by-layer backward pass. Each hidden layer receives (e·B) ⊙ f′(a), so all "
+           "layers can be updated as soon as the output error is known.",
+    "usf": "Uniform Sign-concordant Feedback sends errors backwards through sign(W) times a constant (the scale "
+           "of W's initialisation). Only the signs of the forward weights are transported, never their "
+           "magnitudes.",
+    "frsf": "Fixed Random-magnitude Sign-concordant Feedback sends errors backwards through |R| ∘ sign(W), with "
+            "a random magnitude matrix R drawn once. The feedback shares the forward weights' signs but not "
+            "their magnitudes.",
+    "brsf": "Batch Random-magnitude Sign-concordant Feedback sends errors backwards through |R| ∘ sign(W), with "
+            "R redrawn at every optimizer step. The feedback shares the forward weights' signs while its "
+            "magnitudes are fresh noise every batch.",
+    "kp": "Kolen-Pollack learning gives the feedback matrix B exactly the forward weights' update and weight "
+          "decay. The difference W − B then decays to zero, so the feedback converges to the forward weights "
+          "without being copied from them.",
+    "wm": "Weight Mirrors learn the feedback matrix by driving noise through the forward weights after each "
+          "step: with y = Wx, B ← (1 − η)B + η·mean(y xᵀ). Because the noise is white, B tracks W and the "
+          "backward pass approaches backprop without weight transport.",
+}
+
+_BIOTORCH_BIBTEX = """@misc{sanfiz2021benchmarking,
+  title         = {Benchmarking the Accuracy and Robustness of Feedback Alignment Algorithms},
+  author        = {Sanfiz, Albert Jim{\\'e}nez and Akrout, Mohamed},
+  year          = {2021},
+  eprint        = {2108.13446},
+  archivePrefix = {arXiv}
+}
+
+@software{biotorch,
+  title   = {biotorch: learning rules beyond backprop as drop-in layers, a model registry and pretrained weights},
+  version = {%s},
+  url     = {https://huggingface.co/biotorch}
+}""" % __version__
+
+_AKROUT_2019 = """@inproceedings{akrout2019deep,
+  title     = {Deep Learning without Weight Transport},
+  author    = {Akrout, Mohamed and Wilson, Collin and Humphreys, Peter C. and Lillicrap, Timothy and Tweed, Douglas},
+  booktitle = {Advances in Neural Information Processing Systems},
+  volume    = {32},
+  year      = {2019}
+}"""
+_MOSKOVITZ_2018 = """@misc{moskovitz2018feedback,
+  title         = {Feedback alignment in deep convolutional networks},
+  author        = {Moskovitz, Theodore H. and Litwin-Kumar, Ashok and Abbott, L. F.},
+  year          = {2018},
+  eprint        = {1812.06488},
+  archivePrefix = {arXiv}
+}"""
+RULE_BIBTEX = {
+    "bp": """@article{rumelhart1986learning,
+  title   = {Learning representations by back-propagating errors},
+  author  = {Rumelhart, David E. and Hinton, Geoffrey E. and Williams, Ronald J.},
+  journal = {Nature},
+  volume  = {323},
+  pages   = {533--536},
+  year    = {1986}
+}""",
+    "fa": """@article{lillicrap2016random,
+  title   = {Random synaptic feedback weights support error backpropagation for deep learning},
+  author  = {Lillicrap, Timothy P. and Cownden, Daniel and Tweed, Douglas B. and Akerman, Colin J.},
+  journal = {Nature Communications},
+  volume  = {7},
+  pages   = {13276},
+  year    = {2016}
+}""",
+    "dfa": """@inproceedings{nokland2016direct,
+  title     = {Direct Feedback Alignment Provides Learning in Deep Neural Networks},
+  author    = {N{\\o}kland, Arild},
+  booktitle = {Advances in Neural Information Processing Systems},
+  volume    = {29},
+  year      = {2016}
+}""",
+    "usf": """@inproceedings{liao2016important,
+  title     = {How Important Is Weight Symmetry in Backpropagation?},
+  author    = {Liao, Qianli and Leibo, Joel Z. and Poggio, Tomaso},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  volume    = {30},
+  year      = {2016}
+}""",
+    "frsf": _MOSKOVITZ_2018,
+    "brsf": _MOSKOVITZ_2018,
+    "kp": """@inproceedings{kolen1994backpropagation,
+  title     = {Backpropagation without weight transport},
+  author    = {Kolen, John F. and Pollack, Jordan B.},
+  booktitle = {Proceedings of the IEEE International Conference on Neural Networks},
+  year      = {1994}
+}
+
+""" + _AKROUT_2019,
+    "wm": _AKROUT_2019,
+}
+
+
+def reproduce_command(arch: str, rule: str, dataset: str, seed: int) -> str:
+    """The command that trains this checkpoint again from the repository's recipes."""
+    own = Path("recipes") / dataset / f"{arch}_{rule}.yaml"  # the published run's own recipe
+    if (REPO_ROOT / own).is_file():
+        return f"biotorch train --recipe {own.as_posix()} --seed {seed}"
+    recipe_file = Path("recipes") / dataset / f"{arch}.yaml"
+    if (REPO_ROOT / recipe_file).is_file():
+        return f"biotorch train --recipe {recipe_file.as_posix()} --rule {rule} --seed {seed}"
+    return f"biotorch train --recipe recipe.yaml --rule {rule} --seed {seed}   # recipe.yaml of this repo"
+
+
+def card_data(cfg: dict, recipe: dict, org: str):
+    """The card's front matter (huggingface_hub's ``ModelCardData``, with the model-index)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset, metrics = cfg["dataset"], cfg["metrics"]
+    title = DATASET_TITLES.get(dataset, dataset)
+    results = [EvalResult(task_type="image-classification", task_name="Image Classification",
+                          dataset_type=HUB_DATASETS.get(dataset, dataset), dataset_name=title,
+                          dataset_config=dataset, dataset_split=split, metric_type="accuracy",
+                          metric_name=f"top-1 accuracy ({split}, %)", metric_value=metrics[key])
+               for split, key in (("validation", "val_top1"), ("test", "test_top1"))]
+    init_from = recipe.get("init_from")
+    base_model = None
+    if init_from:
+        base_model = str(init_from).removeprefix("hf-hub:")
+        if "/" not in base_model:
+            base_model = f"{org}/{base_model}"
+    return ModelCardData(
+        library_name="biotorch", license="mit", model_name=cfg["name"], pipeline_tag="image-classification",
+        tags=list(dict.fromkeys(["biologically-plausible", cfg["rule"], "image-classification", cfg["arch"],
+                                 dataset])),
+        datasets=[HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else None, metrics=["accuracy"],
+        base_model=base_model, eval_results=results)
+
+
+def pct(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def spread(metrics: dict, key: str) -> str:
+    if f"{key}_mean" not in metrics:
+        return "–"
+    return f"{metrics[f'{key}_mean']:.2f} ± {metrics[f'{key}_std']:.2f} ({seeds_text(metrics['seeds'])})"
+
+
+def seeds_text(count: int) -> str:
+    return f"{count} seed{'s' if count != 1 else ''}"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# Recipe keys that say nothing about how the model learned (where files are, how fast it ran).
+_RECIPE_HIDDEN = {"data_dir", "download", "device", "rule_overrides", "applied_rule_overrides", "compile",
+                  "cuda_graph", "channels_last", "eval_batch_size", "val_every", "alignment_every"}
+_SGD_ONLY = {"momentum", "nesterov"}
+# Recipe keys that may differ between the seeds of one card: where and how fast, not what was learned.
+RECIPE_PER_RUN = {"seed", "data_dir", "download", "device", "compile", "cuda_graph", "channels_last",
+                   "eval_batch_size"}
+
+
+def card_body(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment: bool, owner: str) -> str:
+    """The card's markdown below the front matter; ``baseline`` is the bp card's metrics of the same data."""
+    arch, rule, dataset, name, m = cfg["arch"], cfg["rule"], cfg["dataset"], cfg["name"], cfg["metrics"]
+    model_name = f"{arch}_{rule}"
+    title = DATASET_TITLES.get(dataset, dataset)
+    hidden = _RECIPE_HIDDEN | (_SGD_ONLY if recipe.get("optimizer") != "sgd" else {"betas"})
+    recipe_rows = [[f"`{k}`", f"`{v}`"] for k, v in recipe.items()
+                   if k not in hidden and v not in (None, [], {})]
+    result_rows = [[f"**{model_name}** (this model)", rule, pct(m["test_top1"]), spread(m, "test_top1"),
+                    pct(m["val_top1"]), pct(m.get("test_top5"))]]
+    if rule == "bp":
+        baseline_text = "This model *is* the backprop baseline of the other rules on this architecture and data."
+    elif baseline is None:
+        baseline_text = f"No backprop baseline ({arch}_bp.{dataset}) has been published yet."
+    else:
+        result_rows.append([f"{arch}_bp (baseline)", "bp", pct(baseline["test_top1"]),
+                            spread(baseline, "test_top1"), pct(baseline["val_top1"]),
+                            pct(baseline.get("test_top5"))])
+        gap = m["test_top1"] - baseline["test_top1"]
+        baseline_text = f"Against backprop on the same architecture and data (each rule with the recipe tuned for it under the same search budget): {gap:+.2f} points test top-1."
+    hardware = m.get("device") or "unrecorded hardware"
+    world = f" × {m['world_size']}" if m.get("world_size", 1) > 1 else ""
+    limitations = [
+        f"The numbers come from {seeds_text(m['seeds'])} ({', '.join(map(str, m['seed_list']))}) of one recipe, trained "
+        f"on {hardware}{world}; the published checkpoint is seed {m['seed']}, chosen on validation top-1.",
+        f"Trained on {title} only ({cfg['split']}); inputs must be {'×'.join(map(str, cfg['input_size']))}, "
+        f"normalised with mean {tuple(cfg['mean'])} and std {tuple(cfg['std'])}.",
+    ]
+    if dataset == "cifar10_jpeg":
+        limitations.insert(0, "The data is a JPEG q75 4:2:0 re-encoding of CIFAR-10, not CIFAR-10; accuracies are "
+                              "not comparable to CIFAR-10 numbers.")
+    if dataset == "synthetic":
+        limitations.insert(0, "Trained on a tiny synthetic dataset for tests: the weights are meaningless.")
+    citation = _BIOTORCH_BIBTEX + ("\n\n" + RULE_BIBTEX[rule] if rule in RULE_BIBTEX else "")
+    alignment = ("![alignment: angle between forward weights and feedback, and cosine of the rule's update with "
+                 "the true gradient, per layer and epoch](alignment.png)" if has_alignment
+                 else "No alignment record was kept for this run.")
+    return f"""
+# {name}
+
+`{model_name}`: the `{arch}` architecture trained with the **{rule}** learning rule on {title}.
+Generated by `scripts/publish.py` from the training run; do not edit by hand.
+
+## The learning rule
+
+{RULE_SUMMARIES.get(rule, f"The {rule} rule (see biotorch.rules).")}
+
+## Results
+
+{markdown_table(["model", "rule", "test top-1 % (this checkpoint)", "test top-1 % mean ± std",
+                  "val top-1 %", "test top-5 %"], result_rows)}
+
+{baseline_text} Every number is in `metrics.json`; per-epoch history is in `history.csv`.
+
+![training curves](curves.png)
+
+## Alignment
+
+{alignment}
+
+## Training recipe
+
+{markdown_table(["key", "value"], recipe_rows)}
+
+Reproduce this checkpoint (the full resolved recipe is `recipe.yaml`):
+
+```bash
+{reproduce_command(arch, rule, dataset, m["seed"])}
+```
+
+## Usage
+
+```python
+import torch
+model = torch.hub.load("{owner}/biotorch", "{model_name}")          # pretrained, on CPU; device="cuda" for GPU
+
+import biotorch
+model = biotorch.create_model("{name}", pretrained=True)
+model = biotorch.from_pretrained("hf-hub:{cfg['hub_id']}")
+
+import timm, biotorch                                                 # `import biotorch` registers the models
+model = timm.create_model("{model_name}", pretrained=True)
+```
+
+Preprocessing: `biotorch.data.eval_transform("{dataset}")` (mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])}).
+
+## Fine-tuning
+
+```python
+model = biotorch.create_model("{name}", pretrained=True, num_classes=100)  # new head, still learns with {rule}
+model.reset_classifier(5)                                                   # or swap the head later
+```
+
+The checkpoint holds what the rule needs to keep learning: the forward weights, learned feedback (wm, kp),
+and the seeds and steps from which random feedback is re-derived at load (checked against a fingerprint).
+
+## Limitations
+
+{chr(10).join(f"- {line}" for line in limitations)}
+
+## Citation
+
+```bibtex
+{citation}
+```
+"""

@@ -1,0 +1,110 @@
+"""The datasets biotorch knows: classes, input shape, normalisation, split sizes.
+
+Pure data, no file access: where the files are and how they are read is :mod:`biotorch.data.sources`.
+
+Example::
+
+    >>> DATASETS["fashion_mnist"].input_size
+    (1, 32, 32)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Split = Literal["train", "val", "test"]
+Augment = Literal["none", "crop_flip", "crop"]
+
+SYNTHETIC = "synthetic"  # a tiny generated dataset for tests and smoke runs (no files)
+CROP_PCT = 0.875  # images that are resized are resized to size / CROP_PCT, then centre-cropped to size
+SPLIT_SEED = 0  # the validation hold-out permutation seed; changing it changes every val number
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its data: classes, input shape and normalisation.
+
+    ``input_size`` is (C, H, W) after :func:`eval_transform`; ``train_size`` counts the training
+    images left after the validation hold-out. ``None`` means "depends on the folder"
+    (``imagefolder``; see :func:`imagefolder_info`). ``val_size=None`` means the validation
+    split is a folder of its own rather than held out from the training set.
+
+    Example::
+
+        >>> DATASETS["cifar10"].input_size
+        (3, 32, 32)
+    """
+
+    name: str
+    num_classes: int | None
+    label_names: tuple[str, ...]
+    in_chans: int
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_size: int | None
+    val_size: int | None
+    test_size: int | None
+    interpolation: str  # used only where inputs are resized (imagefolder)
+    description: str
+
+
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                    "dog", "frog", "horse", "ship", "truck")
+_CIFAR100_CLASSES = tuple("""
+apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
+camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup
+dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower
+leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid
+otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray
+road rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar
+sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle
+wardrobe whale willow_tree wolf woman worm""".split())
+
+# Normalisation constants are the customary per-channel values of each official training set
+# (for the MNISTs measured on the unpadded 28x28 images, as LeNet-5 ports do).
+# cifar10_jpeg reuses CIFAR-10's (its own train set measures mean 0.4911 0.4819 0.4466,
+# std 0.2453 0.2428 0.2607), so cifar10 and cifar10_jpeg checkpoints share one preprocessing.
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            "mnist", 10, tuple(str(d) for d in range(10)), 1, (1, 32, 32),
+            (0.1307,), (0.3081,), 50_000, 10_000, 10_000, "bilinear",
+            "MNIST handwritten digits, 28x28 grayscale zero-padded to 32x32.",
+        ),
+        DatasetInfo(
+            "fashion_mnist", 10,
+            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+            1, (1, 32, 32), (0.2860,), (0.3530,), 50_000, 10_000, 10_000, "bilinear",
+            "Fashion-MNIST (Zalando), 28x28 grayscale zero-padded to 32x32.",
+        ),
+        DatasetInfo(
+            "cifar10", 10, _CIFAR10_CLASSES, 3, (3, 32, 32),
+            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 45_000, 5_000, 10_000, "bilinear",
+            "CIFAR-10, 32x32 RGB, original pixels (torchvision's python pickles).",
+        ),
+        DatasetInfo(
+            "cifar100", 100, _CIFAR100_CLASSES, 3, (3, 32, 32),
+            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 45_000, 5_000, 10_000, "bilinear",
+            "CIFAR-100 with its 100 fine labels, 32x32 RGB.",
+        ),
+        DatasetInfo(
+            "cifar10_jpeg", 10, _CIFAR10_CLASSES, 3, (3, 32, 32),
+            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 45_000, 5_000, 10_000, "bilinear",
+            "CIFAR-10 re-encoded as JPEG (quality 75, 4:2:0), folder layout "
+            "{train,test}/<class>/*.jpg. Lossy: its accuracies are not CIFAR-10 accuracies.",
+        ),
+        DatasetInfo(
+            "imagefolder", None, (), 3, (3, 224, 224),
+            (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), None, None, None, "bilinear",
+            "Any ImageNet-style folder {train,val,test}/<class>/<image>; classes are the sorted "
+            "folder names. Resized (shorter side 256) and centre-cropped to 224.",
+        ),
+        DatasetInfo(
+            SYNTHETIC, 10, tuple(f"class_{i}" for i in range(10)), 1, (1, 32, 32), (0.5,), (0.25,),
+            1024, 256, 512, "bilinear", "Tiny generated dataset (10 noisy patterns) for tests and smoke runs.",
+        ),
+    )
+}

@@ -1,0 +1,72 @@
+"""Writing files that are never seen half-written, JSON without NaN, and file hashes.
+
+Every file biotorch writes (weights, configs, cards, records, checkpoints) goes through
+:func:`atomic_write`: the bytes go to a temporary file in the same folder, are flushed to disk, and the
+file is renamed over the target, so a crash leaves the old file or the new one, never a mixture.
+
+Example::
+
+    >>> write_json("runs/x/metrics.json", {"top1": float("nan")})     # written as {"top1": null}
+    >>> sha256("model_cards/lenet_fa.fashion_mnist/model.safetensors")[:12]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Union
+
+PathLike = Union[str, os.PathLike]
+REPO_ROOT = Path(__file__).resolve().parent.parent  # a clone's root (model_cards/, recipes/, samples/)
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None], mode: int = 0o644) -> Path:
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path``; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes private files; weights, cards and records are meant to be read
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def finite(value):
+    """JSON has no NaN: non-finite floats become null (recursively)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_json(path: PathLike, value) -> Path:
+    return write_text(path, json.dumps(finite(value), indent=2) + "\n")
+
+
+def sha256(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
