@@ -23,14 +23,14 @@ from pathlib import Path
 
 from . import registry
 from .convert import exact_gradients
+from .errors import BiotorchError, ConfigError
 from .data import DATASETS, DeviceLoader, dataset_info, load_samples
-from .factory import create_model, model_parameters
+from .factory import create_model, from_checkpoint, model_parameters
 from .files import REPO_ROOT
-from .hub import HUB_ORG, MIRROR, read_checkpoint_metadata
+from .hub import HUB_ORG, MIRROR
 from .publish import publish
 from .registry import PRETRAINED_INDEX, PretrainedCfg, describe, get_pretrained_cfg, list_models, split_name
 from .training import datasets, evaluate
-from .training.checkpoint import find_checkpoint
 from .training.recipe import _TYPES, FIELDS, load_recipe, parse_set
 from .training.runtime import resolve_device
 from .training.trainer import Trainer, default_run_dir
@@ -107,7 +107,11 @@ def _base_type(name: str):
 def _cmd_train(args) -> int:
     overrides = {name: getattr(args, name) for name in FIELDS
                  if name not in _NOT_FLAGS and getattr(args, name, None) is not None}
-    overrides.update(parse_set(args.set))
+    for key, value in parse_set(args.set).items():
+        if key in overrides and str(overrides[key]) != str(value):
+            raise ConfigError(f"--{key.replace('_', '-')} {overrides[key]} and --set {key}={value} disagree: "
+                              "give one of them")
+        overrides[key] = value
     if args.rule_option:
         overrides["rule_options"] = parse_set(args.rule_option)
     if args.resume:
@@ -123,10 +127,7 @@ def _cmd_train(args) -> int:
         recipe = load_recipe(saved, overrides, resolved=True)
     else:
         recipe = load_recipe(args.recipe, overrides)
-        run_dir = Path(args.out) if args.out else default_run_dir(recipe)
-        if find_checkpoint(run_dir) or (run_dir / "metrics.json").exists():
-            raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
-                             "or choose another --out")
+        run_dir = Path(args.out) if args.out else default_run_dir(recipe)  # the trainer refuses a used one
     trainer = Trainer(recipe, run_dir, resume=bool(args.resume), tensorboard=args.tensorboard,
                       progress=not args.no_progress)
     trainer.fit()
@@ -144,16 +145,6 @@ def _samples(folder: Path, dataset: str, device):
     return images.to(device), labels.to(device)
 
 
-def _weights_file(path: Path) -> Path:
-    if path.is_file():
-        return path
-    for candidate in (path / "best.safetensors", path / "model.safetensors", path / "checkpoint" / "model.safetensors"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no weights in {path}: expected a .safetensors file or a folder holding "
-                            "best.safetensors (a run) or model.safetensors")
-
-
 def _cmd_eval(args) -> int:
     if args.data is None:
         if args.checkpoint or args.model is None:
@@ -163,23 +154,15 @@ def _cmd_eval(args) -> int:
         raise ValueError(f"--data {args.data!r} is not a dataset; choose one of {', '.join(DATASETS)}")
     info = dataset_info(args.data, args.data_dir)
     device = resolve_device(args.device)
-    name, rule_options = args.model, {}
+    name = args.model
     if args.checkpoint:
-        weights = _weights_file(Path(args.checkpoint))
-        metadata = read_checkpoint_metadata(weights)
-        config_file = next((p / "config.json" for p in (weights.parent, weights.parent.parent)
-                            if (p / "config.json").is_file()), None)
-        config = json.loads(config_file.read_text()) if config_file else {}
-        rule_options = config.get("rule_options") or {}
-        if name is None:
-            if "arch" not in metadata:
-                raise ValueError(f"{weights} has no arch/rule metadata: name the model, e.g. "
-                                 "biotorch eval resnet20_fa --checkpoint ...")
-            name = f"{metadata['arch']}_{metadata.get('rule', 'bp')}"
-        name = name.partition(".")[0]  # the checkpoint provides the weights, not the tag
-        model = create_model(name, checkpoint=weights, num_classes=info.num_classes,
-                                      in_chans=info.in_chans, device=device, **rule_options)
-        source = str(weights)
+        model = from_checkpoint(args.checkpoint, name=name.partition(".")[0] if name else None,
+                                num_classes=info.num_classes, in_chans=info.in_chans, device=device)
+        name = f"{model.biotorch_config['arch']}_{model.biotorch_config['rule']}"
+        classes = model.biotorch_config["num_classes"]
+        if classes != info.num_classes:
+            raise ConfigError(f"{args.checkpoint} has {classes} outputs but {args.data} has {info.num_classes} classes")
+        source = str(args.checkpoint)
     else:
         if name is None:
             raise ValueError("name a model (e.g. lenet_fa.fashion_mnist) or pass --checkpoint")
@@ -189,6 +172,9 @@ def _cmd_eval(args) -> int:
         if classes is not None and classes != info.num_classes:
             raise ValueError(f"{name} has {classes} outputs but {args.data} has {info.num_classes} classes")
     samples, split = SAMPLES / args.data, args.split
+    if args.samples and (args.split != "test" or not (samples / "labels.csv").is_file()):
+        raise ConfigError(f"--samples evaluates the {args.data} sample test images shipped in {samples}: "
+                          + ("there are none" if args.split == "test" else f"not the {args.split} split"))
     try:
         if args.samples:
             raise FileNotFoundError("--samples")
@@ -313,9 +299,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
+    except (BiotorchError, ValueError, OSError, KeyError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"biotorch {args.command}: error: {message}", file=sys.stderr)
+        print(f"biotorch {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import sys
 import types
 from pathlib import Path
@@ -26,7 +25,9 @@ from torchvision.transforms import v2
 
 from . import data
 from .convert import convert, convert_layer, redraw_feedback
-from .hub import CONFIG_NAME, WEIGHTS_NAME, PathLike, download_repo, load_checkpoint, load_weights
+from .errors import CheckpointError, ConfigError
+from .hub import (CONFIG_NAME, PathLike, download_repo, load_checkpoint, load_weights, read_config, read_header,
+                  verify_sha256, weights_file)
 from .metrics import count_parameters
 from .models import ARCHITECTURES
 from .nn import LAYERS
@@ -89,7 +90,7 @@ def create_model(name: str, pretrained: bool = False, num_classes: Optional[int]
         **rule_options: options of the rule, e.g. ``mirror_lr`` for wm.
     """
     arch, rule, tag = split_name(name)
-    cfg = get_pretrained_cfg(name) if (pretrained or tag) and checkpoint is None else None
+    cfg = get_pretrained_cfg(name) if pretrained or tag else None
     if cfg is not None:
         rule_options = {**cfg.rule_options, **rule_options}
     model = _build(arch, rule, cfg.num_classes if cfg else num_classes,
@@ -100,6 +101,8 @@ def create_model(name: str, pretrained: bool = False, num_classes: Optional[int]
         model.to(device)
     if pretrained or checkpoint is not None:
         load_weights(model, cfg, checkpoint)
+        if checkpoint is None:  # the published checkpoint's feedback was drawn from its own seed
+            model.biotorch_config["seed"] = cfg.metrics.get("seed", seed)
     if num_classes is not None and num_classes != model.biotorch_config["num_classes"]:
         if pretrained or checkpoint is not None:
             print(f"biotorch: {name} was trained with {model.biotorch_config['num_classes']} classes; "
@@ -138,44 +141,104 @@ def register_with_timm() -> None:
         register_model(_timm_entrypoint(model_name))
 
 
-def from_pretrained(name_or_path: PathLike, device=None, revision: Optional[str] = None,
+def _check_fits(name: str, build: dict, header: dict, path: Path) -> None:
+    """Build the model on the meta device (no memory) and compare it with the file's header, so that a config
+    asking for a huge head or the wrong channels fails here, before anything real is allocated."""
+    arch, rule, _ = split_name(name)
+    with torch.device("meta"):
+        probe = _build(arch, rule, build.get("num_classes"), build.get("in_chans"), 0, build.get("rule_options", {}))
+    shapes = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    missing, unexpected = sorted(shapes.keys() - header.keys()), sorted(header.keys() - shapes.keys())
+    wrong = [f"{k} {header[k][0]} vs {shapes[k]}" for k in sorted(shapes.keys() & header.keys())
+             if header[k][0] != shapes[k]]
+    if missing or unexpected or wrong:
+        details = "; ".join(f"{label}: {', '.join(items[:4])}{' …' if len(items) > 4 else ''}"
+                            for label, items in (("missing", missing), ("unexpected", unexpected),
+                                                 ("shape", wrong)) if items)
+        raise CheckpointError(f"{path} does not hold a {name} with {build.get('num_classes')} classes and "
+                              f"{build.get('in_chans')} input channels: {details}")
+
+
+def from_checkpoint(path: PathLike, name: Optional[str] = None, num_classes: Optional[int] = None,
+                    in_chans: Optional[int] = None, device=None) -> nn.Module:
+    """A model with the weights of a checkpoint folder, a run folder or a ``.safetensors`` file.
+
+    Everything is checked before it is used: the file's sha256 against the ``config.json`` beside it (when
+    there is one), that config's values, and the file's tensor shapes against the model it describes; only
+    then is the model built and loaded (strictly: keys, dtypes, finite values, feedback fingerprint).
+    ``name``, ``num_classes`` and ``in_chans`` fill in what neither the config nor the file's metadata says.
+
+    Example::
+
+        >>> model = biotorch.factory.from_checkpoint("runs/lenet_fa.fashion_mnist-seed0")
+    """
+    weights, expected = weights_file(path)
+    verify_sha256(weights, expected)  # before anything of the file is read
+    header, metadata = read_header(weights)
+    beside = weights.parent / CONFIG_NAME
+    config = read_config(weights.parent) if beside.is_file() and expected is not None else {}
+    arch = config.get("arch") or metadata.get("arch")
+    rule = config.get("rule") or metadata.get("rule")
+    if name is not None:
+        given_arch, given_rule, _ = split_name(name)
+        if (arch and arch != given_arch) or (rule and rule != given_rule):
+            raise CheckpointError(f"{weights} holds a {arch}_{rule} checkpoint, not {given_arch}_{given_rule}")
+        arch, rule = given_arch, given_rule
+    if not arch or not rule:
+        raise CheckpointError(f"{weights} does not say which model it holds (no arch/rule metadata): name it, "
+                              "e.g. biotorch eval resnet20_fa --checkpoint ...")
+    model_name = f"{arch}_{rule}"
+    split_name(model_name)  # an unknown architecture or rule in the metadata fails here, with close matches
+    build = dict(num_classes=config.get("num_classes", num_classes), in_chans=config.get("in_chans", in_chans),
+                 rule_options=config.get("rule_options", {}))
+    _check_fits(model_name, build, header, weights)
+    model = create_model(model_name, device=device, num_classes=build["num_classes"], in_chans=build["in_chans"],
+                         seed=config.get("seed", 0), **build["rule_options"])
+    if "pretrained_cfg" in config:
+        model.pretrained_cfg = config["pretrained_cfg"]
+    return load_checkpoint(model, weights, expected)
+
+
+def from_pretrained(name_or_path: Union[PathLike, str], device=None, revision: Optional[str] = None,
                     local_files_only: bool = False, num_classes: Optional[int] = None) -> nn.Module:
-    """A model with weights, from a checkpoint folder, ``hf-hub:<org>/<repo>``, or a registered name.
+    """A model with weights, from a registered name, ``hf-hub:<org>/<repo>``, or a checkpoint folder.
+
+    A string that is a registered name (``"lenet_fa.fashion_mnist"``) always means the published, sha-checked
+    weights, even if a folder of that name exists here; pass a ``Path`` (or ``"./name"``) for the folder.
 
     Example::
 
         >>> model = biotorch.from_pretrained("lenet_fa.fashion_mnist", device="cpu")
+        >>> model = biotorch.from_pretrained("hf-hub:biotorch/lenet_fa.fashion_mnist")
+        >>> model = biotorch.from_pretrained(Path("out/lenet_fa"))
     """
+    if isinstance(name_or_path, str) and not name_or_path.strip():
+        raise ConfigError("from_pretrained needs a registered name, hf-hub:<org>/<repo> or a folder, got ''")
     text = str(name_or_path)
     if text.startswith("hf-hub:"):
-        folder = download_repo(text[len("hf-hub:"):], revision, local_files_only)
-    elif Path(text).is_dir():
-        folder = Path(text)
-    else:  # a registered name: its published weights (mirror, then Hub at ``revision``)
+        model = from_checkpoint(download_repo(text[len("hf-hub:"):], revision, local_files_only), device=device)
+    elif isinstance(name_or_path, str) and _is_registered(text):
+        # a registered name: its published weights (mirror, then Hub at ``revision``)
         cfg = get_pretrained_cfg(text)
         model = create_model(cfg.name, device=device)
         load_weights(model, cfg, revision=revision, local_files_only=local_files_only)
-        if num_classes is not None and num_classes != cfg.num_classes:
-            model.reset_classifier(num_classes)
-        return model
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not a biotorch checkpoint folder")
-    try:
-        config = json.loads(config_path.read_text())
-        name = f"{config['arch']}_{config['rule']}"
-        build = dict(num_classes=config["num_classes"], in_chans=config["in_chans"], seed=config.get("seed", 0),
-                     **config.get("rule_options", {}))
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{config_path} is not a valid biotorch config: {error!r}") from None
-    model = create_model(name, device=device, **build)
-    if "pretrained_cfg" in config:
-        model.pretrained_cfg = config["pretrained_cfg"]
-    expected = config.get("files", {}).get(WEIGHTS_NAME, {}).get("sha256")
-    load_checkpoint(model, folder / WEIGHTS_NAME, expected)
-    if num_classes is not None and num_classes != config["num_classes"]:
+    elif Path(text).is_dir():
+        read_config(text)  # a checkpoint folder has a valid config.json: say so before looking for weights
+        model = from_checkpoint(Path(text), device=device)
+    else:
+        get_pretrained_cfg(text)  # not a folder either: fail with the name's close matches
+        raise FileNotFoundError(f"no checkpoint folder at {text}")
+    if num_classes is not None and num_classes != model.biotorch_config["num_classes"]:
         model.reset_classifier(num_classes)
     return model
+
+
+def _is_registered(text: str) -> bool:
+    try:
+        get_pretrained_cfg(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def transforms(name_or_model) -> v2.Compose:

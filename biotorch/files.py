@@ -17,14 +17,22 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a clone's root (model_cards/, recipes/, samples/)
 
 
-def atomic_write(path: PathLike, write: Callable[[str], None], mode: int = 0o644) -> Path:
-    """Call ``write(tmp_path)``, fsync, then rename onto ``path``; returns ``path``."""
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None], mode: Optional[int] = None) -> Path:
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path``; returns ``path``.
+
+    The file gets ``mode``, by default what ``open`` would give a new file (0o666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,7 +41,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None], mode: int = 0o644
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes private files; weights, cards and records are meant to be read
+        os.chmod(tmp, _default_mode() if mode is None else mode)  # mkstemp makes private (0600) files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -26,10 +26,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .convert import feedback_fingerprint
+from .errors import CheckpointError, ConfigError
 from .files import REPO_ROOT, atomic_write, sha256, write_json
+from .models import ARCHITECTURES
+from .rules import RULES, make_rule
 from .version import __version__
 
 WEIGHTS_NAME = "model.safetensors"
+RUN_WEIGHTS = "best.safetensors"  # a training run's weights (its best validation epoch)
 CONFIG_NAME = "config.json"
 HUB_ORG = "biotorch"
 MIRROR = REPO_ROOT / "model_cards"  # the offline mirror of the Hub inside a clone of this repository
@@ -87,61 +91,156 @@ def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional
     return folder
 
 
+def _open_error(path, error) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt, truncated or another "
+                           f"format): {' '.join(str(error).split())[:200]}")
+
+
+def verify_sha256(path: PathLike, expected: Optional[str]) -> None:
+    """Refuse ``path`` unless its sha256 is ``expected`` (no check when nothing is expected)."""
+    if expected is not None and (actual := sha256(path)) != expected:
+        raise CheckpointError(f"{path} is not the file its record names (sha256 {actual[:12]}…, expected "
+                              f"{expected[:12]}…): it is corrupt, truncated or replaced; delete it to re-download")
+
+
+def read_header(path: PathLike) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict]:
+    """({name: (shape, dtype)}, metadata) of a safetensors file, reading no tensor data."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+            return shapes, dict(f.metadata() or {})
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise _open_error(path, error) from None
+
+
+def read_checkpoint_metadata(path: PathLike) -> dict:
+    """The metadata of a safetensors file (arch, rule, version, feedback fingerprint), reading no tensor."""
+    return read_header(path)[1]
+
+
 def read_checkpoint(path: PathLike, expected_sha256: Optional[str] = None, device=None) -> tuple[dict, dict]:
     """(state_dict, metadata) of a safetensors file, refusing a corrupt, truncated or unexpected file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if expected_sha256 is not None and (actual := sha256(path)) != expected_sha256:
-        raise ValueError(f"{path} is not the published file (sha256 {actual[:12]}…, expected "
-                         f"{expected_sha256[:12]}…): it is corrupt, truncated or replaced; delete it to re-download")
+    verify_sha256(path, expected_sha256)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         state = load_file(str(path), device=str(device) if device is not None else "cpu")
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
-        raise ValueError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated): {error}") from None
+        raise _open_error(path, error) from None
     return state, metadata
 
 
-def read_checkpoint_metadata(path: PathLike) -> dict:
-    """The metadata of a safetensors file (arch, rule, version, feedback fingerprint), reading no tensor."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a readable safetensors checkpoint: {error}") from None
+def load_checkpoint(model: nn.Module, path: PathLike, expected_sha256: Optional[str] = None, *,
+                    allow_nonfinite: bool = False) -> nn.Module:
+    """Load ``path`` into ``model`` strictly; on any mismatch raise and leave the model untouched.
 
-
-def load_checkpoint(model: nn.Module, path: PathLike, expected_sha256: Optional[str] = None) -> nn.Module:
-    """Load ``path`` into ``model`` strictly; on any mismatch raise and leave the model untouched."""
+    Checked, in order: the sha256 (when known), arch and rule, keys, shapes, dtypes, finite values (unless
+    ``allow_nonfinite``), and the fingerprint of the feedback re-derived from the loaded seeds.
+    """
     device = next(model.parameters()).device
     state, metadata = read_checkpoint(path, expected_sha256, device)
     config = getattr(model, "biotorch_config", {})
     for key in ("arch", "rule"):
         if metadata.get(key) and config.get(key) and metadata[key] != config[key]:
-            raise ValueError(f"{path} holds a {metadata['arch']}_{metadata['rule']} checkpoint, not "
-                             f"{config['arch']}_{config['rule']}")
+            raise CheckpointError(f"{path} holds a {metadata.get('arch')}_{metadata.get('rule')} checkpoint, not "
+                                  f"{config['arch']}_{config['rule']}")
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
+    both = sorted(expected.keys() & state.keys())
     wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-             for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"{path} does not fit this model: "
-                         + "; ".join(f"{label}: {', '.join(items[:5])}{' …' if len(items) > 5 else ''}"
-                                     for label, items in (("missing", missing), ("unexpected", unexpected),
-                                                          ("shape", wrong)) if items))
+             for k in both if state[k].shape != expected[k].shape]
+    dtypes = [f"{k} {state[k].dtype} vs model {expected[k].dtype}" for k in both if state[k].dtype != expected[k].dtype]
+    if missing or unexpected or wrong or dtypes:
+        raise CheckpointError(f"{path} does not fit this model: "
+                              + "; ".join(f"{label}: {', '.join(items[:5])}{' …' if len(items) > 5 else ''}"
+                                          for label, items in (("missing", missing), ("unexpected", unexpected),
+                                                               ("shape", wrong), ("dtype", dtypes)) if items))
+    if not allow_nonfinite:
+        bad = [k for k in both if state[k].is_floating_point() and not bool(state[k].isfinite().all())]
+        if bad:
+            raise CheckpointError(f"{path} holds NaN or infinite values in {', '.join(bad[:5])}: refused "
+                                  "(pass allow_nonfinite=True to inspect it anyway)")
     before = {k: v.detach().clone() for k, v in expected.items()}
     model.load_state_dict(state, strict=True)  # re-derives feedback from the loaded seeds and steps
     fingerprint = feedback_fingerprint(model)
     if metadata.get("feedback_fingerprint") != fingerprint:
         model.load_state_dict(before, strict=True)
         saved = metadata.get("feedback_fingerprint")
-        raise ValueError(f"{path}: the feedback re-derived from its seeds does not match the fingerprint saved "
-                         f"with it ({fingerprint[:12]}… vs {saved[:12] + '…' if saved else 'none saved'}): "
-                         "it was written by a biotorch whose feedback generator or options differ from this one")
+        raise CheckpointError(f"{path}: the feedback re-derived from its seeds does not match the fingerprint "
+                              f"saved with it ({fingerprint[:12]}… vs {saved[:12] + '…' if saved else 'none saved'}): "
+                              "it was written by a biotorch whose feedback generator or options differ from this one")
     return model
+
+
+def weights_file(path: PathLike) -> tuple[Path, Optional[str]]:
+    """(the weights file, its recorded sha256 or None) of a checkpoint folder, a run folder or a file.
+
+    The record is the ``files`` entry of the ``config.json`` beside the weights (card folders, and run folders,
+    whose trainer records ``best.safetensors`` there); nothing above the weights' own folder is read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        names = (WEIGHTS_NAME, RUN_WEIGHTS)
+        found = next((path / n for n in names if (path / n).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"no weights in {path}: expected {' or '.join(names)} (a checkpoint or run folder)")
+        path = found
+    elif not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    config = path.parent / CONFIG_NAME
+    if not config.is_file():
+        return path, None
+    files = read_config(path.parent, require_model=False).get("files", {})
+    return path, files.get(path.name, {}).get("sha256")
+
+
+def _positive_int(config: dict, key: str, where) -> None:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{where}: {key!r} must be a positive integer, got {value!r}")
+
+
+def read_config(folder: PathLike, require_model: bool = True) -> dict:
+    """A checkpoint folder's ``config.json``, every value checked before anything is built from it."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not a biotorch checkpoint folder")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    files = config.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256", ""), str)
+                                              for v in files.values()):
+        raise ConfigError(f"{path}: 'files' must map file names to {{\"sha256\": ...}}")
+    if not require_model:
+        return config
+    arch, rule = config.get("arch"), config.get("rule")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"{path}: 'arch' is {arch!r}; known architectures: {', '.join(ARCHITECTURES)}")
+    if rule not in RULES:
+        raise ConfigError(f"{path}: 'rule' is {rule!r}; known rules: {', '.join(RULES)}")
+    for key in ("num_classes", "in_chans"):
+        _positive_int(config, key, path)
+    if not isinstance(config.get("seed", 0), int) or isinstance(config.get("seed", 0), bool):
+        raise ConfigError(f"{path}: 'seed' must be an integer, got {config.get('seed')!r}")
+    options = config.get("rule_options", {})
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: 'rule_options' must be an object, got {type(options).__name__}")
+    try:
+        make_rule(rule, **options)  # only the options the rule takes, with values it accepts
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{path}: 'rule_options': {error}") from None
+    return config
 
 
 def _local_folder(cfg) -> Optional[Path]:
@@ -163,8 +262,7 @@ def load_weights(model: nn.Module, cfg, checkpoint: Optional[PathLike] = None,
                  revision: Optional[str] = None, local_files_only: bool = False) -> nn.Module:
     """Load published weights (checked against the registry's sha256), or an explicit ``checkpoint``."""
     if checkpoint is not None:
-        path = Path(checkpoint)
-        return load_checkpoint(model, path / WEIGHTS_NAME if path.is_dir() else path)
+        return load_checkpoint(model, *weights_file(checkpoint))
     expected = cfg.files.get(WEIGHTS_NAME, {}).get("sha256")
     return load_checkpoint(model, resolve_weights(cfg, revision, local_files_only), expected)
 
@@ -187,6 +285,10 @@ def upload_folder(folder: PathLike, repo_id: str, token: Optional[str] = None, p
     folder = Path(folder)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder ({WEIGHTS_NAME}, {CONFIG_NAME})")
+    links = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_symlink()]
+    if links:  # a link could publish any file of this machine
+        raise CheckpointError(f"{folder} holds symbolic links ({', '.join(links[:5])}): refusing to upload; "
+                              "replace them with the files themselves")
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", revision=revision,

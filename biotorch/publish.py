@@ -34,14 +34,16 @@ import yaml
 from . import registry
 from .card import RECIPE_PER_RUN, card_body, card_data, markdown_table, pct, seeds_text, spread
 from .data import SPLIT_SEED, dataset_info
+from .errors import ConfigError
 from .factory import create_model
 from .files import REPO_ROOT, sha256, write_text
-from .hub import CONFIG_NAME, HUB_ORG, MIRROR, WEIGHTS_NAME, load_checkpoint, save_pretrained, upload_folder
+from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, load_checkpoint, save_pretrained,
+                  upload_folder)
 from .metrics import count_parameters
 from .registry import PRETRAINED_INDEX, PretrainedCfg
 from .training import records
 
-RUN_WEIGHTS = "best.safetensors"
+
 RUN_METRICS = "metrics.json"
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 CARD_FILES = ("history.csv", "curves.png", "alignment.png")  # recipe.yaml is written from Run.recipe
@@ -62,6 +64,10 @@ class Run:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        links = [p.name for p in self.folder.iterdir() if p.is_symlink()] if self.folder.is_dir() else []
+        if links:  # a card is built from the run's files: a link could publish any file of this machine
+            raise ConfigError(f"{self.folder} holds symbolic links ({', '.join(links[:5])}): a run folder "
+                              "must hold its own files")
         for name in (RUN_WEIGHTS, RUN_METRICS):
             if not (self.folder / name).is_file():
                 raise FileNotFoundError(f"{self.folder} is not a finished training run: {name} is missing "

@@ -30,6 +30,7 @@ import hashlib
 import math
 import os
 import tarfile
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Union
@@ -95,7 +96,10 @@ def _read_idx(path: Path) -> Tensor:
     """Parse an IDX file (optionally gzipped) holding unsigned bytes, e.g. MNIST's."""
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ValueError(f"{path} is a damaged or truncated gzip file ({error}): download it again") from None
     if len(raw) < 4 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic {raw[:4].hex()})")
     ndim = raw[3]
@@ -421,6 +425,8 @@ def _synthetic(test: bool) -> tuple[Tensor, Tensor]:
 def dataset_info(name: str, data_dir: PathLike | None = None) -> DatasetInfo:
     """``DATASETS[name]``; for ``imagefolder`` with the classes of ``data_dir``."""
     if name == "imagefolder":
+        if data_dir is None:
+            raise ValueError("imagefolder needs data_dir (--data-dir): the folder holding train/, val/ and test/")
         return imagefolder_info(data_dir)
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

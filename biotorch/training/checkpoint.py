@@ -14,22 +14,28 @@ previous checkpoint or the new one, never a mixture.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import shutil
+import socket
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..hub import load_checkpoint as load_weights_file, save_weights
-from ..files import write_json
+from ..errors import CheckpointError, RunLockedError
+from ..files import sha256, write_json
+from ..hub import load_checkpoint as load_weights_file
+from ..hub import read_checkpoint, save_weights
 
 CHECKPOINT = "checkpoint"
 _OLD = ".checkpoint.old"
+_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
+LOCK = ".lock"
 
 
 def _plain(value):
@@ -89,6 +95,7 @@ def save_checkpoint(run_dir, *, model: nn.Module, optimizer: torch.optim.Optimiz
                       scheduler=_plain(scheduler.state_dict()),
                       scaler=_plain(scaler.state_dict()) if scaler is not None else None,
                       python_rng=_python_rng())
+    full_state["files"] = {name: sha256(tmp / name) for name in _FILES}  # checked on resume
     write_json(tmp / "state.json", full_state)  # last: its presence marks a complete checkpoint
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -106,13 +113,38 @@ def find_checkpoint(run_dir) -> Optional[Path]:
     return None
 
 
+def _read_state(folder: Path, epochs: int) -> dict:
+    """state.json, checked: the values resume relies on have the right types and fit the recipe."""
+    path = folder / "state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint state: {error}") from None
+    checks = {"epoch": int, "global_step": int, "files": dict, "history": list, "param_groups": list,
+              "optimizer_extra": dict, "scheduler": dict, "python_rng": list}
+    for key, kind in checks.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise CheckpointError(f"{path}: {key!r} must be a {kind.__name__}, got {state.get(key)!r:.60}; "
+                                  "the checkpoint is damaged or from another program")
+    if not 0 <= state["epoch"] <= epochs:
+        raise CheckpointError(f"{path}: epoch {state['epoch']} is outside this recipe's 0..{epochs}")
+    missing = [name for name in _FILES if not isinstance(state["files"].get(name), str)]
+    if missing:
+        raise CheckpointError(f"{path} records no sha256 for {', '.join(missing)}: cannot verify the checkpoint")
+    return state
+
+
 def restore_checkpoint(folder, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    scaler=None, device: torch.device) -> dict:
-    """Restore everything ``save_checkpoint`` wrote (RNG states included); returns the state dict."""
+                       scaler=None, device: torch.device, epochs: int) -> dict:
+    """Restore everything ``save_checkpoint`` wrote (RNG states included); returns the state dict.
+
+    Every file is checked against the sha256 recorded in state.json before it is read."""
     folder = Path(folder)
-    state = json.loads((folder / "state.json").read_text())
-    load_weights_file(model, folder / "model.safetensors")
-    opt_tensors = load_file(str(folder / "optimizer.safetensors"), device=str(device))
+    state = _read_state(folder, epochs)
+    files = state["files"]
+    load_weights_file(model, folder / "model.safetensors", files["model.safetensors"])
+    opt_tensors, _ = read_checkpoint(folder / "optimizer.safetensors", files["optimizer.safetensors"], device)
+    rng, _ = read_checkpoint(folder / "rng.safetensors", files["rng.safetensors"])
     per_param: dict[int, dict] = {}
     for key, value in opt_tensors.items():
         _, index, name = key.split(".", 2)
@@ -120,14 +152,16 @@ def restore_checkpoint(folder, *, model: nn.Module, optimizer: torch.optim.Optim
     for index, values in state["optimizer_extra"].items():
         per_param.setdefault(int(index), {}).update(values)
     tensor_lr = [isinstance(g["lr"], Tensor) for g in optimizer.param_groups]
-    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    try:
+        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{folder}: the optimizer state does not fit this run: {error}") from None
     for group, was_tensor in zip(optimizer.param_groups, tensor_lr):
         if was_tensor and not isinstance(group["lr"], Tensor):  # CUDA graphs read lr from a tensor
             group["lr"] = torch.tensor(group["lr"], device=device)
-    scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    rng = load_file(str(folder / "rng.safetensors"))
     torch.set_rng_state(rng["cpu"])
     cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
     if cuda_states and torch.cuda.is_available():
@@ -135,3 +169,57 @@ def restore_checkpoint(folder, *, model: nn.Module, optimizer: torch.optim.Optim
     version, internal, gauss = state["python_rng"]
     random.setstate((version, tuple(internal), gauss))
     return state
+
+
+def remove_stale_files(run_dir) -> list[Path]:
+    """Delete what killed writes left in ``run_dir`` (temporary files and folders); call it holding the lock."""
+    run_dir = Path(run_dir)
+    stale = [p for p in run_dir.glob(".*.tmp")] + ([run_dir / _OLD] if (run_dir / CHECKPOINT).is_dir() else [])
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return [p for p in stale if p.name != _OLD]
+
+
+class RunLock:
+    """An exclusive OS lock on a run folder, held for the run's life: a second process is refused with the
+    first one's pid; the OS releases it when the process ends, so a crashed run never blocks its resume.
+
+    Example::
+
+        >>> with RunLock("runs/lenet_fa"):
+        ...     ...                                  # only this process writes the folder
+    """
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK
+        self.file = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            owner = self.file.read().strip() or "another process"
+            self.file.close()
+            self.file = None
+            raise RunLockedError(f"{self.path.parent} is in use by {owner}: one process trains a run folder at "
+                                 "a time; wait for it, or choose another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self.file.flush()
+        return self
+
+    def release(self) -> None:
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any, Optional
 import yaml
 
 from ..data import DATASETS
+from ..errors import ConfigError
 from ..models import ARCHITECTURES
 from ..registry import split_name
 from ..rules import RULES, make_rule
@@ -82,15 +85,32 @@ class Recipe:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
 _TYPES = typing.get_type_hints(Recipe)
 # Keys a rule override may not change: they decide which run this is.
 _IDENTITY = ("model", "data", "rule", "rule_overrides", "applied_rule_overrides", "seed")
 
 
-def _unknown_key(key: str, where: str) -> ValueError:
+def _unknown_key(key: str, where: str) -> ConfigError:
     close = difflib.get_close_matches(key, FIELDS, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"{where}: unknown recipe key {key!r}.{hint} Known keys: {', '.join(FIELDS)}")
+    return ConfigError(f"{where}: unknown recipe key {key!r}.{hint} Known keys: {', '.join(FIELDS)}")
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML without aliases: a recipe never needs them, and a few nested aliases expand exponentially."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"a recipe may not use YAML aliases (*name), found one at line {mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for messages: a recipe value can be huge (or a YAML alias bomb)."""
+    return _REPR.repr(value)
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -102,8 +122,8 @@ def _coerce(key: str, value: Any) -> Any:
             return None
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     base = typing.get_origin(kind) or kind
-    bad = ValueError(f"recipe key {key!r} must be {getattr(kind, '__name__', kind)}"
-                     f"{' or null' if optional else ''}, got {value!r}")
+    bad = ConfigError(f"recipe key {key!r} must be {getattr(kind, '__name__', kind)}"
+                      f"{' or null' if optional else ''}, got {_short(value)}")
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -125,9 +145,12 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, bool):
             raise bad
         try:
-            return float(value)  # YAML reads 1e-3 as a string
+            number = float(value)  # YAML reads 1e-3 as a string
         except (TypeError, ValueError):
             raise bad from None
+        if not math.isfinite(number):
+            raise ConfigError(f"recipe key {key!r} must be a finite number, got {_short(value)}")
+        return number
     if base is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -139,9 +162,12 @@ def _coerce(key: str, value: Any) -> Any:
             raise bad
         (item,) = typing.get_args(kind) or (float,)
         try:
-            return [item(v) for v in value]
+            items = [item(v) for v in value]
         except (TypeError, ValueError):
             raise bad from None
+        if not all(math.isfinite(v) for v in items if isinstance(v, float)):
+            raise ConfigError(f"recipe key {key!r} must hold finite numbers, got {_short(value)}")
+        return items
     if base is dict:
         if value is None:
             return {}
@@ -155,7 +181,7 @@ def _choice(key: str, value: str, allowed) -> None:
     if value not in allowed:
         close = difflib.get_close_matches(str(value), allowed, n=2)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"recipe key {key!r} is {value!r}.{hint} Allowed: {', '.join(allowed)}")
+        raise ConfigError(f"recipe key {key!r} is {_short(value)}.{hint} Allowed: {', '.join(allowed)}")
 
 
 def _split_model(name: str) -> tuple[str, Optional[str]]:
@@ -170,20 +196,23 @@ def _split_model(name: str) -> tuple[str, Optional[str]]:
 
 def _validate(recipe: Recipe) -> None:
     if not recipe.model:
-        raise ValueError("recipe key 'model' is required, e.g. model: resnet20 (or --model resnet20_fa)")
+        raise ConfigError("recipe key 'model' is required, e.g. model: resnet20 (or --model resnet20_fa)")
     if not recipe.data:
-        raise ValueError(f"recipe key 'data' is required: one of {', '.join(DATASETS)}")
+        raise ConfigError(f"recipe key 'data' is required: one of {', '.join(DATASETS)}")
     if "." in recipe.model:
-        raise ValueError(f"recipe key 'model' is {recipe.model!r}: give an architecture (resnet20) or "
+        raise ConfigError(f"recipe key 'model' is {recipe.model!r}: give an architecture (resnet20) or "
                          "architecture_rule (resnet20_fa); a '.tag' names published weights, which "
                          "`biotorch train` does not fine-tune")
     _choice("model", recipe.model, list(ARCHITECTURES))
     _choice("data", recipe.data, list(DATASETS))
+    if recipe.data == "imagefolder" and not recipe.data_dir:
+        raise ConfigError("recipe key 'data: imagefolder' needs data_dir (--data-dir): the folder holding "
+                          "train/, val/ and test/")
     _choice("rule", recipe.rule, list(RULES))
     try:
         make_rule(recipe.rule, **recipe.rule_options)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"recipe key 'rule_options': {error}") from None
+        raise ConfigError(f"recipe key 'rule_options': {error}") from None
     _choice("optimizer", recipe.optimizer, OPTIMIZERS)
     _choice("schedule", recipe.schedule, SCHEDULES)
     _choice("augment", recipe.augment, AUGMENTS)
@@ -191,45 +220,45 @@ def _validate(recipe: Recipe) -> None:
     _choice("compile", recipe.compile, COMPILE)
     device = recipe.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ValueError(f"recipe key 'device' is {device!r}. Allowed: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"recipe key 'device' is {device!r}. Allowed: auto, cpu, cuda, cuda:N")
     positive = {"epochs": recipe.epochs, "batch_size": recipe.batch_size,
                 "eval_batch_size": recipe.eval_batch_size, "val_every": recipe.val_every, "lr": recipe.lr}
     for key, value in positive.items():
         if not value > 0:
-            raise ValueError(f"recipe key {key!r} must be > 0, got {value!r}")
+            raise ConfigError(f"recipe key {key!r} must be > 0, got {value!r}")
     nonnegative = {"weight_decay": recipe.weight_decay, "momentum": recipe.momentum,
                    "warmup_epochs": recipe.warmup_epochs, "alignment_every": recipe.alignment_every,
                    "gamma": recipe.gamma, "val_size": recipe.val_size or 0,
                    "limit_train": recipe.limit_train if recipe.limit_train is not None else 1}
     for key, value in nonnegative.items():
         if value < 0:
-            raise ValueError(f"recipe key {key!r} must be >= 0, got {value!r}")
+            raise ConfigError(f"recipe key {key!r} must be >= 0, got {value!r}")
     if recipe.limit_train == 0:
-        raise ValueError("recipe key 'limit_train' must be a positive number of images or null")
+        raise ConfigError("recipe key 'limit_train' must be a positive number of images or null")
     if not 0 <= recipe.label_smoothing < 1:
-        raise ValueError(f"recipe key 'label_smoothing' must be in [0, 1), got {recipe.label_smoothing}")
+        raise ConfigError(f"recipe key 'label_smoothing' must be in [0, 1), got {recipe.label_smoothing}")
     if len(recipe.betas) != 2 or not all(0 <= b < 1 for b in recipe.betas):
-        raise ValueError(f"recipe key 'betas' must be two numbers in [0, 1), got {recipe.betas}")
+        raise ConfigError(f"recipe key 'betas' must be two numbers in [0, 1), got {recipe.betas}")
     if recipe.nesterov and recipe.optimizer == "sgd" and recipe.momentum == 0:
-        raise ValueError("recipe key 'nesterov' needs momentum > 0")
+        raise ConfigError("recipe key 'nesterov' needs momentum > 0")
     if recipe.schedule == "step" and not recipe.milestones:
-        raise ValueError("recipe key 'milestones' is needed by schedule: step, e.g. milestones: [100, 150]")
+        raise ConfigError("recipe key 'milestones' is needed by schedule: step, e.g. milestones: [100, 150]")
     if recipe.cuda_graph and recipe.compile not in ("none", "max-autotune-no-cudagraphs", "default"):
-        raise ValueError(f"recipe keys 'cuda_graph' and 'compile: {recipe.compile}' both capture CUDA "
+        raise ConfigError(f"recipe keys 'cuda_graph' and 'compile: {recipe.compile}' both capture CUDA "
                          "graphs: use one (compile: default or max-autotune-no-cudagraphs with cuda_graph)")
     if recipe.cuda_graph and recipe.amp == "fp16":
-        raise ValueError("recipe key 'amp: fp16' needs a loss scaler that syncs the host, which a CUDA "
+        raise ConfigError("recipe key 'amp: fp16' needs a loss scaler that syncs the host, which a CUDA "
                          "graph cannot hold: use amp: bf16 with cuda_graph")
     for rule, values in recipe.rule_overrides.items():
         _choice("rule_overrides", rule, list(RULES))
         if not isinstance(values, dict):
-            raise ValueError(f"recipe key 'rule_overrides.{rule}' must map recipe keys to values, "
+            raise ConfigError(f"recipe key 'rule_overrides.{rule}' must map recipe keys to values, "
                              f"got {values!r}")
         for key in values:
             if key not in FIELDS:
                 raise _unknown_key(key, f"rule_overrides.{rule}")
             if key in _IDENTITY:
-                raise ValueError(f"rule_overrides.{rule} may not set {key!r}")
+                raise ConfigError(f"rule_overrides.{rule} may not set {key!r}")
 
 
 def make_recipe(values: dict, *, overrides: Optional[dict] = None, resolved: bool = False,
@@ -251,11 +280,14 @@ def make_recipe(values: dict, *, overrides: Optional[dict] = None, resolved: boo
         arch, cli_name_rule = _split_model(overrides["model"])
     else:
         cli_name_rule = None
+    if overrides.get("rule") and cli_name_rule and overrides["rule"] != cli_name_rule:
+        raise ConfigError(f"--model {overrides['model']} names rule {cli_name_rule!r} but --rule is "
+                          f"{overrides['rule']!r}: give one of them")
     rule = (overrides.get("rule") or cli_name_rule or merged.get("rule") or file_name_rule or "bp")
     recipe = Recipe(**merged)
     if not resolved:
         if not isinstance(recipe.rule_overrides, dict):
-            raise ValueError("recipe key 'rule_overrides' must map rule names to {key: value}")
+            raise ConfigError("recipe key 'rule_overrides' must map rule names to {key: value}")
         applied = recipe.rule_overrides.get(rule) or {}
         if isinstance(applied, dict):
             for key, value in applied.items():
@@ -277,11 +309,11 @@ def load_recipe(path=None, overrides: Optional[dict] = None, *, resolved: bool =
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} not found")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.load(path.read_text(), Loader=_RecipeLoader) or {}
         except yaml.YAMLError as error:
-            raise ValueError(f"{path} is not valid YAML: {error}") from None
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of recipe keys, got {type(values).__name__}")
+            raise ConfigError(f"{path} must hold a mapping of recipe keys, got {type(values).__name__}")
     return make_recipe(values, overrides=overrides, resolved=resolved, where=str(path or "recipe"))
 
 
@@ -298,9 +330,9 @@ def parse_set(pairs) -> dict:
     for pair in pairs or ():
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set takes key=value, got {pair!r}")
+            raise ConfigError(f"--set takes key=value, got {pair!r}")
         try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            out[key.strip()] = yaml.load(text, Loader=_RecipeLoader) if text.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = text
     return out

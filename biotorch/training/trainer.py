@@ -32,8 +32,9 @@ from torch import Tensor, nn
 from ..convert import feedback_step
 from ..data import DeviceLoader, dataset_info
 from ..factory import create_model
-from ..files import write_json
-from ..hub import load_checkpoint, save_weights
+from ..errors import CheckpointError, ConfigError, NonFiniteError
+from ..files import sha256, write_json
+from ..hub import RUN_WEIGHTS, load_checkpoint, save_weights, weights_file
 from ..metrics import alignment, count_parameters, gradient_alignment
 from ..version import __version__
 from . import checkpoint as ckpt
@@ -113,6 +114,36 @@ class Trainer:
                              f"processes ({self.dist.world_size}): it is the global batch")
         self.log = log if self.dist.main and log is not None else (lambda line: None)
         self.progress = progress and self.dist.main and sys.stderr.isatty()
+        self.lock = self._claim_run_dir(resume)
+        try:
+            self._setup(recipe, resume, tensorboard)
+        except BaseException:
+            self.close()
+            raise
+
+    def _claim_run_dir(self, resume: bool) -> Optional[ckpt.RunLock]:
+        """Own the run folder (rank 0 holds its lock for the run's life), clean what killed writes left, and
+        refuse to mix two runs in one folder or to resume from an incomplete checkpoint."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"the run folder {self.run_dir} is a file: choose another --out")
+        lock = ckpt.RunLock(self.run_dir).acquire() if self.dist.main else None
+        if lock is not None:
+            for path in ckpt.remove_stale_files(self.run_dir):
+                self.log(f"[{self.name}] removed {path.name}, left by a write that was killed")
+        holds_run = any((self.run_dir / n).exists() for n in ("recipe.yaml", "metrics.json", ckpt.CHECKPOINT))
+        if holds_run and not resume:
+            if lock is not None:
+                lock.release()
+            raise ConfigError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir}, "
+                              "or choose another --out")
+        if resume and (self.run_dir / ckpt.CHECKPOINT).exists() and ckpt.find_checkpoint(self.run_dir) is None:
+            if lock is not None:
+                lock.release()
+            raise CheckpointError(f"{self.run_dir / ckpt.CHECKPOINT} is incomplete (no state.json): it cannot be "
+                                  "resumed; start the run again in a new folder")
+        return lock
+
+    def _setup(self, recipe: Recipe, resume: bool, tensorboard: bool) -> None:
         configure_determinism(recipe.deterministic)
         random.seed(recipe.seed)
 
@@ -156,8 +187,8 @@ class Trainer:
         found = ckpt.find_checkpoint(self.run_dir) if resume else None
         if found is not None:
             self._restore(ckpt.restore_checkpoint(found, model=self.model, optimizer=self.optimizer,
-                                               scheduler=self.scheduler, scaler=self.scaler,
-                                               device=self.device))
+                                                  scheduler=self.scheduler, scaler=self.scaler,
+                                                  device=self.device, epochs=recipe.epochs))
             self.log(f"[{self.name}] resumed from {found} after epoch {self.epoch}")
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -332,8 +363,8 @@ class Trainer:
         self.images_trained += images
         train_loss = loss_sum / images
         if not math.isfinite(train_loss):
-            raise RuntimeError(f"{self.name}: the training loss became {train_loss} in epoch {epoch}; "
-                               f"lower lr (now {r.lr}) or add warmup_epochs")
+            raise NonFiniteError(f"{self.name}: the training loss became {train_loss} in epoch {epoch}; the "
+                                 f"checkpoint of epoch {epoch - 1} is kept; lower lr (now {r.lr}) or add warmup_epochs")
         self._average_buffers()
         row = {"epoch": epoch, "train_loss": train_loss, "train_top1": 100.0 * correct / images,
                "val_loss": None, "val_top1": None, "lr": self._epoch_lr, "epoch_time_s": epoch_time}
@@ -342,6 +373,9 @@ class Trainer:
             result = evaluate(self.model, self.val_loader, self.info.num_classes, autocast=self._autocast,
                               all_sum=self.dist.all_sum)
             row["val_loss"], row["val_top1"] = result["loss"], result["top1"]
+            if not math.isfinite(result["loss"]):
+                raise NonFiniteError(f"{self.name}: the validation loss became {result['loss']} in epoch {epoch}; "
+                                     f"the checkpoint of epoch {epoch - 1} is kept; lower lr (now {r.lr})")
         improved = (validate and row["val_top1"] > self.best_val) or (not self.has_val and epoch == r.epochs)
         if improved:
             self.best_val, self.best_epoch = row["val_top1"] if validate else -1.0, epoch
@@ -351,7 +385,9 @@ class Trainer:
         self.epoch = epoch
         if self.dist.main:
             if improved:
-                save_weights(self.model, self.run_dir / "best.safetensors")
+                best = save_weights(self.model, self.run_dir / RUN_WEIGHTS)
+                files = {RUN_WEIGHTS: {"sha256": sha256(best), "size": best.stat().st_size}}
+                write_json(self.run_dir / "config.json", {**self.model.biotorch_config, "files": files})
             write_history(self.run_dir, self.history)
             if self.alignment_records:
                 write_json(self.run_dir / "alignment.json", self.alignment_records)
@@ -390,10 +426,11 @@ class Trainer:
                      f"test top1 {metrics['test_top1']:.2f} top5 {metrics['test_top5']:.2f} → {self.run_dir}")
         self.tensorboard.close()
         self.dist.barrier()
+        self.close()
         return metrics
 
     def _test_metrics(self) -> dict:
-        load_checkpoint(self.model, self.run_dir / "best.safetensors")
+        load_checkpoint(self.model, *weights_file(self.run_dir / RUN_WEIGHTS))  # its sha256 is in config.json
         test_x, test_y = datasets.load(self.recipe.data, "test", self.recipe.data_dir,
                                        download=self.recipe.download, device=self.device)
         loader = DeviceLoader(test_x, test_y, self.recipe.eval_batch_size, train=False, **self._norm)
@@ -409,6 +446,12 @@ class Trainer:
                 "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
                 "world_size": self.dist.world_size, "biotorch_version": __version__, "recipe": r.to_dict()}
 
+    def close(self) -> None:
+        """Give the run folder back (its lock) and leave the process group; safe to call twice."""
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+            self.lock = None
+
     def fit(self) -> Optional[dict]:
         """Train the remaining epochs, then :meth:`finish`; returns metrics (rank 0) or None."""
         try:
@@ -418,6 +461,7 @@ class Trainer:
                 self.end_epoch()
             return self.finish()
         finally:
+            self.close()
             self.dist.close()
 
 
@@ -464,6 +508,7 @@ def train_together(make_trainers, *, max_concurrent: Optional[int] = None,
                     results[index] = trainer.finish()
                 except Exception as error:
                     results[index] = error
+                    trainer.close()
                 del active[index]
             break
         while queue and len(active) < limit:
@@ -485,6 +530,7 @@ def train_together(make_trainers, *, max_concurrent: Optional[int] = None,
             except Exception as error:
                 log(f"[{trainer.name}] failed: {error}")
                 results[index] = error
+                trainer.close()
             del active[index]
     wall = time.perf_counter() - start_time
     log(f"trained {images:,} images in {wall:.1f}s: {images / wall:,.0f} images/s in aggregate "

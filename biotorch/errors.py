@@ -1,0 +1,32 @@
+"""The errors biotorch raises on bad input: typed, so callers can catch them, and one line each.
+
+They subclass the built-in error a caller would expect (``ValueError``, ``RuntimeError``), so existing
+``except ValueError`` code keeps working; the command line prints them as one line and exits with status 2.
+
+Example::
+
+    >>> try:
+    ...     biotorch.from_pretrained("out/corrupt_folder")
+    ... except biotorch.errors.CheckpointError as error:
+    ...     print(error)                # out/corrupt_folder/model.safetensors is not the file its config.json names ...
+"""
+
+
+class BiotorchError(Exception):
+    """Base of every error biotorch raises on bad input."""
+
+
+class CheckpointError(BiotorchError, ValueError):
+    """A weights file or checkpoint folder is corrupt, truncated, replaced, or does not fit the model."""
+
+
+class ConfigError(BiotorchError, ValueError):
+    """A config.json, recipe or command-line value is missing, of the wrong type or out of range."""
+
+
+class RunLockedError(BiotorchError, RuntimeError):
+    """Another process owns the run folder."""
+
+
+class NonFiniteError(BiotorchError, RuntimeError):
+    """A training loss became NaN or infinite."""

@@ -1,0 +1,303 @@
+"""Hostile and careless input: one clear error (one line, exit 2 from the CLI), nothing lost, nothing trusted.
+
+Every hostile file is built here, in the test; none is committed.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import biotorch
+from biotorch import cli, hub
+from biotorch.errors import CheckpointError, ConfigError, NonFiniteError, RunLockedError
+from biotorch.files import atomic_write, sha256
+from biotorch.training import Trainer, load_recipe, make_recipe
+from biotorch.training.checkpoint import RunLock
+
+ROOT = Path(__file__).resolve().parent.parent
+CARD = ROOT / "model_cards" / "lenet_fa.fashion_mnist"
+TINY = {"model": "lenet", "data": "synthetic", "rule": "fa", "epochs": 2, "batch_size": 64, "limit_train": 128,
+        "alignment_every": 0, "lr": 0.05, "eval_batch_size": 256}
+
+
+def one_line_error(capsys, argv) -> str:
+    """Run the CLI, expect exit 2 and exactly one line on stderr; return it."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"biotorch {argv[0]}: error: "), err
+    return err
+
+
+def train_argv(out, *extra):
+    return ["train", "--model", "lenet_fa", "--data", "synthetic", "--epochs", "1", "--batch-size", "64",
+            "--limit-train", "128", "--alignment-every", "0", "--no-progress", "--out", str(out), *extra]
+
+
+@pytest.fixture
+def card_copy(tmp_path):
+    folder = tmp_path / "card"
+    shutil.copytree(CARD, folder)
+    return folder
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# 1. one process per run folder -----------------------------------------------------------------------------
+
+def test_a_second_trainer_on_the_same_folder_is_refused_with_the_owner(tmp_path, capsys):
+    first = Trainer(make_recipe(TINY), tmp_path / "run", log=None, progress=False)
+    with pytest.raises(RunLockedError, match=f"in use by pid {os.getpid()}"):
+        Trainer(make_recipe(TINY), tmp_path / "run", resume=True, log=None, progress=False)
+    assert "in use by pid" in one_line_error(capsys, train_argv(tmp_path / "run"))
+    first.fit()
+    Trainer(make_recipe(TINY), tmp_path / "run", resume=True, log=None, progress=False).close()  # released
+
+
+def test_a_killed_owner_never_blocks_a_resume(tmp_path):
+    code = f"from biotorch.training.checkpoint import RunLock; lock = RunLock({str(tmp_path)!r}).acquire(); " \
+           "print('locked', flush=True); import time; time.sleep(60)"
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout.readline().strip() == "locked"
+    with pytest.raises(RunLockedError, match=f"pid {owner.pid}"):
+        RunLock(tmp_path).acquire()
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    RunLock(tmp_path).acquire().release()
+
+
+def test_a_new_run_is_refused_in_a_used_folder_and_a_file_as_folder(tmp_path, capsys):
+    Trainer(make_recipe({**TINY, "epochs": 1}), tmp_path / "run", log=None, progress=False).fit()
+    assert "already holds a run" in one_line_error(capsys, train_argv(tmp_path / "run"))
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in one_line_error(capsys, train_argv(tmp_path / "file"))
+
+
+# 2-3, 8, 11. recipes and flags -------------------------------------------------------------------------------
+
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    bomb = "model: lenet\ndata: synthetic\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb + "rule_options: *i\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="aliases"):
+        load_recipe(path)
+    assert time.perf_counter() - start < 2
+    assert "aliases" in one_line_error(capsys, ["train", "--recipe", str(path), "--out", str(tmp_path / "r")])
+    assert "aliases" in one_line_error(capsys, train_argv(tmp_path / "r", "--set", "rule_options=&a {x: *a}"))
+
+
+@pytest.mark.parametrize("flag", [["--momentum", "nan"], ["--gamma", "nan"], ["--lr", "inf"],
+                                  ["--weight-decay", "nan"], ["--warmup-epochs", "inf"], ["--set", "betas=[0.9, nan]"]])
+def test_non_finite_hyperparameters_are_refused_before_anything_is_written(flag, tmp_path, capsys):
+    assert "finite" in one_line_error(capsys, train_argv(tmp_path / "run", *flag))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "lenet_fa", "--rule", "dfa"], "names rule 'fa' but --rule is 'dfa'"),
+    (["--lr", "0.1", "--set", "lr=0.2"], "disagree"),
+    (["--data", "imagefolder"], "needs data_dir"),
+])
+def test_conflicting_or_incomplete_flags(argv, message, tmp_path, capsys):
+    assert message in one_line_error(capsys, train_argv(tmp_path / "run", *argv))
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = Trainer(make_recipe({**TINY, "epochs": 3}), tmp_path / "run", log=None, progress=False)
+    for x, y in trainer.begin_epoch():
+        trainer.step(x, y)
+    trainer.end_epoch()
+    best = sha256(tmp_path / "run" / "best.safetensors")
+    with torch.no_grad():
+        trainer.model.head.bias.fill_(float("nan"))
+    for x, y in trainer.begin_epoch():
+        trainer.step(x, y)
+    with pytest.raises(NonFiniteError, match="epoch 1 is kept"):
+        trainer.end_epoch()
+    trainer.close()
+    assert sha256(tmp_path / "run" / "best.safetensors") == best
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["epoch"] == 1
+
+
+# 4, 6, 7, 10. weights and configs ----------------------------------------------------------------------------
+
+def test_a_tagged_name_with_checkpoint_loads_the_projects_own_card():
+    published = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True)
+    given = biotorch.create_model("lenet_fa.fashion_mnist", checkpoint=CARD)
+    via_hub = torch.hub.load(str(ROOT), "lenet_fa", source="local", tag="fashion_mnist", checkpoint=CARD)
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(published.eval()(x), given.eval()(x)) and torch.equal(given(x), via_hub.eval()(x))
+    assert published.biotorch_config["seed"] == biotorch.get_pretrained_cfg("lenet_fa.fashion_mnist").metrics["seed"]
+
+
+def test_a_bit_flipped_card_is_refused_on_every_path(card_copy, capsys):
+    flip_a_byte(card_copy / "model.safetensors")
+    for load in (lambda: biotorch.create_model("lenet_fa.fashion_mnist", checkpoint=card_copy),
+                 lambda: biotorch.from_pretrained(card_copy),
+                 lambda: torch.hub.load(str(ROOT), "lenet_fa", source="local", tag="fashion_mnist", checkpoint=card_copy)):
+        with pytest.raises(CheckpointError, match="sha256"):
+            load()
+    assert "sha256" in one_line_error(capsys, ["eval", "--checkpoint", str(card_copy), "--data", "fashion_mnist"])
+
+
+@pytest.mark.parametrize("content", ["passwd", "truncated", "pickle"])
+def test_eval_of_a_file_that_is_not_safetensors_is_one_line(content, tmp_path, capsys):
+    path = tmp_path / "weights.safetensors"
+    if content == "passwd":
+        path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif content == "truncated":
+        path.write_bytes((CARD / "model.safetensors").read_bytes()[:1000])
+    else:
+        torch.save({"weight": torch.zeros(2)}, path)  # a pickle: never unpickled by biotorch
+    err = one_line_error(capsys, ["eval", "lenet_fa", "--checkpoint", str(path), "--data", "fashion_mnist"])
+    assert "not a readable safetensors checkpoint" in err
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float16, torch.bool])
+def test_weights_of_another_dtype_are_refused(dtype, tmp_path):
+    state = load_file(str(CARD / "model.safetensors"))
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(CheckpointError, match="dtype"):
+        hub.load_checkpoint(biotorch.create_model("lenet_fa", in_chans=1), tmp_path / "w.safetensors")
+
+
+def test_non_finite_weights_are_refused_unless_asked_for(tmp_path):
+    model = biotorch.create_model("lenet_fa", in_chans=1)
+    with torch.no_grad():
+        model.fc1.weight[0, 0] = float("nan")
+    path = hub.save_weights(model, tmp_path / "w.safetensors")
+    target = biotorch.create_model("lenet_fa", in_chans=1)
+    with pytest.raises(CheckpointError, match="NaN or infinite values in fc1.weight"):
+        hub.load_checkpoint(target, path)
+    hub.load_checkpoint(target, path, allow_nonfinite=True)
+    assert torch.isnan(target.fc1.weight[0, 0])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_classes": 1e9}, "positive integer"),
+    ({"num_classes": 10 ** 9}, "does not hold a lenet_fa with 1000000000 classes"),
+    ({"num_classes": "ten"}, "positive integer"),
+    ({"rule_options": {"checkpoint": "/etc/passwd"}}, "takes no option checkpoint"),
+    ({"rule_options": ["x"]}, "must be an object"),
+    ({"arch": None}, "'arch' is None"),
+    ({"seed": "0"}, "'seed' must be an integer"),
+])
+def test_config_json_is_checked_before_anything_is_built(change, message, card_copy):
+    config = json.loads((card_copy / "config.json").read_text())
+    (card_copy / "config.json").write_text(json.dumps({**config, **change}))
+    start = time.perf_counter()
+    with pytest.raises(ConfigError if "hold" not in message else CheckpointError, match=message):
+        biotorch.from_pretrained(card_copy)
+    assert time.perf_counter() - start < 10  # nothing of the size asked for was allocated
+
+
+def test_a_file_without_arch_metadata_asks_for_a_name(tmp_path, capsys):
+    state = load_file(str(CARD / "model.safetensors"))
+    save_file(state, str(tmp_path / "w.safetensors"), metadata={"rule": "fa"})
+    with pytest.raises(CheckpointError, match="name it"):
+        biotorch.factory.from_checkpoint(tmp_path / "w.safetensors")
+    # a config.json in the folder above the weights is never read
+    (tmp_path / "sub").mkdir()
+    shutil.move(tmp_path / "w.safetensors", tmp_path / "sub" / "w.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "lenet", "rule": "fa", "num_classes": 10}))
+    assert "name it" in one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path / "sub" / "w.safetensors"),
+                                                "--data", "fashion_mnist"])
+
+
+def test_registered_names_win_over_folders_and_empty_names_fail(tmp_path, monkeypatch):
+    decoy = tmp_path / "lenet_fa.fashion_mnist"
+    shutil.copytree(CARD, decoy)
+    flip_a_byte(decoy / "model.safetensors")
+    monkeypatch.chdir(tmp_path)
+    model = biotorch.from_pretrained("lenet_fa.fashion_mnist")  # the sha-checked registry copy
+    assert model.pretrained_cfg["name"] == "lenet_fa.fashion_mnist"
+    with pytest.raises(CheckpointError, match="sha256"):
+        biotorch.from_pretrained(Path("lenet_fa.fashion_mnist"))  # the folder, when asked for by path
+    with pytest.raises(ConfigError):
+        biotorch.from_pretrained("")
+
+
+def test_push_refuses_symbolic_links(card_copy, make_run, tmp_path):
+    (card_copy / "leak.txt").symlink_to("/etc/hostname")
+    with pytest.raises(CheckpointError, match="symbolic links"):
+        biotorch.push_to_hub(card_copy, "me/x", endpoint="http://127.0.0.1:9")
+    run = make_run()
+    (run / "history.csv").unlink()
+    (run / "history.csv").symlink_to("/etc/hostname")
+    with pytest.raises(ConfigError, match="symbolic links"):
+        biotorch.push_to_hub(run, "me/x", endpoint="http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o077, 0o600), (0o022, 0o644)])
+def test_atomic_write_follows_the_umask(umask, mode, tmp_path):
+    previous = os.umask(umask)
+    try:
+        path = atomic_write(tmp_path / "f", lambda tmp: Path(tmp).write_text("x"))
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+# 5, 6, 9. resume ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def stopped_run(tmp_path):
+    """A run stopped after epoch 1 of 2."""
+    trainer = Trainer(make_recipe(TINY), tmp_path / "run", log=None, progress=False)
+    for x, y in trainer.begin_epoch():
+        trainer.step(x, y)
+    trainer.end_epoch()
+    trainer.close()
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flip model", "sha256"), ("truncate optimizer", "sha256"), ("delete state", "incomplete"),
+    ("epoch string", "'epoch' must be a int"), ("epoch beyond", "outside this recipe"),
+    ("no sha", "records no sha256"),
+])
+def test_a_damaged_checkpoint_is_refused_on_resume(damage, message, stopped_run, capsys):
+    folder = stopped_run / "checkpoint"
+    state = json.loads((folder / "state.json").read_text())
+    if damage == "flip model":
+        flip_a_byte(folder / "model.safetensors")
+    elif damage == "truncate optimizer":
+        (folder / "optimizer.safetensors").write_bytes((folder / "optimizer.safetensors").read_bytes()[:100])
+    elif damage == "delete state":
+        (folder / "state.json").unlink()
+    else:
+        change = {"epoch string": {"epoch": "1"}, "epoch beyond": {"epoch": 7}, "no sha": {"files": {}}}[damage]
+        (folder / "state.json").write_text(json.dumps({**state, **change}))
+    assert message in one_line_error(capsys, ["train", "--resume", str(stopped_run), "--no-progress"])
+
+
+def test_stale_temporary_files_are_removed_when_a_run_starts(stopped_run):
+    (stopped_run / ".best.safetensors.abc.tmp").write_bytes(b"half")
+    (stopped_run / ".checkpoint.999.tmp").mkdir()
+    Trainer(load_recipe(stopped_run / "recipe.yaml", resolved=True), stopped_run, resume=True, log=None).close()
+    assert not list(stopped_run.glob(".*.tmp"))
+
+
+def test_equal_weights_give_equal_bytes(tmp_path):
+    model = biotorch.create_model("lenet_dfa", in_chans=1)
+    a = hub.save_weights(model, tmp_path / "a.safetensors").read_bytes()
+    assert hub.save_weights(model, tmp_path / "b.safetensors").read_bytes() == a
+
+
+def test_samples_misuse_says_what_is_wrong(capsys):
+    err = one_line_error(capsys, ["eval", "lenet_fa.fashion_mnist", "--samples", "--split", "val"])
+    assert "sample test images" in err and "not the val split" in err
