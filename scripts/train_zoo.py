@@ -223,6 +223,8 @@ def calibrate(runs: list[Run], steps: int, scratch: Path) -> tuple[dict, float]:
     together = seconds_per_round(list(trainers.values()), max(3, steps // 3)) if len(trainers) > 1 else alone
     speedup = max(1.0, alone / together) if together > 0 else 1.0
     log(f"all {len(trainers)} together: {1000 * together:.1f} ms per round of steps; {speedup:.2f}x over one by one")
+    for trainer in trainers.values():
+        trainer.close()
     del trainers
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -342,6 +344,8 @@ def probe(device: str, steps: int) -> int:
                     rows.append(("all", batch, f"{len(trainers)} together", batch * len(trainers) / seconds))
                     log(f"resnet20 all {len(trainers)} rules together, batch {batch}: "
                         f"{batch * len(trainers) / seconds:,.0f} img/s")
+                for trainer in trainers.values():
+                    trainer.close()
                 del trainers
     print(f"\n{'rule':<6} {'batch':>5} {'how':<13} {'images/s':>11}", flush=True)
     for rule, batch, how, speed in rows:

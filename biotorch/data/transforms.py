@@ -50,6 +50,9 @@ def transforms(model_or_cfg) -> v2.Compose:
 
         >>> tf = biotorch.data.transforms(biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True))
     """
+    if isinstance(model_or_cfg, str):
+        raise TypeError(f"biotorch.data.transforms takes a model or a PretrainedCfg; for a name use "
+                        f"biotorch.transforms({model_or_cfg!r})")
     cfg = getattr(model_or_cfg, "pretrained_cfg", model_or_cfg)
     if cfg is None or isinstance(cfg, torch.nn.Module):
         raise ValueError("this model has no pretrained metadata (create it with a tag, e.g. "
