@@ -202,9 +202,6 @@ def _validate_init_from(recipe: Recipe) -> None:
         if cfg.arch != recipe.model:
             raise ValueError(f"recipe key 'init_from' names a {cfg.arch} checkpoint ({cfg.name}) but 'model' is "
                              f"{recipe.model!r}: fine-tuning keeps the architecture")
-    if recipe.freeze_backbone and recipe.freeze_backbone_epochs:
-        raise ValueError("recipe keys 'freeze_backbone' (the whole run) and 'freeze_backbone_epochs' (the first "
-                         "epochs) contradict each other: use one")
 
 
 def _validate(recipe: Recipe) -> None:
@@ -213,9 +210,10 @@ def _validate(recipe: Recipe) -> None:
     if not recipe.data:
         raise ValueError(f"recipe key 'data' is required: one of {', '.join(DATASETS)}")
     if "." in recipe.model:
+        arch, _, tag = recipe.model.partition(".")
         raise ValueError(f"recipe key 'model' is {recipe.model!r}: give an architecture (resnet20) or "
                          "architecture_rule (resnet20_fa); a '.tag' names published weights: start from them "
-                         f"with init_from (--init-from {recipe.model})")
+                         f"with init_from (--init-from {arch}_{recipe.rule}.{tag})")
     _choice("model", recipe.model, list(ARCHITECTURES))
     _choice("data", recipe.data, list(DATASETS))
     _choice("rule", recipe.rule, list(RULES))
@@ -249,6 +247,9 @@ def _validate(recipe: Recipe) -> None:
     if recipe.freeze_backbone_epochs >= recipe.epochs:
         raise ValueError(f"recipe key 'freeze_backbone_epochs' ({recipe.freeze_backbone_epochs}) must be less than "
                          f"'epochs' ({recipe.epochs}); to freeze the whole run use freeze_backbone: true")
+    if recipe.freeze_backbone and recipe.freeze_backbone_epochs:
+        raise ValueError("recipe keys 'freeze_backbone' (the whole run) and 'freeze_backbone_epochs' (the first "
+                         "epochs) contradict each other: use one")
     if recipe.freeze_backbone and recipe.backbone_lr_scale != 1:
         raise ValueError("recipe key 'backbone_lr_scale' does nothing with freeze_backbone: true (the backbone "
                          "never learns): drop one")
