@@ -231,14 +231,16 @@ def card_body(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment: 
                             spread(baseline, "test_top1"), pct(baseline["val_top1"]),
                             pct(baseline.get("test_top5"))])
         gap = m["test_top1"] - baseline["test_top1"]
-        baseline_text = f"Against backprop on the same architecture and data (each rule with the recipe tuned for it under the same search budget): {gap:+.2f} points test top-1."
+        how = ("fine-tuned the same way" if started else
+               "each rule with the recipe tuned for it under the same search budget")
+        baseline_text = f"Against backprop on the same architecture and data ({how}): {gap:+.2f} points test top-1."
     hardware = m.get("device") or "unrecorded hardware"
     world = f" × {m['world_size']}" if m.get("world_size", 1) > 1 else ""
     limitations = [
         f"The numbers come from {seeds_text(m['seeds'])} ({', '.join(map(str, m['seed_list']))}) of one recipe, trained "
         f"on {hardware}{world}; the published checkpoint is seed {m['seed']}, chosen on validation top-1.",
-        (f"Fine-tuned on {title} from {parent} ({started.get('dataset') or 'its own data'})" if started
-         else f"Trained on {title} only") + f" ({cfg['split']}); inputs must be "
+        (f"Started from {parent}, trained on {started.get('dataset') or 'its own data'}; then fine-tuned on {title}"
+         if started else f"Trained on {title} only") + f" ({cfg['split']}); inputs must be "
         f"{'×'.join(map(str, cfg['input_size']))}, normalised with mean {tuple(cfg['mean'])} and std "
         f"{tuple(cfg['std'])}.",
     ]
