@@ -13,7 +13,7 @@ Example::
 """
 from . import data, hub, nn, registry, rules
 from .convert import convert, exact_gradients, feedback_step, redraw_feedback, rule_layers, summary
-from .factory import create_model, from_pretrained, register_with_timm, transforms
+from .factory import create_model, from_pretrained, init_from, register_with_timm, transforms
 from .hub import save_pretrained
 from .metrics import alignment, gradient_alignment
 from .publish import push_to_hub
@@ -25,5 +25,6 @@ register_with_timm()  # timm.create_model("resnet20_fa") works after `import bio
 
 __all__ = ["RULES", "PretrainedCfg", "__version__", "alignment", "convert", "create_model", "data",
            "exact_gradients", "feedback_step", "from_pretrained", "get_pretrained_cfg", "gradient_alignment", "hub",
+           "init_from",
            "list_models", "nn", "push_to_hub", "redraw_feedback", "registry", "rule_layers", "rules",
            "save_pretrained", "summary", "transforms"]

@@ -14,9 +14,10 @@ from .version import __version__
 
 # Hub dataset ids for the card's `datasets:` (cifar10_jpeg is derived from CIFAR-10; its own tag says so).
 HUB_DATASETS = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10",
-                "cifar100": "cifar100", "cifar10_jpeg": "cifar10"}
+                "cifar100": "cifar100", "cifar10_jpeg": "cifar10", "cifar10_jpeg_gray": "cifar10"}
 DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
                   "cifar100": "CIFAR-100", "cifar10_jpeg": "CIFAR-10 JPEG (q75, 4:2:0)",
+                  "cifar10_jpeg_gray": "CIFAR-10 JPEG (q75, 4:2:0) in grayscale",
                   "imagefolder": "ImageNet-style image folder", "synthetic": "synthetic (tests only)"}
 
 # What each rule does, in two sentences, and the paper to cite.
@@ -120,15 +121,33 @@ RULE_BIBTEX = {
 }
 
 
-def reproduce_command(arch: str, rule: str, dataset: str, seed: int) -> str:
+def reproduce_command(arch: str, rule: str, dataset: str, seed: int, init_from: Optional[str] = None) -> str:
     """The command that trains this checkpoint again from the repository's recipes."""
+    start = f" --init-from {init_from}" if init_from else ""
     own = Path("recipes") / dataset / f"{arch}_{rule}.yaml"  # the published run's own recipe
     if (REPO_ROOT / own).is_file():
-        return f"biotorch train --recipe {own.as_posix()} --seed {seed}"
+        return f"biotorch train --recipe {own.as_posix()} --seed {seed}{start}"
     recipe_file = Path("recipes") / dataset / f"{arch}.yaml"
     if (REPO_ROOT / recipe_file).is_file():
-        return f"biotorch train --recipe {recipe_file.as_posix()} --rule {rule} --seed {seed}"
-    return f"biotorch train --recipe recipe.yaml --rule {rule} --seed {seed}   # recipe.yaml of this repo"
+        return f"biotorch train --recipe {recipe_file.as_posix()} --rule {rule} --seed {seed}{start}"
+    return f"biotorch train --recipe recipe.yaml --rule {rule} --seed {seed}{start}   # recipe.yaml of this repo"
+
+
+def describe_start(started: dict, rule: str, rule_options: dict, data: str) -> str:
+    """One line: the checkpoint a fine-tuning run started from (``biotorch.init_from``'s record), and what it
+    took from it. The trainer logs it; the card prints it."""
+    def named(name: str, options: dict) -> str:
+        return name + "".join(f" {k}={v}" for k, v in options.items())
+
+    sha = f" (sha256 {started['sha256'][:12]}…)" if started.get("sha256") else ""
+    head = "head kept (the same classes)" if started["head"] == "kept" else f"new head for {data}'s classes"
+    adapted = (f"{', '.join(started['adapted'])} adapted from {started['in_chans']} input channels"
+               if started["adapted"] else "input layer kept")
+    mine = named(rule, rule_options)
+    feedback = (f"feedback state kept (the same rule, {mine})" if started["feedback"] == "kept" else
+                f"feedback state fresh: the checkpoint learned with "
+                f"{named(started['rule'], started['rule_options'])}, this run with {mine}")
+    return f"init_from {started['name'] or started['source']}{sha}: {head}; {adapted}; {feedback}"
 
 
 def card_data(cfg: dict, recipe: dict, org: str):
@@ -142,18 +161,15 @@ def card_data(cfg: dict, recipe: dict, org: str):
                           dataset_config=dataset, dataset_split=split, metric_type="accuracy",
                           metric_name=f"top-1 accuracy ({split}, %)", metric_value=metrics[key])
                for split, key in (("validation", "val_top1"), ("test", "test_top1"))]
-    init_from = recipe.get("init_from")
-    base_model = None
-    if init_from:
-        base_model = str(init_from).removeprefix("hf-hub:")
-        if "/" not in base_model:
-            base_model = f"{org}/{base_model}"
+    # A fine-tuned checkpoint names its parent the Hub's way (a local parent has no Hub id to name).
+    base_model = (cfg.get("init_from") or {}).get("hub_id")
+    relation = {"base_model_relation": "finetune"} if base_model else {}
     return ModelCardData(
         library_name="biotorch", license="mit", model_name=cfg["name"], pipeline_tag="image-classification",
         tags=list(dict.fromkeys(["biologically-plausible", cfg["rule"], "image-classification", cfg["arch"],
                                  dataset])),
         datasets=[HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else None, metrics=["accuracy"],
-        base_model=base_model, eval_results=results)
+        base_model=base_model, eval_results=results, **relation)
 
 
 def pct(value) -> str:
@@ -180,6 +196,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 _RECIPE_HIDDEN = {"data_dir", "download", "device", "rule_overrides", "applied_rule_overrides", "compile",
                   "cuda_graph", "channels_last", "eval_batch_size", "val_every", "alignment_every"}
 _SGD_ONLY = {"momentum", "nesterov"}
+# Fine-tuning keys are shown when they are not at their defaults.
+_FINETUNE_DEFAULTS = {"backbone_lr_scale": 1.0, "freeze_backbone": False, "freeze_backbone_epochs": 0}
 # Recipe keys that may differ between the seeds of one card: where and how fast, not what was learned.
 RECIPE_PER_RUN = {"seed", "data_dir", "download", "device", "compile", "cuda_graph", "channels_last",
                    "eval_batch_size"}
@@ -192,28 +210,41 @@ def card_body(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment: 
     title = DATASET_TITLES.get(dataset, dataset)
     hidden = _RECIPE_HIDDEN | (_SGD_ONLY if recipe.get("optimizer") != "sgd" else {"betas"})
     recipe_rows = [[f"`{k}`", f"`{v}`"] for k, v in recipe.items()
-                   if k not in hidden and v not in (None, [], {})]
+                   if k not in hidden and v not in (None, [], {}) and not (k in _FINETUNE_DEFAULTS
+                                                                         and v == _FINETUNE_DEFAULTS[k])]
+    started = cfg.get("init_from")
+    parent, origin = "", ""
+    if started:
+        parent = f"`{started['name'] or started['source']}`"
+        if started.get("hub_id"):
+            parent = f"[{parent}](https://huggingface.co/{started['hub_id']})"
+        origin = (f"\n\nFine-tuned from {parent}: "
+                  + describe_start(started, rule, cfg.get("rule_options") or {}, dataset).partition(": ")[2] + ".")
     result_rows = [[f"**{model_name}** (this model)", rule, pct(m["test_top1"]), spread(m, "test_top1"),
                     pct(m["val_top1"]), pct(m.get("test_top5"))]]
     if rule == "bp":
         baseline_text = "This model *is* the backprop baseline of the other rules on this architecture and data."
     elif baseline is None:
-        baseline_text = f"No backprop baseline ({arch}_bp.{dataset}) has been published yet."
+        baseline_text = f"No backprop baseline ({arch}_bp.{cfg['tag']}) has been published yet."
     else:
         result_rows.append([f"{arch}_bp (baseline)", "bp", pct(baseline["test_top1"]),
                             spread(baseline, "test_top1"), pct(baseline["val_top1"]),
                             pct(baseline.get("test_top5"))])
         gap = m["test_top1"] - baseline["test_top1"]
-        baseline_text = f"Against backprop on the same architecture and data (each rule with the recipe tuned for it under the same search budget): {gap:+.2f} points test top-1."
+        how = ("fine-tuned the same way" if started else
+               "each rule with the recipe tuned for it under the same search budget")
+        baseline_text = f"Against backprop on the same architecture and data ({how}): {gap:+.2f} points test top-1."
     hardware = m.get("device") or "unrecorded hardware"
     world = f" × {m['world_size']}" if m.get("world_size", 1) > 1 else ""
     limitations = [
         f"The numbers come from {seeds_text(m['seeds'])} ({', '.join(map(str, m['seed_list']))}) of one recipe, trained "
         f"on {hardware}{world}; the published checkpoint is seed {m['seed']}, chosen on validation top-1.",
-        f"Trained on {title} only ({cfg['split']}); inputs must be {'×'.join(map(str, cfg['input_size']))}, "
-        f"normalised with mean {tuple(cfg['mean'])} and std {tuple(cfg['std'])}.",
+        (f"Started from {parent}, trained on {started.get('dataset') or 'its own data'}; then fine-tuned on {title}"
+         if started else f"Trained on {title} only") + f" ({cfg['split']}); inputs must be "
+        f"{'×'.join(map(str, cfg['input_size']))}, normalised with mean {tuple(cfg['mean'])} and std "
+        f"{tuple(cfg['std'])}.",
     ]
-    if dataset == "cifar10_jpeg":
+    if dataset.startswith("cifar10_jpeg"):
         limitations.insert(0, "The data is a JPEG q75 4:2:0 re-encoding of CIFAR-10, not CIFAR-10; accuracies are "
                               "not comparable to CIFAR-10 numbers.")
     if dataset == "synthetic":
@@ -226,7 +257,7 @@ def card_body(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment: 
 # {name}
 
 `{model_name}`: the `{arch}` architecture trained with the **{rule}** learning rule on {title}.
-Generated by `scripts/publish.py` from the training run; do not edit by hand.
+Generated by `scripts/publish.py` from the training run; do not edit by hand.{origin}
 
 ## The learning rule
 
@@ -252,7 +283,7 @@ Generated by `scripts/publish.py` from the training run; do not edit by hand.
 Reproduce this checkpoint (the full resolved recipe is `recipe.yaml`):
 
 ```bash
-{reproduce_command(arch, rule, dataset, m["seed"])}
+{reproduce_command(arch, rule, dataset, m["seed"], recipe.get("init_from"))}
 ```
 
 ## Usage

@@ -8,6 +8,7 @@ Example::
     $ biotorch info resnet20_dfa
     $ biotorch train --recipe recipes/fashion_mnist/lenet.yaml --rule dfa --seed 1
     $ biotorch train --resume runs/lenet_dfa.fashion_mnist-seed1      # after a crash, continues exactly
+    $ biotorch train --recipe recipes/cifar10_jpeg_gray/lenet.yaml --init-from lenet_fa.fashion_mnist
     $ torchrun --nproc-per-node 8 -m biotorch train --recipe recipes/cifar10_jpeg/resnet20.yaml
     $ biotorch eval lenet_fa.fashion_mnist --per-class
     $ biotorch push runs --dry-run

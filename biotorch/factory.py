@@ -8,31 +8,35 @@ Example::
     >>> model = biotorch.create_model("resnet20_dfa", num_classes=100)
     >>> model.reset_classifier(5)                    # new head learns with dfa; feedback redrawn for 5
     >>> model = biotorch.from_pretrained("hf-hub:biotorch/lenet_fa.fashion_mnist")
+    >>> model = biotorch.create_model("lenet_fa", num_classes=10, in_chans=3)
+    >>> biotorch.init_from(model, "lenet_fa.fashion_mnist")   # fine-tuning: new head, conv1 adapted to RGB
     >>> tf = biotorch.transforms("lenet_fa.fashion_mnist")
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import sys
 import types
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
+from timm.models import adapt_input_conv
 from torchvision.transforms import v2
 
 from . import data
 from .convert import convert, convert_layer, redraw_feedback
 from .errors import CheckpointError, ConfigError
-from .hub import (CONFIG_NAME, PathLike, download_repo, load_checkpoint, load_weights, read_config, read_header,
+from .hub import (CONFIG_NAME, WEIGHTS_NAME, PathLike, download_repo, load_checkpoint, load_weights, read_config, read_header,
                   verify_sha256, weights_file)
 from .metrics import count_parameters
 from .models import ARCHITECTURES
 from .nn import LAYERS
 from .registry import describe, get_pretrained_cfg, model_names, split_name
-from .rules import DFA
+from .rules import DFA, make_rule
 
 
 def _build(arch: str, rule: str, num_classes: Optional[int], in_chans: Optional[int], seed: int,
@@ -81,9 +85,10 @@ def create_model(name: str, pretrained: bool = False, num_classes: Optional[int]
         name: e.g. ``"resnet20_fa"`` or ``"resnet20_fa.fashion_mnist"`` (a tag sets num_classes/in_chans
             from the checkpoint's metadata even without weights).
         pretrained: load the tag's published weights (local folder → clone's ``model_cards/`` → Hub).
-        num_classes: a value different from the checkpoint's drops and re-initialises the head (and
-            redraws dfa feedback), with a warning.
-        in_chans: input channels.
+        num_classes: with ``pretrained``, a value different from the checkpoint's gives a new head (and
+            dfa feedback drawn for it), with a warning (:func:`init_from`).
+        in_chans: input channels; with ``pretrained``, a value different from the checkpoint's adapts the first
+            convolution as timm does (:func:`init_from`).
         device: where the model lives (weights are loaded straight there).
         seed: seed of the feedback matrices (ignored when loading weights, which carry their feedback).
         checkpoint: a local folder or ``.safetensors`` file to load instead of the published weights.
@@ -93,21 +98,27 @@ def create_model(name: str, pretrained: bool = False, num_classes: Optional[int]
     cfg = get_pretrained_cfg(name) if pretrained or tag else None
     if cfg is not None:
         rule_options = {**cfg.rule_options, **rule_options}
-    model = _build(arch, rule, cfg.num_classes if cfg else num_classes,
+    model = _build(arch, rule, num_classes if num_classes is not None else (cfg.num_classes if cfg else None),
                    in_chans or (cfg.input_size[0] if cfg else None), seed, rule_options)
     if cfg is not None:
         model.pretrained_cfg = dataclasses.asdict(cfg)
     if device is not None:
         model.to(device)
-    if pretrained or checkpoint is not None:
-        load_weights(model, cfg, checkpoint)
-        if checkpoint is None:  # the published checkpoint's feedback was drawn from its own seed
-            model.biotorch_config["seed"] = cfg.metrics.get("seed", seed)
-    if num_classes is not None and num_classes != model.biotorch_config["num_classes"]:
-        if pretrained or checkpoint is not None:
-            print(f"biotorch: {name} was trained with {model.biotorch_config['num_classes']} classes; "
-                  f"the head is re-initialised for {num_classes}", file=sys.stderr)
-        model.reset_classifier(num_classes)
+    if checkpoint is not None or not pretrained:
+        if checkpoint is not None:
+            load_weights(model, cfg, checkpoint)
+        return model
+    if (model.num_classes, model.in_chans) == (cfg.num_classes, cfg.input_size[0]):
+        load_weights(model, cfg)
+        model.biotorch_config["seed"] = cfg.metrics.get("seed", seed)  # its feedback came from its own seed
+        return model
+    taken = init_from(model, cfg.name)
+    if taken["head"] == "new":
+        print(f"biotorch: {cfg.name} was trained with {cfg.num_classes} classes; the head is re-initialised for "
+              f"{model.num_classes}", file=sys.stderr)
+    if taken["adapted"]:
+        print(f"biotorch: {cfg.name} was trained on {cfg.input_size[0]}-channel images; "
+              f"{', '.join(taken['adapted'])} adapted to {model.in_chans} (timm's adapt_input_conv)", file=sys.stderr)
     return model
 
 
@@ -252,3 +263,82 @@ def transforms(name_or_model) -> v2.Compose:
     if isinstance(name_or_model, str):
         return data.transforms(get_pretrained_cfg(name_or_model))
     return data.transforms(name_or_model)
+
+
+def init_from(model: nn.Module, source: PathLike, *, label_names: Optional[Sequence[str]] = None,
+              revision: Optional[str] = None, local_files_only: bool = False) -> dict:
+    """Start ``model`` from the checkpoint ``source`` to fine-tune it (timm's ``load_pretrained``); returns what
+    was taken from it.
+
+    ``source`` is anything :func:`from_pretrained` loads (a pretrained name, a checkpoint folder, ``hf-hub:ID``),
+    checked as every load is (strict, sha256, feedback fingerprint). ``model`` (from :func:`create_model`) must be
+    the checkpoint's architecture; its own classes, channels and rule decide what is taken:
+
+    - the head: the checkpoint's when it learned the same classes (``label_names`` when both sides know them,
+      else their number), otherwise ``model``'s own new head, which learns with ``model``'s rule;
+    - tensors shaped by the input channels (the first convolution's weight, and kp/wm's learned feedback of its
+      shape): adapted by timm's ``adapt_input_conv`` when the channels differ;
+    - the feedback state (``feedback_*``: kp/wm's learned B, the seeds and steps of the others): the checkpoint's
+      when the rule and its options are the same, otherwise ``model``'s own, fresh. Feedback re-derived from
+      seeds (fa, frsf, brsf, dfa) is re-derived for ``model``'s shapes, so dfa's B fits the new head.
+
+    Everything else is copied bit for bit.
+
+    Example::
+
+        >>> model = biotorch.create_model("lenet_kp", num_classes=10, in_chans=1)
+        >>> init_from(model, "lenet_fa.fashion_mnist", label_names=biotorch.data.DATASETS["cifar10"].label_names)
+        {'source': 'lenet_fa.fashion_mnist', ..., 'head': 'new', 'adapted': [], 'feedback': 'fresh'}
+    """
+    config = model.biotorch_config
+    text = str(source)
+    parent = from_pretrained(source, device=next(model.parameters()).device, revision=revision,
+                             local_files_only=local_files_only)
+    origin = parent.biotorch_config
+    if origin["arch"] != config["arch"]:
+        raise ConfigError(f"init_from {text}: a {origin['arch']} checkpoint cannot start a {config['arch']} model")
+    meta = getattr(parent, "pretrained_cfg", None) or {}
+    same_rule = repr(make_rule(origin["rule"], **origin["rule_options"])) == \
+        repr(make_rule(config["rule"], **config["rule_options"]))
+    known_labels = label_names is not None and meta.get("label_names") is not None
+    same_classes = origin["num_classes"] == config["num_classes"] and (
+        not known_labels or list(meta["label_names"]) == list(label_names))
+    head = next(n for n, m in model.named_modules() if m is model.get_classifier()) + "."
+
+    def own(key: str) -> bool:  # a tensor the model keeps its own of
+        return ((key.startswith(head) and not same_classes)
+                or (key.rpartition(".")[2].startswith("feedback_") and not same_rule))
+
+    state, taken, adapted, misfits = model.state_dict(), parent.state_dict(), [], []
+    for key in [k for k in state if not own(k)]:
+        value = taken.get(key)
+        if value is not None and value.shape != state[key].shape:
+            if value.ndim == 4 and tuple(state[key].shape) == (value.shape[0], config["in_chans"], *value.shape[2:]):
+                value = _adapt_input_conv(value, config["in_chans"], origin["in_chans"])
+                adapted.append(key)
+            else:
+                misfits.append(f"{key} {tuple(value.shape)} vs {tuple(state[key].shape)}")
+        if value is None:
+            misfits.append(f"{key} missing")
+        state[key] = value
+    misfits += [f"{key} unexpected" for key in taken if key not in state and not own(key)]
+    if misfits:
+        raise CheckpointError(f"init_from {text}: the checkpoint does not fit {config['arch']}_{config['rule']}: "
+                         f"{'; '.join(misfits[:5])}{' …' if len(misfits) > 5 else ''}")
+    model.load_state_dict(state, strict=True)  # re-derives seeded feedback for this model's shapes
+    tag = meta.get("tag") or re.sub(r"[^A-Za-z0-9_-]+", "_", Path(text.removeprefix("hf-hub:")).name)
+    return {"source": text, "name": meta.get("name"),
+            "hub_id": text.removeprefix("hf-hub:") if text.startswith("hf-hub:") else meta.get("hub_id"),
+            "arch": origin["arch"], "rule": origin["rule"], "rule_options": origin["rule_options"], "tag": tag,
+            "dataset": meta.get("dataset"), "num_classes": origin["num_classes"], "in_chans": origin["in_chans"],
+            "sha256": (meta.get("files") or {}).get(WEIGHTS_NAME, {}).get("sha256"),
+            "head": "kept" if same_classes else "new", "adapted": adapted,
+            "feedback": "kept" if same_rule else "fresh"}
+
+
+def _adapt_input_conv(weight: torch.Tensor, in_chans: int, base_chans: int) -> torch.Tensor:
+    try:
+        return adapt_input_conv(in_chans, weight, base_chans=base_chans)
+    except TypeError:  # before timm 1.0.31 the helper assumed 3-channel checkpoints
+        raise ValueError(f"adapting a {base_chans}-channel first layer to {in_chans} channels needs timm>=1.0.31 "
+                         "(adapt_input_conv's base_chans)") from None

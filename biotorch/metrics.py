@@ -45,16 +45,22 @@ def gradient_alignment(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor])
     """Per layer: cosine between the rule's weight gradient and the true gradient on the same batch.
 
     ``loss_fn(model)`` must compute the loss of one fixed batch; it runs twice (rule, then exact) with the
-    model's buffers (e.g. BatchNorm statistics) restored afterwards; existing ``.grad`` are untouched.
+    model's buffers (e.g. BatchNorm statistics) restored afterwards; existing ``.grad`` are untouched. Frozen
+    weights (``requires_grad=False``) are measured too: the update their rule would give them.
     """
     layers = list(rule_layers(model))
     weights = [layer.weight for _, layer in layers]
+    frozen = [w for w in weights if not w.requires_grad]
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     try:
+        for weight in frozen:
+            weight.requires_grad_(True)
         rule_grads = torch.autograd.grad(loss_fn(model), weights, allow_unused=True)
         with exact_gradients(model):
             true_grads = torch.autograd.grad(loss_fn(model), weights, allow_unused=True)
     finally:
+        for weight in frozen:
+            weight.requires_grad_(False)
         model.load_state_dict(saved)
     return {name: float("nan") if g is None or t is None else
             torch.nn.functional.cosine_similarity(g.flatten().double(), t.flatten().double(), dim=0).item()

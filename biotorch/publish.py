@@ -40,7 +40,7 @@ from .files import REPO_ROOT, sha256, write_text
 from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, load_checkpoint, save_pretrained,
                   upload_folder)
 from .metrics import count_parameters
-from .registry import PRETRAINED_INDEX, PretrainedCfg
+from .registry import PRETRAINED_INDEX, PretrainedCfg, finetune_tag
 from .training import records
 
 
@@ -93,9 +93,16 @@ class Run:
         return self.metrics["arch"], self.metrics["rule"], self.metrics["dataset"]
 
     @property
+    def tag(self) -> str:
+        """The dataset; for a fine-tuned run, also where it started (``registry.finetune_tag``)."""
+        _, rule, dataset = self.key
+        started = self.metrics.get("init_from")
+        return finetune_tag(dataset, rule, started) if started else dataset
+
+    @property
     def name(self) -> str:
-        arch, rule, dataset = self.key
-        return f"{arch}_{rule}.{dataset}"
+        arch, rule, _ = self.key
+        return f"{arch}_{rule}.{self.tag}"
 
     def __repr__(self) -> str:
         return f"Run({str(self.folder)!r}, seed={self.metrics['seed']})"
@@ -110,7 +117,7 @@ def find_runs(runs_root: Path) -> list[Run]:
 
 
 def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    """``{"arch_rule.dataset": [runs sorted by seed]}``, bp groups first (other cards cite them)."""
+    """``{"arch_rule.tag": [runs sorted by seed]}``, bp groups first (other cards cite them)."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.name, []).append(run)
@@ -177,11 +184,11 @@ def default_dataset(arch: str) -> str:
 # the card folder
 
 
-def _baseline(arch: str, dataset: str, baseline_runs, out_dir: Path) -> Optional[dict]:
+def _baseline(arch: str, tag: str, baseline_runs, out_dir: Path) -> Optional[dict]:
     if baseline_runs:
         return aggregate([Run(Path(p)) if not isinstance(p, Run) else p for p in baseline_runs])
     for cards_dir in dict.fromkeys((out_dir.parent, MIRROR)):
-        path = cards_dir / f"{arch}_bp.{dataset}" / "metrics.json"
+        path = cards_dir / f"{arch}_bp.{tag}" / "metrics.json"
         if path.is_file():
             return json.loads(path.read_text())
     return None
@@ -229,15 +236,16 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
     runs = [r if isinstance(r, Run) else Run(Path(r)) for r in run_dirs]
     if not runs:
         raise ValueError("build_card_folder needs at least one run folder")
-    keys = {r.key for r in runs}
-    if len(keys) != 1:
-        raise ValueError(f"the runs of one card must share arch, rule and dataset; got {sorted(keys)}")
+    names = {r.name for r in runs}
+    if len(names) != 1:
+        raise ValueError(f"the runs of one card must share arch, rule and dataset (and where they started); "
+                         f"got {sorted(names)}")
     differ = sorted({k for r in runs for k in r.recipe.keys() | runs[0].recipe.keys()
                      if k not in RECIPE_PER_RUN and r.recipe.get(k) != runs[0].recipe.get(k)})
     if differ:
         raise ValueError(f"the seeds of {runs[0].name} were trained with different recipes ({', '.join(differ)} "
                          "differ): mean ± std over seeds needs one recipe")
-    (arch, rule, dataset), best = runs[0].key, select_best(runs)
+    (arch, rule, dataset), tag, best = runs[0].key, runs[0].tag, select_best(runs)
     out_dir = Path(out_dir)
     rule_options = dict(best.recipe.get("rule_options") or {})
     info = _dataset_info(dataset, best.recipe)
@@ -246,13 +254,13 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
                          seed=best.metrics["seed"], **rule_options)
     load_checkpoint(model, best.folder / RUN_WEIGHTS)
     params_forward, params_feedback = count_parameters(model)
-    name = f"{arch}_{rule}.{dataset}"
-    cfg = dict(name=name, arch=arch, rule=rule, tag=dataset, dataset=dataset, split=_split_text(info, best.recipe),
+    name = f"{arch}_{rule}.{tag}"
+    cfg = dict(name=name, arch=arch, rule=rule, tag=tag, dataset=dataset, split=_split_text(info, best.recipe),
                num_classes=info.num_classes, label_names=list(info.label_names), input_size=list(info.input_size),
                mean=list(info.mean), std=list(info.std), interpolation=info.interpolation, recipe=best.recipe,
                metrics=aggregate(runs), params_forward=params_forward, params_feedback=params_feedback,
                files={}, hub_id=f"{hub_org}/{name}", rule_options=rule_options,
-               default=dataset == default_dataset(arch))
+               default=tag == default_dataset(arch), init_from=best.metrics.get("init_from"))
     missing = {f.name for f in dataclasses.fields(PretrainedCfg)} - cfg.keys()
     assert not missing, missing  # every PretrainedCfg field, so the index loads into the dataclass
 
@@ -272,7 +280,7 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
         metrics_file = {"name": name, "arch": arch, "rule": rule, "dataset": dataset, **cfg["metrics"],
                         "runs": [r.metrics for r in runs]}
         write_text(staging / "metrics.json", json.dumps(metrics_file, indent=2) + "\n")
-        baseline = None if rule == "bp" else _baseline(arch, dataset, baseline_runs, out_dir)
+        baseline = None if rule == "bp" else _baseline(arch, tag, baseline_runs, out_dir)
         card = card_data(cfg, best.recipe, hub_org).to_yaml()
         write_text(staging / "README.md", f"---\n{card}\n---\n"
                    + card_body(cfg, best.recipe, baseline, has_alignment, owner))
@@ -387,12 +395,12 @@ def publish(runs_root: Path, cards_dir: Path = MIRROR, dry_run: bool = False, pu
     plan = []
     for name, runs in groups.items():
         folder, best = cards_dir / name, select_best(runs)
-        arch, _, dataset = runs[0].key
+        arch, tag = runs[0].key[0], runs[0].tag
         if dry_run:
             changed = not _same_weights(best, folder)
         else:
             before = _published_sha(folder)
-            baseline = groups.get(f"{arch}_bp.{dataset}")
+            baseline = groups.get(f"{arch}_bp.{tag}")
             build_card_folder(runs, folder, baseline_runs=baseline, hub_org=org)
             changed = _published_sha(folder) != before
         plan.append({"name": name, "folder": folder, "repo_id": f"{org}/{name}", "seeds": len(runs),

@@ -19,8 +19,11 @@ TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d494844520000000100000001080000
 
 
 def write_run(folder: Path, arch: str = "lenet", rule: str = "fa", dataset: str = "fashion_mnist", seed: int = 0,
-              val_top1: float = 80.0, test_top1: float = 79.0, plots: bool = True, **recipe) -> Path:
-    """A finished run folder with the trainer's files; the weights are a fresh model of ``seed``."""
+              val_top1: float = 80.0, test_top1: float = 79.0, plots: bool = True, started_from: dict | None = None,
+              **recipe) -> Path:
+    """A finished run folder with the trainer's files; the weights are a fresh model of ``seed``.
+
+    ``started_from``: a fine-tuned run's ``biotorch.init_from`` record (its ``source`` becomes ``init_from``)."""
     info = biotorch.data.DATASETS[dataset]
     torch.manual_seed(seed)
     model = biotorch.create_model(f"{arch}_{rule}", num_classes=info.num_classes, in_chans=info.in_chans, seed=seed)
@@ -29,12 +32,15 @@ def write_run(folder: Path, arch: str = "lenet", rule: str = "fa", dataset: str 
     recipe = {"model": arch, "data": dataset, "epochs": 2, "batch_size": 64, "optimizer": "sgd", "lr": 0.05,
               "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "augment": "none", "rule": rule,
               "rule_options": {}, "seed": seed, **recipe}
+    if started_from is not None:
+        recipe["init_from"] = started_from["source"]
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     forward, feedback = biotorch.metrics.count_parameters(model)
     metrics = {"model": f"{arch}_{rule}", "arch": arch, "rule": rule, "dataset": dataset, "seed": seed, "epochs": 2,
                "best_epoch": 2, "val_top1": val_top1, "test_top1": test_top1, "test_top5": 99.0, "test_loss": 0.5,
                "train_time_s": 3.0, "images_per_s": 1000.0, "params_forward": forward, "params_feedback": feedback,
-               "device": "cpu", "world_size": 1, "biotorch_version": biotorch.__version__, "recipe": recipe}
+               "device": "cpu", "world_size": 1, "biotorch_version": biotorch.__version__, "recipe": recipe,
+               "init_from": started_from}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (folder / "config.json").write_text(json.dumps(model.biotorch_config, indent=2))  # as the trainer does
     history = [{"epoch": e, "train_loss": 1.0 / e, "train_top1": 50.0 + e, "val_loss": 1.1 / e, "lr": 0.05 / e,

@@ -102,15 +102,15 @@ def test_missing_plots_are_drawn_from_the_records(make_run, tmp_path):
         assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_baseline_cifar10_jpeg_limitations_and_fine_tunes(make_run, tmp_path):
+def test_baseline_and_cifar10_jpeg_limitations(make_run, tmp_path):
     cards = tmp_path / "cards"
     bp = make_run(rule="bp", dataset="cifar10_jpeg", val_top1=70.0, test_top1=68.5)
     publish.build_card_folder([bp], cards / "lenet_bp.cifar10_jpeg")
-    fa = make_run(dataset="cifar10_jpeg", val_top1=60.0, test_top1=58.0, init_from="hf-hub:someone/lenet_fa.other")
+    fa = make_run(dataset="cifar10_jpeg", val_top1=60.0, test_top1=58.0)
     folder = publish.build_card_folder([fa], cards / "lenet_fa.cifar10_jpeg")
     parsed = ModelCard.load(folder / "README.md")
     assert parsed.data.datasets == ["cifar10"] and "cifar10_jpeg" in parsed.data.tags
-    assert parsed.data.base_model == "someone/lenet_fa.other"
+    assert parsed.data.base_model is None
     assert "not CIFAR-10; accuracies are not comparable to CIFAR-10 numbers" in parsed.text
     assert "lenet_bp (baseline)" in parsed.text and "68.50" in parsed.text and "-10.50 points" in parsed.text
     assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["default"] is False
@@ -118,6 +118,50 @@ def test_baseline_cifar10_jpeg_limitations_and_fine_tunes(make_run, tmp_path):
     other_bp = make_run(rule="bp", dataset="cifar10_jpeg", seed=3, val_top1=71.0, test_top1=66.25)
     folder = publish.build_card_folder([fa], cards / "lenet_fa.cifar10_jpeg", baseline_runs=[other_bp])
     assert "66.25" in ModelCard.load(folder / "README.md").text
+
+
+def started(source: str, rule: str = "fa", tag: str = "fashion_mnist", hub_id: str | None = None) -> dict:
+    """A fine-tuned run's start, as ``biotorch.init_from`` records it."""
+    return {"source": source, "name": source if hub_id else None, "hub_id": hub_id, "arch": "lenet", "rule": rule,
+            "rule_options": {}, "tag": tag, "dataset": "fashion_mnist", "num_classes": 10, "in_chans": 1,
+            "sha256": "ab" * 32, "head": "new", "adapted": [], "feedback": "kept"}
+
+
+def test_fine_tuned_card_names_its_parent_the_hub_way(make_run, tmp_path):
+    cards, data = tmp_path / "cards", "cifar10_jpeg_gray"
+    parent = {rule: started(f"lenet_{rule}.fashion_mnist", rule, hub_id=f"biotorch/lenet_{rule}.fashion_mnist")
+              for rule in ("bp", "fa")}
+    runs = [make_run("bp-ft", rule="bp", dataset=data, val_top1=50.0, test_top1=49.0, started_from=parent["bp"]),
+            make_run("fa-ft", dataset=data, val_top1=40.0, test_top1=39.5, started_from=parent["fa"]),
+            make_run("fa", dataset=data, val_top1=30.0, test_top1=29.0)]  # the same data from scratch: its own card
+    groups = publish.group_runs([publish.Run(r) for r in runs])
+    assert list(groups) == ["lenet_bp.cifar10_jpeg_gray-ft-fashion_mnist", "lenet_fa.cifar10_jpeg_gray",
+                            "lenet_fa.cifar10_jpeg_gray-ft-fashion_mnist"]
+    name = "lenet_fa.cifar10_jpeg_gray-ft-fashion_mnist"
+    publish.build_card_folder([runs[0]], cards / "lenet_bp.cifar10_jpeg_gray-ft-fashion_mnist")
+    folder = publish.build_card_folder([runs[1]], cards / name)
+    parsed = ModelCard.load(folder / "README.md")
+    assert parsed.data.base_model == "biotorch/lenet_fa.fashion_mnist"
+    assert parsed.data.to_dict()["base_model_relation"] == "finetune"
+    assert parsed.data.datasets == ["cifar10"] and parsed.data.model_name == name
+    cfg = registry.PretrainedCfg(**json.loads((folder / "config.json").read_text())["pretrained_cfg"])
+    assert (cfg.name, cfg.tag, cfg.dataset, cfg.default) == (name, "cifar10_jpeg_gray-ft-fashion_mnist", data, False)
+    assert cfg.init_from == parent["fa"] and cfg.input_size == [1, 32, 32]
+    text = parsed.text
+    for needle in ("Fine-tuned from [`lenet_fa.fashion_mnist`](https://huggingface.co/biotorch/lenet_fa.fashion_mnist):"
+                   " new head for cifar10_jpeg_gray's classes; input layer kept; feedback state kept (the same rule, fa)",
+                   "| `init_from` | `lenet_fa.fashion_mnist` |", "--init-from lenet_fa.fashion_mnist",
+                   "trained on fashion_mnist; then fine-tuned on CIFAR-10 JPEG (q75, 4:2:0) in grayscale (train",
+                   "lenet_bp (baseline)", "(fine-tuned the same way): -9.50 points"):
+        assert needle in text, needle
+    assert "freeze_backbone" not in text  # fine-tuning keys at their defaults are not listed
+
+    local = make_run("local", rule="kp", dataset=data, started_from=started("out/my_fa", "fa", tag="my_fa"))
+    assert publish.Run(local).name == "lenet_kp.cifar10_jpeg_gray-ft-fa-my_fa"  # another rule: named in the tag
+    parsed = ModelCard.load(publish.build_card_folder([local], cards / "local") / "README.md")
+    assert parsed.data.base_model is None and "base_model_relation" not in parsed.data.to_dict()
+    assert "Fine-tuned from `out/my_fa`: new head" in parsed.text
+    assert "feedback state kept" in parsed.text
 
 
 def test_runs_are_validated(make_run, tmp_path):

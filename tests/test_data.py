@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from torchvision.io import decode_jpeg, encode_jpeg, encode_png
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg, encode_png
 
 from biotorch import data
 from biotorch.data import sources
@@ -77,7 +77,8 @@ def tiny_cifar_jpeg(tmp_path) -> Path:
 
 
 def test_dataset_table_is_consistent():
-    assert set(DATASETS) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "cifar10_jpeg", "imagefolder", "synthetic"}
+    assert set(DATASETS) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "cifar10_jpeg", "cifar10_jpeg_gray",
+                             "imagefolder", "synthetic"}
     for name, info in DATASETS.items():
         assert info.name == name
         assert len(info.mean) == len(info.std) == info.in_chans == info.input_size[0]
@@ -169,6 +170,20 @@ def test_cifar10_jpeg_folder_decodes_and_caches(tiny_cifar_jpeg, tmp_path):
     train, _ = load_split("cifar10_jpeg", "train", data_dir=tiny_cifar_jpeg, val_size=3)
     val, _ = load_split("cifar10_jpeg", "val", data_dir=tiny_cifar_jpeg, val_size=3)
     assert len(train) == 9 and len(val) == 3
+
+
+def test_cifar10_jpeg_gray_is_the_luma_of_the_same_files(tiny_cifar_jpeg, tmp_path):
+    gray, labels = load_split("cifar10_jpeg_gray", "test", data_dir=tiny_cifar_jpeg)
+    color, color_labels = load_split("cifar10_jpeg", "test", data_dir=tiny_cifar_jpeg)
+    assert gray.shape == (6, 1, 32, 32) and torch.equal(labels, color_labels)
+    first = (tiny_cifar_jpeg / "test" / "airplane" / "0000.jpg").read_bytes()
+    luma = decode_jpeg(torch.frombuffer(bytearray(first), dtype=torch.uint8), mode=ImageReadMode.GRAY)
+    assert torch.equal(gray[0], luma)  # the JPEG's own Y plane: 0.299 R + 0.587 G + 0.114 B
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    assert ((color.float() * weights).sum(1, keepdim=True) - gray.float()).abs().mean() < 3  # up to chroma rounding
+    assert {p.name.split("-")[0] for p in (tmp_path / "cache" / "decoded").iterdir()} == {"cifar10_jpeg",
+                                                                                       "cifar10_jpeg_gray"}
+    assert eval_transform("cifar10_jpeg_gray")(color[0]).shape == (1, 32, 32)  # colour input made gray
 
 
 def test_cifar10_jpeg_tarball_matches_folder(tiny_cifar_jpeg, tmp_path):

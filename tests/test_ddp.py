@@ -1,6 +1,7 @@
 """torchrun with 2 CPU processes (gloo): after training, every rank holds the same weights and feedback.
 
-One launch trains every rule in turn (the file is also the worker script torchrun runs).
+One launch trains every rule in turn, then fine-tunes a checkpoint with its backbone frozen for the first epoch
+(the file is also the worker script torchrun runs).
 """
 import os
 import subprocess
@@ -15,13 +16,18 @@ import biotorch
 WORLD_SIZE = 2
 
 
-def recipe_for(rule: str):
+def recipe_for(rule: str, **values):
     from biotorch.training import make_recipe
 
     # resnet20 has BatchNorm, whose statistics the trainer averages across ranks every epoch.
     return make_recipe({"model": "resnet20", "data": "synthetic", "rule": rule, "epochs": 1, "batch_size": 16,
                         "limit_train": 48, "alignment_every": 0, "device": "cpu", "lr": 0.05,
-                        "augment": "crop_flip", "rule_options": {"mirror_samples": 8} if rule == "wm" else {}})
+                        "augment": "crop_flip", "rule_options": {"mirror_samples": 8} if rule == "wm" else {},
+                        **values})
+
+
+# Fine-tuning kp (its B is a parameter): frozen in epoch 1, then a new DDP reducer for the whole model.
+FINETUNE = dict(epochs=2, freeze_backbone_epochs=1, backbone_lr_scale=0.5)
 
 
 def worker(out: Path) -> None:
@@ -40,10 +46,21 @@ def worker(out: Path) -> None:
         trainer.end_epoch()
         state = {k: v.detach().clone().contiguous() for k, v in trainer.model.state_dict().items()}
         save_file(state, str(out / f"{rule}.rank{rank}.safetensors"))
+    trainer = Trainer(recipe_for("kp", init_from=str(out / "parent"), **FINETUNE), out / "finetune", log=None,
+                      progress=False)
+    for epoch in range(2):
+        for x, y in trainer.begin_epoch():
+            trainer.step(x, y)
+        trainer.end_epoch()
+        state = {k: v.detach().clone().contiguous() for k, v in trainer.model.state_dict().items()}
+        save_file(state, str(out / f"finetune{epoch + 1}.rank{rank}.safetensors"))
     dist.destroy_process_group()
 
 
 def test_every_rank_holds_identical_weights_and_feedback_for_every_rule(tmp_path):
+    torch.manual_seed(1)
+    parent = biotorch.create_model("resnet20_kp", num_classes=10, in_chans=1, seed=1)
+    biotorch.save_pretrained(parent, tmp_path / "parent")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD_SIZE}",
@@ -63,6 +80,13 @@ def test_every_rank_holds_identical_weights_and_feedback_for_every_rule(tmp_path
         assert not torch.equal(init["conv1.weight"], states[0]["conv1.weight"])
         # only rank 0 wrote the run folder, and it holds a checkpoint
         assert (tmp_path / rule / "checkpoint" / "state.json").is_file()
+    start = parent.state_dict()
+    for epoch in (1, 2):
+        states = [load_file(str(tmp_path / f"finetune{epoch}.rank{r}.safetensors")) for r in range(WORLD_SIZE)]
+        assert not [k for k in states[0] if not torch.equal(states[0][k], states[1][k])], f"fine-tuning, epoch {epoch}"
+        moved = {k for k in start if not torch.equal(start[k], states[0][k])}
+        head = {"fc.weight", "fc.bias", "fc.feedback_weight"}
+        assert moved == head if epoch == 1 else moved > head, epoch  # the backbone learns from epoch 2
 
 
 if __name__ == "__main__":

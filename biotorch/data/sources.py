@@ -171,7 +171,7 @@ def _load_cifar(name: str, part: str, data_dir: PathLike | None, download: bool)
 
 
 # --------------------------------------------------------------------------------------------
-# Image folders (cifar10_jpeg, imagefolder)
+# Image folders (cifar10_jpeg and its grayscale variant, imagefolder)
 
 
 def _decode_all(blobs: list[bytes], mode: ImageReadMode) -> list[Tensor]:
@@ -259,7 +259,8 @@ def _save_npy(array: np.ndarray, path: str) -> None:
         np.save(f, array)
 
 
-def _load_cifar10_jpeg(part: str, data_dir: PathLike | None, download: bool):
+def _load_cifar10_jpeg(name: str, part: str, data_dir: PathLike | None, download: bool):
+    """cifar10_jpeg, or cifar10_jpeg_gray: the same files decoded to their luma plane (one channel)."""
     source, looked = _find_jpeg_source(data_dir)
     if source is None:
         raise _not_found(
@@ -270,10 +271,10 @@ def _load_cifar10_jpeg(part: str, data_dir: PathLike | None, download: bool):
                 if download else "."),
         )
     # Decoding 60,000 JPEGs takes seconds; later loads read the uint8 arrays back.
-    cache = _cache_root() / "decoded" / f"cifar10_jpeg-{_source_key(source)}"
+    cache = _cache_root() / "decoded" / f"{name}-{_source_key(source)}"
     files = {p: (cache / f"{p}_images.npy", cache / f"{p}_labels.npy") for p in ("train", "test")}
     if not all(f.is_file() for pair in files.values() for f in pair):
-        info = DATASETS["cifar10_jpeg"]
+        info = DATASETS[name]
         decoded = {p: _stack(info, _CIFAR10_CLASSES, items, f"{source} {p}")
                    for p, items in _read_jpeg_source(source).items()}
         cache.mkdir(parents=True, exist_ok=True)
@@ -365,8 +366,8 @@ def load_split(
         images, labels = _load_mnist(name, part, data_dir, download)
     elif name in _CIFAR_FOLDER:
         images, labels = _load_cifar(name, part, data_dir, download)
-    elif name == "cifar10_jpeg":
-        images, labels = _load_cifar10_jpeg(part, data_dir, download)
+    elif name in ("cifar10_jpeg", "cifar10_jpeg_gray"):
+        images, labels = _load_cifar10_jpeg(name, part, data_dir, download)
     else:
         images, labels = _load_imagefolder("train", data_dir)
     if part == "test":

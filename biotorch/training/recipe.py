@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import math
 import reprlib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import yaml
 from ..data import DATASETS
 from ..errors import ConfigError
 from ..models import ARCHITECTURES
-from ..registry import split_name
+from ..registry import get_pretrained_cfg, split_name
 from ..rules import RULES, make_rule
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -65,6 +66,12 @@ class Recipe:
     rule_options: dict = field(default_factory=dict)
     rule_overrides: dict = field(default_factory=dict)  # {rule: {key: value}} applied when that rule runs
     applied_rule_overrides: dict = field(default_factory=dict)  # set on resolving: what was applied
+    # fine-tuning: start from a checkpoint (biotorch.init_from): a pretrained name (lenet_fa.fashion_mnist,
+    # which also sets model and rule when they are not given), a checkpoint folder, or hf-hub:<org>/<repo>
+    init_from: Optional[str] = None
+    backbone_lr_scale: float = 1.0      # everything but the head learns at lr × this (the head at lr)
+    freeze_backbone: bool = False       # linear probing: only the head learns; the backbone's norm statistics stay
+    freeze_backbone_epochs: int = 0     # the backbone is frozen (as above) for the first N epochs, then learns
     seed: int = 0
     deterministic: bool = False         # deterministic kernels (bitwise-reproducible resume on CPU)
     val_every: int = 1                  # validate every N epochs (and always at the last)
@@ -194,15 +201,45 @@ def _split_model(name: str) -> tuple[str, Optional[str]]:
     return (f"{arch}.{tag}", rule) if tag else (arch, rule)
 
 
+def _pretrained_name(init_from: Optional[str]) -> Optional[str]:
+    """``init_from`` when it is a registered name rather than a checkpoint folder or a Hub id, else None."""
+    if init_from is None or init_from.startswith("hf-hub:") or Path(init_from).is_dir():
+        return None  # the order of biotorch.from_pretrained
+    return init_from
+
+
+def _validate_init_from(recipe: Recipe) -> None:
+    value, name = recipe.init_from, _pretrained_name(recipe.init_from)
+    if value is None:
+        return
+    if value.startswith("hf-hub:"):
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", value[len("hf-hub:"):]) is None:
+            raise ConfigError(f"recipe key 'init_from' is {value!r}: a Hub id is hf-hub:<org>/<repo>")
+    elif name is None:
+        if not (Path(value) / "config.json").is_file():
+            raise ConfigError(f"recipe key 'init_from' is {value!r}, a folder without config.json: give a checkpoint "
+                             "folder (biotorch.save_pretrained, model_cards/<name>)")
+    else:
+        try:
+            cfg = get_pretrained_cfg(name)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"recipe key 'init_from' is {value!r}: not a folder, not hf-hub:<org>/<repo>, and as a "
+                             f"pretrained name: {error}") from None
+        if cfg.arch != recipe.model:
+            raise ConfigError(f"recipe key 'init_from' names a {cfg.arch} checkpoint ({cfg.name}) but 'model' is "
+                             f"{recipe.model!r}: fine-tuning keeps the architecture")
+
+
 def _validate(recipe: Recipe) -> None:
     if not recipe.model:
         raise ConfigError("recipe key 'model' is required, e.g. model: resnet20 (or --model resnet20_fa)")
     if not recipe.data:
         raise ConfigError(f"recipe key 'data' is required: one of {', '.join(DATASETS)}")
     if "." in recipe.model:
+        arch, _, tag = recipe.model.partition(".")
         raise ConfigError(f"recipe key 'model' is {recipe.model!r}: give an architecture (resnet20) or "
-                         "architecture_rule (resnet20_fa); a '.tag' names published weights, which "
-                         "`biotorch train` does not fine-tune")
+                         "architecture_rule (resnet20_fa); a '.tag' names published weights: start from them "
+                         f"with init_from (--init-from {arch}_{recipe.rule}.{tag})")
     _choice("model", recipe.model, list(ARCHITECTURES))
     _choice("data", recipe.data, list(DATASETS))
     if recipe.data == "imagefolder" and not recipe.data_dir:
@@ -213,6 +250,7 @@ def _validate(recipe: Recipe) -> None:
         make_rule(recipe.rule, **recipe.rule_options)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"recipe key 'rule_options': {error}") from None
+    _validate_init_from(recipe)
     _choice("optimizer", recipe.optimizer, OPTIMIZERS)
     _choice("schedule", recipe.schedule, SCHEDULES)
     _choice("augment", recipe.augment, AUGMENTS)
@@ -222,17 +260,28 @@ def _validate(recipe: Recipe) -> None:
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"recipe key 'device' is {device!r}. Allowed: auto, cpu, cuda, cuda:N")
     positive = {"epochs": recipe.epochs, "batch_size": recipe.batch_size,
-                "eval_batch_size": recipe.eval_batch_size, "val_every": recipe.val_every, "lr": recipe.lr}
+                "eval_batch_size": recipe.eval_batch_size, "val_every": recipe.val_every, "lr": recipe.lr,
+                "backbone_lr_scale": recipe.backbone_lr_scale}
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"recipe key {key!r} must be > 0, got {value!r}")
     nonnegative = {"weight_decay": recipe.weight_decay, "momentum": recipe.momentum,
                    "warmup_epochs": recipe.warmup_epochs, "alignment_every": recipe.alignment_every,
                    "gamma": recipe.gamma, "val_size": recipe.val_size or 0,
+                   "freeze_backbone_epochs": recipe.freeze_backbone_epochs,
                    "limit_train": recipe.limit_train if recipe.limit_train is not None else 1}
     for key, value in nonnegative.items():
         if value < 0:
             raise ConfigError(f"recipe key {key!r} must be >= 0, got {value!r}")
+    if recipe.freeze_backbone_epochs >= recipe.epochs:
+        raise ConfigError(f"recipe key 'freeze_backbone_epochs' ({recipe.freeze_backbone_epochs}) must be less than "
+                         f"'epochs' ({recipe.epochs}); to freeze the whole run use freeze_backbone: true")
+    if recipe.freeze_backbone and recipe.freeze_backbone_epochs:
+        raise ConfigError("recipe keys 'freeze_backbone' (the whole run) and 'freeze_backbone_epochs' (the first "
+                         "epochs) contradict each other: use one")
+    if recipe.freeze_backbone and recipe.backbone_lr_scale != 1:
+        raise ConfigError("recipe key 'backbone_lr_scale' does nothing with freeze_backbone: true (the backbone "
+                         "never learns): drop one")
     if recipe.limit_train == 0:
         raise ConfigError("recipe key 'limit_train' must be a positive number of images or null")
     if not 0 <= recipe.label_smoothing < 1:
@@ -274,7 +323,8 @@ def make_recipe(values: dict, *, overrides: Optional[dict] = None, resolved: boo
                 raise _unknown_key(key, source)
     merged = {k: _coerce(k, v) for k, v in values.items()}
     overrides = {k: _coerce(k, v) for k, v in overrides.items()}
-    # The rule: --rule, else the rule in --model's name, else the file's rule, else its model name's; bp.
+    # The rule: --rule, else the rule in --model's name, else the file's rule, else its model name's, else
+    # init_from's when it is a pretrained name; bp.
     arch, file_name_rule = _split_model(merged.get("model", ""))
     if "model" in overrides:
         arch, cli_name_rule = _split_model(overrides["model"])
@@ -283,7 +333,16 @@ def make_recipe(values: dict, *, overrides: Optional[dict] = None, resolved: boo
     if overrides.get("rule") and cli_name_rule and overrides["rule"] != cli_name_rule:
         raise ConfigError(f"--model {overrides['model']} names rule {cli_name_rule!r} but --rule is "
                           f"{overrides['rule']!r}: give one of them")
-    rule = (overrides.get("rule") or cli_name_rule or merged.get("rule") or file_name_rule or "bp")
+    rule = overrides.get("rule") or cli_name_rule or merged.get("rule") or file_name_rule
+    init_from = overrides.get("init_from", merged.get("init_from"))
+    if not rule and init_from and _pretrained_name(init_from) is None:
+        raise ConfigError(f"recipe key 'rule' is needed with init_from {init_from!r} (a folder or Hub id): name the "
+                         "rule to fine-tune with, e.g. --rule fa (the checkpoint's own rule keeps its feedback)")
+    if _pretrained_name(init_from):  # a pretrained name also gives the architecture and rule not given
+        start_arch, start_rule = _split_model(init_from.partition(".")[0])
+        if start_rule is not None:  # else not a model name: _validate says so
+            arch, rule = arch or start_arch, rule or start_rule
+    rule = rule or "bp"
     recipe = Recipe(**merged)
     if not resolved:
         if not isinstance(recipe.rule_overrides, dict):

@@ -44,10 +44,11 @@ def plot_curves(path, history: list[dict], title: str) -> None:
     for ax in (ax_loss, ax_top1):
         ax.legend()
         ax.grid(alpha=0.3)
-    _save_figure(fig, path, title)
+    save_figure(fig, path, title)
 
 
-def _save_figure(fig, path, title: str) -> None:
+def save_figure(fig, path, title: str) -> None:
+    """Title, lay out and write a matplotlib figure as PNG (atomically), then close it."""
     import matplotlib.pyplot as plt
 
     fig.suptitle(title)
@@ -80,7 +81,7 @@ def plot_alignment(path, records: list[dict], title: str) -> None:
         ax.grid(alpha=0.3)
     if 0 < len(layers) <= 24:
         ax_grad.legend(fontsize=6, ncol=2)
-    _save_figure(fig, path, title)
+    save_figure(fig, path, title)
 
 
 class TensorBoard:

@@ -6,6 +6,10 @@ Example::
     >>> metrics = Trainer(recipe, "runs/lenet_fa").fit()       # or Trainer(..., resume=True)
     >>> metrics["test_top1"]
 
+Fine-tuning (``init_from``) starts the model from a checkpoint (:func:`biotorch.init_from`); the head may learn
+faster than the backbone (``backbone_lr_scale``), and the backbone may be frozen for the first epochs or the
+whole run (``freeze_backbone_epochs``, ``freeze_backbone``: linear probing).
+
 The epoch loop never waits for the device: loss and accuracy are summed on it and read once per epoch.
 ``step`` is the whole training step (forward, backward, optimizer, feedback update); with
 ``cuda_graph: true`` it is captured once and replayed. ``train_together`` interleaves the steps of
@@ -19,6 +23,8 @@ import inspect
 import json
 import math
 import random
+import shutil
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,9 +35,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..card import describe_start
 from ..convert import feedback_step
 from ..data import DeviceLoader, dataset_info
-from ..factory import create_model
+from ..factory import create_model, init_from
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..files import sha256, write_json
 from ..hub import RUN_WEIGHTS, load_checkpoint, save_weights, weights_file
@@ -71,13 +78,17 @@ def lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
 
 
 def build_model(recipe: Recipe, info, device: torch.device) -> nn.Module:
+    """The run's model as initialised from its seed; ``init_from`` then starts it from a checkpoint."""
     torch.manual_seed(recipe.seed)
     return create_model(recipe.model_name, num_classes=info.num_classes, in_chans=info.in_chans,
                                  device=device, seed=recipe.seed, **recipe.rule_options)
 
 
 def default_run_dir(recipe: Recipe) -> Path:
-    return Path("runs") / f"{recipe.model_name}.{recipe.data}-seed{recipe.seed}"
+    start = ""
+    if recipe.init_from:
+        start = "-ft-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(recipe.init_from.removeprefix("hf-hub:")).name)
+    return Path("runs") / f"{recipe.model_name}.{recipe.data}{start}-seed{recipe.seed}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,11 +125,14 @@ class Trainer:
                              f"processes ({self.dist.world_size}): it is the global batch")
         self.log = log if self.dist.main and log is not None else (lambda line: None)
         self.progress = progress and self.dist.main and sys.stderr.isatty()
+        created = not self.run_dir.exists()
         self.lock = self._claim_run_dir(resume)
         try:
             self._setup(recipe, resume, tensorboard)
         except BaseException:
             self.close()
+            if created and self.dist.main and {p.name for p in self.run_dir.iterdir()} <= {ckpt.LOCK}:
+                shutil.rmtree(self.run_dir, ignore_errors=True)  # a run that never started leaves nothing
             raise
 
     def _claim_run_dir(self, resume: bool) -> Optional[ckpt.RunLock]:
@@ -168,10 +182,17 @@ class Trainer:
                                        rank=self.dist.rank, world_size=self.dist.world_size, **norm)
         self._norm = norm
 
-        # model, optimizer, schedule
+        # model (started from a checkpoint unless resuming: the run's checkpoint then holds everything)
+        found = ckpt.find_checkpoint(self.run_dir) if resume else None
         self.model = build_model(recipe, self.info, self.device)
+        self.started_from: Optional[dict] = None
+        if recipe.init_from and found is None:
+            self.started_from = init_from(self.model, recipe.init_from, label_names=self.info.label_names)
+            start = describe_start(self.started_from, recipe.rule, recipe.rule_options, recipe.data)
+            self.log(f"[{self.name}] {start}")
         if recipe.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._head = {id(p) for p in self.model.get_classifier().parameters()}
         self.params_forward, self.params_feedback = count_parameters(self.model)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
@@ -184,7 +205,6 @@ class Trainer:
         self.history: list[dict] = []
         self.alignment_records: list[dict] = []
         self.train_time_s, self.images_trained = 0.0, 0
-        found = ckpt.find_checkpoint(self.run_dir) if resume else None
         if found is not None:
             self._restore(ckpt.restore_checkpoint(found, model=self.model, optimizer=self.optimizer,
                                                   scheduler=self.scheduler, scaler=self.scaler,
@@ -196,17 +216,9 @@ class Trainer:
             write_json(self.run_dir / "config.json", self.model.biotorch_config)
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard", tensorboard and self.dist.main)
 
-        self.net: nn.Module = self.model
-        if self.dist.world_size > 1:
-            # Buffers are not broadcast each step: feedback is identical by construction (seeds), and
-            # BatchNorm statistics are averaged across ranks at the end of every epoch.
-            ddp = nn.parallel.DistributedDataParallel
-            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
-                       else {"broadcast_buffers": False})
-            self.net = ddp(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                           **no_sync)
-        if recipe.compile != "none":
-            self.net = torch.compile(self.net, mode=None if recipe.compile == "default" else recipe.compile)
+        self.frozen = self.backbone_frozen
+        self._set_backbone_trainable(not self.frozen)
+        self.net = self._wrap()
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -217,23 +229,50 @@ class Trainer:
 
     # -- setup helpers ------------------------------------------------------------------------------
 
+    def _wrap(self) -> nn.Module:
+        """The module the step calls: the model, in DDP across processes, compiled when the recipe asks."""
+        net: nn.Module = self.model
+        if self.dist.world_size > 1:
+            # Buffers are not broadcast each step: feedback is identical by construction (seeds), and
+            # BatchNorm statistics are averaged across ranks at the end of every epoch.
+            ddp = nn.parallel.DistributedDataParallel
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                       else {"broadcast_buffers": False})
+            net = ddp(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **no_sync)
+        if self.recipe.compile != "none":
+            net = torch.compile(net, mode=None if self.recipe.compile == "default" else self.recipe.compile)
+        return net
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         r = self.recipe
+        params = list(self.model.parameters())
+        groups = [(params, 1.0)]  # one group unless the backbone learns at another lr (the head's is last)
+        if r.backbone_lr_scale != 1:
+            groups = [([p for p in params if id(p) not in self._head], r.backbone_lr_scale),
+                      ([p for p in params if id(p) in self._head], 1.0)]
         # A CUDA graph reads lr from device memory, so the schedule can change it between replays; the
         # fused CUDA optimizers take such a tensor lr without a host sync (foreach would call .item()).
-        lr = torch.tensor(r.lr, device=self.device) if r.cuda_graph else r.lr
+        # The schedule computes floats from initial_lr: no device reads per step.
+        groups = [{"params": group, "lr": torch.tensor(r.lr * scale, device=self.device) if r.cuda_graph
+                   else r.lr * scale, "initial_lr": r.lr * scale} for group, scale in groups]
         fused = True if self.device.type == "cuda" else None
-        params = list(self.model.parameters())
         if r.optimizer == "sgd":
-            optimizer = torch.optim.SGD(params, lr=lr, momentum=r.momentum, nesterov=r.nesterov,
-                                        weight_decay=r.weight_decay, fused=fused)
-        else:
-            cls = torch.optim.Adam if r.optimizer == "adam" else torch.optim.AdamW
-            optimizer = cls(params, lr=lr, betas=tuple(r.betas), weight_decay=r.weight_decay,
-                            capturable=r.cuda_graph, fused=fused)
-        for group in optimizer.param_groups:
-            group["initial_lr"] = float(r.lr)  # the schedule computes floats: no device reads per step
-        return optimizer
+            return torch.optim.SGD(groups, momentum=r.momentum, nesterov=r.nesterov, weight_decay=r.weight_decay,
+                                   fused=fused)
+        cls = torch.optim.Adam if r.optimizer == "adam" else torch.optim.AdamW
+        return cls(groups, betas=tuple(r.betas), weight_decay=r.weight_decay, capturable=r.cuda_graph, fused=fused)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """Whether everything but the head is frozen in the epoch about to run (``self.epoch`` done)."""
+        return self.recipe.freeze_backbone or self.epoch < self.recipe.freeze_backbone_epochs
+
+    def _set_backbone_trainable(self, trainable: bool) -> None:
+        # A frozen parameter gets no gradient, so the optimizer leaves it (and its momentum, weight decay and
+        # Adam state) alone, and the backward pass stops at the head.
+        for p in self.model.parameters():
+            if id(p) not in self._head:
+                p.requires_grad_(trainable)
 
     def _fixed_batch(self) -> tuple[Tensor, Tensor]:
         """A fixed batch (validation, else training images) for gradient alignment."""
@@ -246,6 +285,7 @@ class Trainer:
         return next(iter(loader))
 
     def _restore(self, state: dict) -> None:
+        self.started_from = state.get("started_from")
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
         self.history, self.alignment_records = state["history"], state["alignment"]
@@ -267,12 +307,21 @@ class Trainer:
 
     def begin_epoch(self):
         """The batches of the next epoch (an iterator of (x, y) on the device)."""
+        if self.frozen != self.backbone_frozen:  # the backbone starts learning: a new DDP reducer, a new graph
+            self.frozen = self.backbone_frozen
+            self._set_backbone_trainable(not self.frozen)
+            self.net, self._graph, self._eager_steps = self._wrap(), None, 0
         self.model.train()
+        if self.frozen:  # frozen means frozen: the backbone's normalisation statistics stay as they are too
+            head = set(self.model.get_classifier().modules())
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._NormBase) and module not in head:
+                    module.eval()
         self.train_loader.set_epoch(self.epoch)
         self._loss_sum.zero_()
         self._correct.zero_()
         self._epoch_images = 0
-        self._epoch_lr = float(self.optimizer.param_groups[0]["lr"])  # the lr of the epoch's first step
+        self._epoch_lr = float(self.optimizer.param_groups[-1]["lr"])  # the head's lr at the epoch's first step
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # this run's stream only
         self._epoch_start = time.perf_counter()
@@ -335,10 +384,13 @@ class Trainer:
         """BatchNorm statistics differ per rank (each saw its shard): average them."""
         if self.dist.world_size == 1:
             return
-        for name, buffer in self.model.named_buffers():
-            if buffer.is_floating_point() and not name.rpartition(".")[2].startswith("feedback_"):
-                dist.all_reduce(buffer)
-                buffer.div_(self.dist.world_size)
+        for module in self.model.modules():
+            if not module.training:  # a frozen backbone's statistics did not change
+                continue
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer.is_floating_point() and not name.startswith("feedback_"):
+                    dist.all_reduce(buffer)
+                    buffer.div_(self.dist.world_size)
 
     def _record_alignment(self, epoch: int) -> dict:
         x, y = self._alignment_batch
@@ -404,7 +456,7 @@ class Trainer:
         return {"epoch": self.epoch, "global_step": self.global_step, "best_val": self.best_val,
                 "best_epoch": self.best_epoch, "history": self.history, "alignment": self.alignment_records,
                 "train_time_s": self.train_time_s, "images_trained": self.images_trained,
-                "biotorch_version": __version__}
+                "started_from": self.started_from, "biotorch_version": __version__}
 
     # -- the end ------------------------------------------------------------------------------------
 
@@ -444,7 +496,8 @@ class Trainer:
                 "images_per_s": self.images_trained / self.train_time_s if self.train_time_s else None,
                 "params_forward": self.params_forward, "params_feedback": self.params_feedback,
                 "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-                "world_size": self.dist.world_size, "biotorch_version": __version__, "recipe": r.to_dict()}
+                "world_size": self.dist.world_size, "biotorch_version": __version__, "recipe": r.to_dict(),
+                "init_from": self.started_from}
 
     def close(self) -> None:
         """Give the run folder back (its lock) and leave the process group; safe to call twice."""
