@@ -1,4 +1,4 @@
-"""The ``biotorch`` command line: ``biotorch list``, ``info``, ``train``, ``eval``, ``push``.
+"""The ``biotorch`` command line: ``biotorch list``, ``info``, ``train``, ``eval``, ``push``, ``robustness``.
 
 Each area registers its own sub-commands; run ``biotorch --help``.
 """
@@ -11,11 +11,12 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="biotorch", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from . import publish, registry, train  # imported here so `biotorch --help` stays quick to start
+    from . import publish, registry, robustness, train  # imported here so `biotorch --help` stays quick to start
 
     registry.add_commands(commands)
     train.add_commands(commands)
     publish.add_commands(commands)
+    robustness.add_commands(commands)
     return parser
 
 

@@ -296,6 +296,9 @@ def _cmd_info(args) -> int:
               f"    test top-1: {_accuracy(cfg)} %  val top-1: {cfg.metrics['val_top1']:.2f} %\n"
               f"    input: {'x'.join(map(str, cfg.input_size))}, mean {cfg.mean}, std {cfg.std}\n"
               f"    hub: {cfg.hub_id}\n    load: biotorch.create_model({cfg.name!r}, pretrained=True)")
+        from .robustness import info_lines  # the robustness block is formatted where it is measured
+
+        print("".join(f"    robustness: {line}\n" for line in info_lines(cfg.metrics.get("robustness"))), end="")
     if not cfgs:
         print("  no pretrained weights yet; train with: biotorch train --model", name)
     return 0
