@@ -188,8 +188,8 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, *,
     Example::
 
         >>> block = evaluate_robustness(model, images, labels, transfer_model=bp, attacks=["pgd"], eps=[0.05])
-        >>> [(r["gradient"], r["top1"]) for r in block]
-        [('exact', 2.1), ('rule', 40.2), ('transfer', 18.7)]
+        >>> [(r["gradient"], r["top1"]) for r in block]        # lenet_fa.fashion_mnist, the 10,000 test images
+        [('exact', 26.43), ('rule', 78.99), ('transfer', 76.16)]
     """
     attacks, eps, gradients = check_attacks(attacks), check_eps(eps), check_gradients(gradients)
     if "transfer" in gradients and transfer_model is None:
@@ -443,8 +443,8 @@ def card_section(cfg: dict, folder: Union[str, Path], cards_dirs: Sequence[Path]
             cells.append("–" if row is None else f"{row['top1']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     same = " For this bp model the three are one attack." if is_bp else ""
-    bp_note = (f" The grey curve is `{cfg['arch']}_bp.{cfg['tag']}` under its own exact gradient "
-               f"({_images(bp_block[0])})." if bp_block else "")
+    bp_note = (f"The grey curve is `{cfg['arch']}_bp.{cfg['tag']}` under its own exact gradient "
+               f"({_images(bp_block[0])}). " if bp_block else "")
     return f"""
 ## Adversarial robustness
 
@@ -457,8 +457,8 @@ sends back to its input; *transfer*, examples crafted on `{cfg['arch']}_bp.{cfg[
 {chr(10).join(lines)}
 
 ![top-1 against ε per gradient source](robustness.png)
-{bp_note}
-Reproduce: `biotorch robustness {cfg['name']}`.
+
+{bp_note}Reproduce: `biotorch robustness {cfg['name']}`.
 """
 
 

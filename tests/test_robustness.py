@@ -93,6 +93,21 @@ def test_for_fa_the_rule_gradient_is_not_the_exact_one():
     assert [r["gradient"] for r in block] == ["exact", "rule"]
 
 
+def test_dfa_rule_gradient_at_the_input_is_the_output_error_projected_by_the_first_layers_feedback():
+    _, model = tiny("dfa")
+    images, labels = data()
+    x = images.clone().requires_grad_()
+    logits = model((x - MEAN[0]) / STD[0])
+    F.cross_entropy(logits, labels).backward()
+    error = (logits.detach().softmax(1) - F.one_hot(labels, 10)) / len(labels)  # dL/dlogits
+    direct = (error @ model[0].feedback_weight.flatten(1)).view_as(x) / STD[0]  # e·B₁, through the normalisation
+    assert torch.allclose(x.grad, direct, atol=1e-7)
+    with biotorch.exact_gradients(model):
+        x.grad = None
+        F.cross_entropy(model((x - MEAN[0]) / STD[0]), labels).backward()
+    assert not torch.allclose(x.grad, direct, atol=1e-7)
+
+
 def test_transfer_crafts_on_the_bp_model_and_never_uses_the_targets_gradient():
     _, target = tiny("fa")
     _, bp = tiny("bp", seed=1)
