@@ -1,4 +1,4 @@
-"""The ``biotorch`` command line: ``list``, ``info``, ``train``, ``eval``, ``push``; run ``biotorch --help``.
+"""The ``biotorch`` command line: ``list``, ``info``, ``train``, ``eval``, ``push``, ``robustness``; run ``biotorch --help``.
 
 Errors are one line on stderr and exit status 2, never a traceback.
 
@@ -22,12 +22,12 @@ import sys
 import typing
 from pathlib import Path
 
-from . import registry
+from . import registry, robustness
 from .convert import exact_gradients
 from .errors import BiotorchError, ConfigError
 from .data import DATASETS, DeviceLoader, dataset_info, load_samples
 from .factory import create_model, from_checkpoint, model_parameters
-from .files import REPO_ROOT
+from .files import REPO_ROOT, SAMPLES
 from .hub import HUB_ORG, MIRROR
 from .publish import publish
 from .registry import PRETRAINED_INDEX, PretrainedCfg, describe, get_pretrained_cfg, list_models, split_name
@@ -89,6 +89,7 @@ def _cmd_info(args) -> int:
               f"    test top-1: {_accuracy(cfg)} %  val top-1: {cfg.metrics['val_top1']:.2f} %\n"
               f"    input: {'x'.join(map(str, cfg.input_size))}, mean {cfg.mean}, std {cfg.std}\n"
               f"    hub: {cfg.hub_id}\n    load: biotorch.create_model({cfg.name!r}, pretrained=True)")
+        print("".join(f"    robustness: {line}\n" for line in robustness.info_lines(cfg.metrics.get("robustness"))), end="")
     if not cfgs:
         print("  no pretrained weights yet; train with: biotorch train --model", name)
     return 0
@@ -136,7 +137,7 @@ def _cmd_train(args) -> int:
 
 
 # --- eval -------------------------------------------------------------------------------------------------
-SAMPLES = REPO_ROOT / "samples"  # sample test images shipped in the repository
+
 
 
 def _samples(folder: Path, dataset: str, device):
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=_cmd_eval)
 
+    robustness.add_commands(commands)
     _push_arguments(subparsers.add_parser(
         "push", help="build model cards from training runs and push the changed ones to the Hub",
         description="Build every model card folder from training runs, regenerate the index and the README "

@@ -21,6 +21,7 @@ from typing import Callable, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a clone's root (model_cards/, recipes/, samples/)
+SAMPLES = REPO_ROOT / "samples"  # sample test images shipped in the repository, one folder per dataset
 
 
 def _default_mode() -> int:

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from . import registry
+from . import registry, robustness
 from .card import RECIPE_PER_RUN, card_body, card_data, markdown_table, pct, seeds_text, spread
 from .data import SPLIT_SEED, dataset_info
 from .errors import ConfigError
@@ -273,6 +273,7 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
         weights = staging / WEIGHTS_NAME
         cfg["files"] = {WEIGHTS_NAME: {"sha256": sha256(weights), "size": weights.stat().st_size}}
         config = json.loads((staging / CONFIG_NAME).read_text())
+        cfg["metrics"].update(robustness.carried_over(out_dir, cfg["files"][WEIGHTS_NAME]["sha256"]))  # same weights
         config["files"], config["pretrained_cfg"] = cfg["files"], cfg
         write_text(staging / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
@@ -281,9 +282,11 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
                         "runs": [r.metrics for r in runs]}
         write_text(staging / "metrics.json", json.dumps(metrics_file, indent=2) + "\n")
         baseline = None if rule == "bp" else _baseline(arch, tag, baseline_runs, out_dir)
-        card = card_data(cfg, best.recipe, hub_org).to_yaml()
+        attacks = robustness.model_index(cfg["metrics"].get("robustness"))
+        card = card_data(cfg, best.recipe, hub_org, extra_results=attacks).to_yaml()
+        section = robustness.card_section(cfg, staging, cards_dirs=(out_dir.parent, MIRROR))  # draws robustness.png
         write_text(staging / "README.md", f"---\n{card}\n---\n"
-                   + card_body(cfg, best.recipe, baseline, has_alignment, owner))
+                   + card_body(cfg, best.recipe, baseline, has_alignment, owner, section))
         for path in staging.iterdir():
             path.chmod(0o644)  # atomic writes create private temporary files; a published repo is readable
         old = out_dir.with_name(f".{out_dir.name}.old")

@@ -19,8 +19,8 @@ NAME = "lenet_fa.fashion_mnist"
 
 
 def model_index(card: ModelCard) -> dict[str, float]:
-    """``{split: top-1}`` from a card's model-index."""
-    return {r.dataset_split: r.metric_value for r in card.data.eval_results}
+    """``{split: top-1}`` from a card's model-index (clean accuracy; attack results carry a metric_config)."""
+    return {r.dataset_split: r.metric_value for r in card.data.eval_results if r.metric_config is None}
 
 
 def outputs(model: torch.nn.Module) -> torch.Tensor:
