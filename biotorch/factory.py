@@ -48,8 +48,19 @@ def _build(arch: str, rule: str, num_classes: Optional[int], in_chans: Optional[
                                  num_classes=model.num_classes, in_chans=model.in_chans, seed=seed,
                                  input_size=list(model.default_input_size))
     model.reset_classifier = types.MethodType(reset_classifier, model)
+    model.register_forward_pre_hook(_check_input)
     _draw_direct_feedback(model)
     return model
+
+
+def _check_input(model: nn.Module, args) -> None:
+    """A wrong input shape is named here, rather than as a matrix-multiply error deep inside the model."""
+    x, (channels, height, width) = args[0], model.default_input_size
+    if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != channels or (
+            model.fixed_input_size and tuple(x.shape[2:]) != (height, width))):
+        size = f"{height}, {width}" if model.fixed_input_size else "H, W"
+        raise ValueError(f"{model.biotorch_config['arch']} takes images of shape (N, {channels}, {size}), "
+                         f"got {tuple(x.shape)}")
 
 
 @torch.no_grad()

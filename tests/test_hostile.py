@@ -301,3 +301,12 @@ def test_equal_weights_give_equal_bytes(tmp_path):
 def test_samples_misuse_says_what_is_wrong(capsys):
     err = one_line_error(capsys, ["eval", "lenet_fa.fashion_mnist", "--samples", "--split", "val"])
     assert "sample test images" in err and "not the val split" in err
+
+
+def test_a_wrong_input_size_is_named():
+    lenet = biotorch.create_model("lenet_fa", in_chans=1)
+    with pytest.raises(ValueError, match=r"lenet takes images of shape \(N, 1, 32, 32\), got \(2, 1, 28, 28\)"):
+        lenet(torch.randn(2, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"resnet20 takes images of shape \(N, 3, H, W\), got \(2, 1, 32, 32\)"):
+        biotorch.create_model("resnet20_fa")(torch.randn(2, 1, 32, 32))
+    assert biotorch.create_model("resnet20_fa")(torch.randn(2, 3, 40, 40)).shape == (2, 10)  # any size: pooled

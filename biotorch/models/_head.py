@@ -31,6 +31,7 @@ class ClassifierMixin:
     attribute named ``classifier_attr`` and whose pooled features have ``num_features`` channels."""
 
     classifier_attr = "head"
+    fixed_input_size = False  # True where flattening ties the layers to default_input_size's height and width
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))

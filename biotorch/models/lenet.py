@@ -27,6 +27,8 @@ class LeNet(ClassifierMixin, nn.Module):
         torch.Size([2, 10])
     """
 
+    fixed_input_size = True
+
     def __init__(self, num_classes: int = 10, in_chans: int = 3) -> None:
         super().__init__()
         self.num_classes = num_classes

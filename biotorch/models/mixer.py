@@ -61,6 +61,8 @@ class MlpMixer(ClassifierMixin, nn.Module):
         torch.Size([2, 10])
     """
 
+    fixed_input_size = True
+
     def __init__(
         self,
         num_classes: int = 10,
