@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +59,15 @@ def write_run(folder: Path, arch: str = "lenet", rule: str = "fa", dataset: str 
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """Tests that make runs deterministic or single-threaded leave the process as they found it."""
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def make_run(tmp_path):
     """``make_run(seed=1, val_top1=..., ...)`` → a run folder under ``tmp_path/runs``."""
@@ -80,3 +92,32 @@ def load_script(name: str):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def kill_and_resume(argv: list[str], run: Path, epochs: int) -> str:
+    """Start ``biotorch <argv> --out run`` in a real process, kill it once its first checkpoint is written,
+    resume it with ``--resume`` (one thread each, as the in-process reference must use) and return the
+    resumed run's stdout."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "biotorch", *argv, "--out", str(run)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state, deadline = run / "checkpoint" / "state.json", time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if json.loads(state.read_text())["epoch"] >= 1:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    finally:
+        process.kill()
+        process.wait()
+    stopped_after = json.loads(state.read_text())["epoch"]
+    assert 1 <= stopped_after < epochs and not (run / "metrics.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "biotorch", "train", "--resume", str(run), "--no-progress"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {run / 'checkpoint'} after epoch {stopped_after}" in resumed.stdout
+    return resumed.stdout

@@ -3,10 +3,6 @@
 Parents are tiny checkpoint folders written here (a few steps on random data); nothing reads ../shared.
 """
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +12,7 @@ from safetensors.torch import load_file
 from timm.models import adapt_input_conv
 
 import biotorch
+from conftest import kill_and_resume
 from biotorch import cli, hub
 from biotorch.data import DATASETS
 from biotorch.training import Trainer, make_recipe
@@ -25,14 +22,6 @@ LABELS = tuple("abcdefghij")  # the parents' classes: not synthetic's, so a run 
 SYNTHETIC = DATASETS["synthetic"].label_names
 TINY = {"model": "lenet", "data": "synthetic", "epochs": 2, "batch_size": 32, "limit_train": 128,
         "alignment_every": 1, "lr": 0.05, "device": "cpu"}
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    yield
-    torch.use_deterministic_algorithms(deterministic)
-    torch.set_num_threads(threads)
 
 
 def parent_folder(folder: Path, name: str = "lenet_fa", label_names=LABELS, **kwargs) -> Path:
@@ -288,30 +277,8 @@ def test_fine_tuning_resumes_after_a_kill_bit_identically(tmp_path):
             "--augment", "crop_flip", "--deterministic", "--alignment-every", "2", "--lr", "0.02",
             "--init-from", str(folder), "--freeze-backbone-epochs", "1", "--backbone-lr-scale", "0.3",
             "--no-progress"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     run = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "biotorch", *args, "--out", str(run)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state, deadline = run / "checkpoint" / "state.json", time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if json.loads(state.read_text())["epoch"] >= 1:
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-    finally:
-        process.kill()
-        process.wait()
-    stopped_after = json.loads(state.read_text())["epoch"]
-    assert 1 <= stopped_after < 3 and not (run / "metrics.json").exists()
-
-    resumed = subprocess.run([sys.executable, "-m", "biotorch", "train", "--resume", str(run), "--no-progress"],
-                             env=env, capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from {run / 'checkpoint'} after epoch {stopped_after}" in resumed.stdout
+    kill_and_resume(args, run, epochs=3)
 
     torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the subprocesses
     reference = tmp_path / "uninterrupted"

@@ -1,10 +1,6 @@
 """The trainer on tiny synthetic data: recipes, records, eval, exact resume after a kill, the zoo script."""
 import json
 import math
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,21 +10,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from biotorch import cli
-from conftest import load_script
+from conftest import kill_and_resume, load_script
 from biotorch.training import Trainer, load_recipe, make_recipe
 from biotorch.training.trainer import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": "lenet", "data": "synthetic", "epochs": 2, "batch_size": 32, "limit_train": 128,
         "alignment_every": 1, "lr": 0.05}
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    yield
-    torch.use_deterministic_algorithms(deterministic)
-    torch.set_num_threads(threads)
 
 
 def same_tensors(file_a, file_b) -> list:
@@ -157,30 +145,8 @@ def test_resume_after_kill_reaches_bitwise_the_same_weights(tmp_path):
     args = ["train", "--model", "lenet", "--rule", "brsf", "--data", "synthetic", "--epochs", "4",
             "--batch-size", "16", "--augment", "crop_flip", "--deterministic", "--alignment-every", "2",
             "--optimizer", "adamw", "--lr", "0.002", "--warmup-epochs", "1", "--no-progress"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     run = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "biotorch", *args, "--out", str(run)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state, deadline = run / "checkpoint" / "state.json", time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if json.loads(state.read_text())["epoch"] >= 1:
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-    finally:
-        process.kill()
-        process.wait()
-    stopped_after = json.loads(state.read_text())["epoch"]
-    assert 1 <= stopped_after < 4 and not (run / "metrics.json").exists()
-
-    resumed = subprocess.run([sys.executable, "-m", "biotorch", "train", "--resume", str(run), "--no-progress"],
-                             env=env, capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from {run / 'checkpoint'} after epoch {stopped_after}" in resumed.stdout
+    kill_and_resume(args, run, epochs=4)
 
     torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the subprocesses
     assert cli.main([*args, "--out", str(tmp_path / "uninterrupted")]) == 0
