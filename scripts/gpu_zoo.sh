@@ -5,10 +5,10 @@
 #   data:   a git-ignored data/ folder travels along: bash scripts/gpu_zoo.sh --stage copies ../shared/data there
 #   probe:  run(command="bash scripts/gpu_zoo.sh --probe", carry=["data"], timeout_s=90)        (≤ 60 s)
 #   zoo:    run(command="BUDGET_S=470 bash scripts/gpu_zoo.sh", carry=["data"], timeout_s=540)
-#   here:   tar xzf <files_at>/cards.tar.gz   (model_cards/, biotorch/pretrained.json, README.md)
+#   here:   cat <files_at>/cards.tar.gz.part-* | tar xz   (this zoo's cards, biotorch/pretrained.json, README.md)
 #
 # Every step has its own timeout; together they end inside BUDGET_S. What comes back is small: zoo.log
-# (every progress line as it happens, so a cut call still returns it), cards.tar.gz (the card folders, the
+# (every progress line as it happens, so a cut call still returns it), cards.tar.gz.part-NN (this zoo's card folders, the
 # index and the README) and records.tar.gz (every run's metrics, history, alignment and recipe, the search).
 # Runs with `python3` as found (PYTHON=... to change), PYTHONPATH=., no pip install, no network.
 # Knobs: BUDGET_S, ZOO (the zoo file), DEVICE, OUT, RUNS, TRAIN_ARGS (extra train_zoo.py flags),
@@ -63,7 +63,10 @@ else
 fi
 
 # Pack: the card folders + index + README, and the runs' records without resume state or weights.
-timeout "$PACK_S" tar czf "$OUT/cards.tar.gz" model_cards biotorch/pretrained.json README.md
+# Only the card folders of this zoo's runs, split under the 16 MiB a returned file may have.
+CARDS=$(ls "$RUNS" 2>/dev/null | sed -n 's/-seed[0-9]*$//p' | sort -u | sed 's|^|model_cards/|' \
+        | while read -r d; do [[ -d "$d" ]] && echo "$d"; done)
+timeout "$PACK_S" tar czf - $CARDS biotorch/pretrained.json README.md | split -b 15m -d - "$OUT/cards.tar.gz.part-"
 timeout "$PACK_S" tar czf "$OUT/records.tar.gz" --exclude=checkpoint --exclude='*.safetensors' --exclude='*.png' \
   --exclude='*.tmp' "$RUNS" "$RUNS-search" 2>/dev/null
 say "packed: $(du -ch "$OUT"/* | tail -1 | cut -f1) in $(ls "$OUT" | wc -l) files; $(( $(date +%s) - T0 ))s of ${BUDGET_S}s"

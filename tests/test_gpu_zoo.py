@@ -1,5 +1,6 @@
 """The one-call GPU pipeline (scripts/gpu_zoo.sh, scripts/train_zoo.py), run end to end on the CPU."""
 import dataclasses
+import io
 import os
 import shutil
 import subprocess
@@ -80,8 +81,11 @@ def test_gpu_zoo_script_end_to_end_on_cpu_within_its_budget(tmp_path):
     assert len(files) <= 6 and sum(f.stat().st_size for f in files) <= 24 * 2 ** 20
     assert "PLAN:" in log and ("chosen on validation for fa" in log or "search dropped" in log)
     assert "2/2 checkpoints match their cards on cpu" in log, log[-3000:]
-    with tarfile.open(out / "cards.tar.gz") as cards:
+    parts = sorted(out.glob("cards.tar.gz.part-*"))
+    assert parts and all(p.stat().st_size <= 15 * 2 ** 20 for p in parts)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as cards:
         names = cards.getnames()
+    assert not any(n.startswith("model_cards/lenet_fa.fashion_mnist") for n in names)  # only this zoo's cards
     assert "model_cards/lenet_fa.synthetic/model.safetensors" in names and "biotorch/pretrained.json" in names
     with tarfile.open(out / "records.tar.gz") as records:
         names = records.getnames()
