@@ -28,7 +28,7 @@ from timm.models import adapt_input_conv
 from torchvision.transforms import v2
 
 from . import data
-from .convert import convert, convert_layer, redraw_feedback
+from .convert import convert, convert_layer, redraw_feedback, rule_layers
 from .errors import CheckpointError, ConfigError
 from .hub import (CONFIG_NAME, WEIGHTS_NAME, PathLike, download_repo, load_checkpoint, load_weights, read_config, read_header,
                   verify_sha256, weights_file)
@@ -36,7 +36,7 @@ from .metrics import count_parameters
 from .models import ARCHITECTURES
 from .nn import LAYERS
 from .registry import describe, get_pretrained_cfg, model_names, split_name
-from .rules import DFA, make_rule
+from .rules import make_rule
 
 
 def _build(arch: str, rule: str, num_classes: Optional[int], in_chans: Optional[int], seed: int,
@@ -65,9 +65,9 @@ def _check_input(model: nn.Module, args) -> None:
 
 @torch.no_grad()
 def _draw_direct_feedback(model: nn.Module) -> None:
-    # dfa feedback is shaped by each layer's input: one dry forward draws it, so it is in the state_dict
-    # (and identical on every DDP rank) before training starts.
-    if any(isinstance(getattr(m, "rule", None), DFA) for m in model.modules()):
+    # Feedback shaped by each layer's input (dfa) is drawn by one dry forward, so that it exists (and is
+    # identical on every DDP rank) before training starts.
+    if any(layer.rule.drawn_at_first_forward for _, layer in rule_layers(model)):
         was_training = model.training
         param = next(model.parameters())
         model.eval()(torch.zeros(1, *model.default_input_size, device=param.device, dtype=param.dtype))

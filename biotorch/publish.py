@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 import yaml
 
 from . import registry, robustness
@@ -37,8 +38,8 @@ from .data import SPLIT_SEED, dataset_info
 from .errors import ConfigError
 from .factory import create_model
 from .files import REPO_ROOT, sha256, write_text
-from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, load_checkpoint, save_pretrained,
-                  upload_folder)
+from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, load_checkpoint, read_checkpoint,
+                  save_pretrained, upload_folder)
 from .metrics import count_parameters
 from .registry import PRETRAINED_INDEX, PretrainedCfg, finetune_tag
 from .training import records
@@ -373,12 +374,9 @@ def _published_sha(folder: Path) -> Optional[str]:
 
 def _same_weights(run: Run, folder: Path) -> bool:
     """Whether ``folder``'s published weights hold exactly the run's tensors (the dry run cannot hash a new file)."""
-    from safetensors.torch import load_file
-    import torch
-
     if not (folder / WEIGHTS_NAME).is_file():
         return False
-    new, old = load_file(str(run.folder / RUN_WEIGHTS)), load_file(str(folder / WEIGHTS_NAME))
+    (new, _), (old, _) = read_checkpoint(run.folder / RUN_WEIGHTS), read_checkpoint(folder / WEIGHTS_NAME)
     return new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
 
 

@@ -95,6 +95,8 @@ class Rule:
     # Feedback buffers that are functions of (seed, step): not saved, re-derived by after_load, and
     # checked against the fingerprint saved with the weights (biotorch.convert.feedback_fingerprint).
     derived: ClassVar[tuple[str, ...]] = ()
+    # True when feedback is shaped by the layer's input and drawn at its first forward (dfa).
+    drawn_at_first_forward: ClassVar[bool] = False
 
     def setup(self, layer: nn.Module, seed: int) -> None:
         pass
@@ -287,6 +289,7 @@ class DFA(Rule):
 
     name = "dfa"
     options = ("dfa_feedback", "feedback_init")
+    drawn_at_first_forward = True
     derived = ("feedback_weight", "feedback_spatial")
 
     def __init__(self, dfa_feedback: str = "dense", feedback_init: str = "default"):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from ._head import ClassifierMixin, new_classifier
+from ._head import ClassifierMixin
 
 __all__ = ["ImageNetResNet", "resnet18", "resnet34", "resnet50"]
 

@@ -26,6 +26,7 @@ import yaml
 
 from ..data import DATASETS
 from ..errors import ConfigError
+from ..files import write_text
 from ..models import ARCHITECTURES
 from ..registry import get_pretrained_cfg, split_name
 from ..rules import RULES, make_rule
@@ -377,8 +378,6 @@ def load_recipe(path=None, overrides: Optional[dict] = None, *, resolved: bool =
 
 
 def save_recipe(recipe: Recipe, path) -> None:
-    from .records import write_text
-
     write_text(path, "# Resolved recipe of this run: `biotorch train --recipe` reproduces it.\n"
                + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
