@@ -12,7 +12,7 @@ Example::
     >>> model = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True)
 """
 from . import data, hub, nn, registry, rules
-from .convert import convert, exact_gradients, feedback_step, redraw_feedback, rule_layers, summary
+from .convert import convert, exact_gradients, feedback_step, redraw_feedback, rule_layers, summary, to_torch
 from .factory import create_model, from_pretrained, register_with_timm, transforms
 from .hub import save_pretrained
 from .metrics import alignment, gradient_alignment
@@ -26,4 +26,4 @@ register_with_timm()  # timm.create_model("resnet20_fa") works after `import bio
 __all__ = ["RULES", "PretrainedCfg", "__version__", "alignment", "convert", "create_model", "data",
            "exact_gradients", "feedback_step", "from_pretrained", "get_pretrained_cfg", "gradient_alignment", "hub",
            "list_models", "nn", "push_to_hub", "redraw_feedback", "registry", "rule_layers", "rules",
-           "save_pretrained", "summary", "transforms"]
+           "save_pretrained", "summary", "to_torch", "transforms"]

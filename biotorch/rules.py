@@ -257,19 +257,20 @@ class _ErrorSlot:
 
 
 class OutputError:
-    """Per-model context for direct feedback: hooks on the root module capture the output error."""
+    """Per-model context for direct feedback, shared by the dfa layers and the model's output layer.
+
+    Each forward pass binds the current slot in every dfa layer it runs; the output layer ends the pass:
+    the backward of its output records the output error in that slot, and the next pass gets a new slot.
+    Living in the layers (no hooks on the model), it works the same in an fx-traced copy of the model.
+    """
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
         self.current = _ErrorSlot()
 
-    def pre_forward(self, module, args):
-        self.current = _ErrorSlot()
-
-    def post_forward(self, module, args, output):
-        if not isinstance(output, Tensor):
-            raise TypeError(f"dfa needs the model to return one tensor of logits, got {type(output).__name__}")
-        return capture_error(output, self.current) if output.requires_grad else output
+    def capture(self, output: Tensor) -> Tensor:
+        slot, self.current = self.current, _ErrorSlot()
+        return capture_error(output, slot) if output.requires_grad else output
 
 
 class DFA(Rule):
@@ -297,10 +298,16 @@ class DFA(Rule):
 
     def setup(self, layer, seed):
         _register_seed(layer, seed)
-        empty = torch.empty(0, device=layer.weight.device, dtype=layer.weight.dtype)
-        layer.register_buffer("feedback_weight", empty, persistent=False)
+        layer.register_buffer("feedback_weight", None, persistent=False)
         if self.dfa_feedback == "factorized":
-            layer.register_buffer("feedback_spatial", empty.clone(), persistent=False)
+            layer.register_buffer("feedback_spatial", None, persistent=False)
+        self.discard(layer)
+
+    def discard(self, layer) -> None:
+        """Forget the drawn feedback: the next forward draws it for the current classes and input size."""
+        layer.feedback_weight = layer.weight.new_empty(0)
+        if self.dfa_feedback == "factorized":
+            layer.feedback_spatial = layer.weight.new_empty(0)
 
     def _shapes(self, num_classes: int, input_shape) -> tuple:
         if self.dfa_feedback == "factorized" and len(input_shape) > 2:
@@ -330,10 +337,9 @@ class DFA(Rule):
             self.draw(layer, layer.feedback_weight.shape[0], input_shape)
 
     def signal(self, layer, input):
-        context: Optional[OutputError] = getattr(layer, "output_error", None)
-        if context is None:
-            raise RuntimeError("a dfa layer needs the model's output error: build the model with "
-                               "biotorch.convert(model, 'dfa') so the output is captured")
+        context: Optional[OutputError] = layer.output_error
+        if context is None:  # no output layer yet (a model without a head): the backward says so
+            return None, functools.partial(self.project, layer, _ErrorSlot())
         expected, _ = self._shapes(context.num_classes, input.shape)
         if layer.feedback_weight.numel() == 0:
             self.draw(layer, context.num_classes, input.shape)
@@ -350,8 +356,9 @@ class DFA(Rule):
     def project(self, layer, slot: _ErrorSlot, input_shape) -> Tensor:
         error = slot.error
         if error is None:
-            raise RuntimeError("dfa: no output error was captured in this backward pass; call backward on a "
-                               "loss computed from the converted model's output")
+            raise RuntimeError("dfa: no output error reached this layer: call backward on a loss computed from "
+                               "the output of the model biotorch.convert made learn by dfa (a model without a "
+                               "classifier, or a feature extractor, has no output error)")
         feedback = layer.feedback_weight
         if error.shape[1] != feedback.shape[0]:
             raise RuntimeError(f"dfa: the output has {error.shape[1]} classes but feedback was drawn for "
