@@ -314,6 +314,11 @@ class DFA(Rule):
             return (num_classes, input_shape[1]), tuple(input_shape[1:])
         return (num_classes, *input_shape[1:]), None
 
+    def _drawn(self, layer) -> tuple:
+        spatial = getattr(layer, "feedback_spatial", None)
+        return (tuple(layer.feedback_weight.shape),
+                tuple(spatial.shape) if spatial is not None and spatial.numel() else None)
+
     @torch.no_grad()
     def draw(self, layer, num_classes: int, input_shape) -> None:
         """Draw B (and V when factorized) for ``num_classes`` outputs and inputs of ``input_shape``."""
@@ -340,17 +345,17 @@ class DFA(Rule):
         context: Optional[OutputError] = layer.output_error
         if context is None:  # no output layer yet (a model without a head): the backward says so
             return None, functools.partial(self.project, layer, _ErrorSlot())
-        expected, _ = self._shapes(context.num_classes, input.shape)
+        expected = self._shapes(context.num_classes, input.shape)
         if layer.feedback_weight.numel() == 0:
             self.draw(layer, context.num_classes, input.shape)
-        elif not layer.feedback_weight.is_contiguous():
+        elif torch.is_grad_enabled() and self._drawn(layer) != expected:
+            raise RuntimeError(f"dfa feedback was drawn for {self._drawn(layer)} ((num_classes, *input), and "
+                               f"the spatial factor when factorized) but this input needs {expected}; call "
+                               "biotorch.redraw_feedback(model) after changing input size or head")
+        if not layer.feedback_weight.is_contiguous():
             # B is read flat, as (classes, C·H·W); after .to(memory_format=channels_last) make it
             # contiguous once here rather than copying it in every backward.
             layer.feedback_weight = layer.feedback_weight.contiguous()
-        elif tuple(layer.feedback_weight.shape) != expected and torch.is_grad_enabled():
-            raise RuntimeError(f"dfa feedback was drawn for {tuple(layer.feedback_weight.shape)} "
-                               f"(num_classes, *input) but this input needs {expected}; call "
-                               "biotorch.redraw_feedback(model) after changing input size or head")
         return None, functools.partial(self.project, layer, context.current)
 
     def project(self, layer, slot: _ErrorSlot, input_shape) -> Tensor:
