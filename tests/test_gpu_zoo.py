@@ -13,6 +13,12 @@ import pytest
 from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ignore(folder, names):
+    # the clone's own data/ and runs/ stay behind, not biotorch/data (the package)
+    skip = set(shutil.ignore_patterns(".git", "__pycache__", "*.egg-info")(folder, names))
+    return skip | ({"data", "runs"} & set(names) if Path(folder) == ROOT else set())
 zoo = load_script("train_zoo")
 
 
@@ -64,7 +70,7 @@ def test_plan_fits_the_budget_and_drops_a_search_that_would_halve_the_runs(tmp_p
 
 def test_gpu_zoo_script_end_to_end_on_cpu_within_its_budget(tmp_path):
     repo = tmp_path / "repo"
-    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".git", "runs", "data", "__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT, repo, ignore=_ignore)
     out, budget = tmp_path / "out", 100
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OUT": str(out), "BUDGET_S": str(budget),
            "ZOO": "tests/fixtures/zoo_tiny.yaml", "PUBLISH_S": "25", "VERIFY_S": "25", "PACK_S": "5",
