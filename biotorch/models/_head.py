@@ -35,10 +35,12 @@ def new_classifier(in_features: int, num_classes: int, like: nn.Module | None = 
 
 
 def check_global_pool(global_pool: str, allowed: tuple[str, ...], num_classes: int, arch: str) -> str:
-    """``global_pool`` if the architecture offers it; no pooling ("") only without a classifier."""
+    """``global_pool`` if the architecture offers it. Where "" is one choice among poolings it leaves the map
+    unpooled, which only a model without a classifier takes; where it is the only one (no global pooling:
+    the head reads the whole map) any head does."""
     if global_pool not in allowed:
         raise ValueError(f"{arch}: global_pool must be one of {', '.join(map(repr, allowed))}; got {global_pool!r}")
-    if global_pool == "" and num_classes > 0 and len(allowed) > 1:
+    if global_pool == "" and num_classes > 0 and allowed != ("",):
         raise ValueError(f"{arch}: global_pool='' leaves the feature map unpooled, which only num_classes=0 "
                          "(no classifier) accepts: pass global_pool='avg' with a classifier")
     return global_pool
