@@ -12,7 +12,7 @@ Example::
     >>> model = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True)
 """
 from . import data, hub, nn, registry, rules
-from .convert import convert, exact_gradients, feedback_step, redraw_feedback, rule_layers, summary
+from .convert import convert, exact_gradients, feedback_step, redraw_feedback, rule_layers, summary, to_torch
 from .factory import create_model, from_pretrained, init_from, register_with_timm, transforms
 from .hub import save_pretrained
 from .metrics import alignment, gradient_alignment
@@ -27,4 +27,4 @@ __all__ = ["RULES", "PretrainedCfg", "__version__", "alignment", "convert", "cre
            "exact_gradients", "feedback_step", "from_pretrained", "get_pretrained_cfg", "gradient_alignment", "hub",
            "init_from",
            "list_models", "nn", "push_to_hub", "redraw_feedback", "registry", "rule_layers", "rules",
-           "save_pretrained", "summary", "transforms"]
+           "save_pretrained", "summary", "to_torch", "transforms"]

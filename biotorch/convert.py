@@ -6,10 +6,12 @@ Example::
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)  # kp's B is in parameters()
     >>> loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
     >>> biotorch.feedback_step(model)    # after every optimizer step: brsf redraws, wm mirrors; no-op else
+    >>> plain = biotorch.to_torch(model)  # the inverse: torch.nn layers, same forward, for export
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import hashlib
 import warnings
@@ -49,7 +51,8 @@ def convert(model: nn.Module, rule: Union[str, Rule], *, exclude: Iterable[str] 
         strict: raise if a module holds parameters that no rule covers (e.g. ``nn.MultiheadAttention``'s
             packed projections), instead of warning.
         seed: feedback of the i-th converted layer is drawn from ``seed * 10007 + i``.
-        num_classes: dfa only: size of the output error; default the ``out_features`` of the last Linear.
+        num_classes: dfa only: size of the output error; default the outputs of the model's output layer
+            (timm's ``get_classifier()``, else the last Linear), where the error is captured.
         **rule_options: options of the rule (``biotorch.RULES[rule].options``).
     """
     if type(model) in LAYERS:
@@ -90,23 +93,67 @@ def convert_layer(model: nn.Module, name: str, rule: Union[str, Rule], seed: int
     return layer
 
 
+def _output_layer(model: nn.Module) -> Optional[nn.Module]:
+    """The layer whose output is the model's output: timm's ``get_classifier()`` (None for a model without
+    a head), else the last Linear."""
+    if callable(getattr(model, "get_classifier", None)):
+        head = model.get_classifier()
+        return None if isinstance(head, nn.Identity) else head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("dfa takes the output error at the model's output layer, its last Linear (or timm's "
+                         "get_classifier()); this model has none")
+    return linears[-1]
+
+
 def _attach_output_error(model: nn.Module, num_classes: Optional[int]) -> None:
-    for handle in getattr(model, "_biotorch_hooks", ()):
-        handle.remove()
-    model._biotorch_hooks = []
-    dfa_layers = [m for _, m in rule_layers(model) if isinstance(m.rule, DFA)]
+    layers = [m for _, m in rule_layers(model)]
+    for layer in layers:
+        layer.output_error, layer.captures_output_error = None, False
+    dfa_layers = [m for m in layers if isinstance(m.rule, DFA)]
     if not dfa_layers:
         return
-    if num_classes is None:
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ValueError("dfa needs the number of outputs: pass num_classes= to biotorch.convert")
-        num_classes = linears[-1].out_features
-    context = OutputError(num_classes)
-    model._biotorch_hooks = [model.register_forward_pre_hook(context.pre_forward),
-                             model.register_forward_hook(context.post_forward)]
+    output = _output_layer(model)
+    if output is None:  # no head yet: the dfa layers get their context with one (redraw_feedback)
+        return
+    if not isinstance(output, RuleLayer):
+        name = next(n for n, m in model.named_modules() if m is output)
+        raise ValueError(f"dfa takes the output error at the model's output layer {name!r}, so it must be "
+                         "converted too: do not exclude it (its weight gradient is the same under every rule)")
+    context = OutputError(output.weight.shape[0] if num_classes is None else num_classes)
+    output.output_error, output.captures_output_error = context, True
     for layer in dfa_layers:
         layer.output_error = context
+
+
+def to_torch(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in plain torch.nn, the inverse of :func:`convert`: every rule layer back to its
+    torch.nn type with the same forward weights; feedback and rules are dropped. The forward pass is the same,
+    so the copy is what to export (ONNX, TorchScript, ``torch.export``).
+
+    Example::
+
+        >>> plain = biotorch.to_torch(biotorch.create_model("resnet20_fa")).eval()
+        >>> torch.onnx.export(plain, torch.randn(1, 3, 32, 32), "resnet20.onnx")
+    """
+    plain = copy.deepcopy(model)
+    for key in ("biotorch_config", "reset_classifier"):  # biotorch's: the rule, and a head that learns by it
+        plain.__dict__.pop(key, None)
+    for key, hook in list(plain._forward_pre_hooks.items()):  # and the factory's input check
+        if getattr(hook, "__module__", "").startswith("biotorch."):
+            del plain._forward_pre_hooks[key]
+    torch_types = {biotorch_type: torch_type for torch_type, biotorch_type in LAYERS.items()
+                   if torch_type is not biotorch_type}
+    for name, layer in list(rule_layers(plain)):
+        torch_type = torch_types[type(layer)]
+        module = torch_type(**layer._constructor_args(layer), bias=layer.bias is not None, device="meta")
+        module.weight, module.bias = layer.weight, layer.bias
+        module.train(layer.training)
+        if not name:
+            return module
+        parent, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent), child, module)
+    return plain
 
 
 def feedback_step(model: nn.Module) -> None:
@@ -120,16 +167,15 @@ def feedback_step(model: nn.Module) -> None:
 
 
 def redraw_feedback(model: nn.Module, num_classes: Optional[int] = None) -> None:
-    """Redraw dfa feedback at the next forward (after a new head or input size), for ``num_classes`` outputs.
+    """Redraw dfa feedback at the next forward (after a new head or input size), for ``num_classes`` outputs
+    (default: the output layer's).
 
     Also attaches dfa layers added since conversion (e.g. a new head) to the model's output error.
     """
-    layers = [layer for _, layer in rule_layers(model) if isinstance(layer.rule, DFA)]
-    if num_classes is None:
-        num_classes = next((l.output_error.num_classes for l in layers if hasattr(l, "output_error")), None)
     _attach_output_error(model, num_classes)
-    for layer in layers:
-        layer.rule.setup(layer, int(layer.feedback_seed))
+    for _, layer in rule_layers(model):
+        if isinstance(layer.rule, DFA):
+            layer.rule.discard(layer)
 
 
 def feedback_fingerprint(model: nn.Module) -> str:

@@ -1,12 +1,19 @@
-"""The builder: ``create_model``, ``from_pretrained``, ``transforms`` and the timm entry points.
+"""The builder: ``create_model``, ``from_pretrained``, ``init_from``, ``transforms`` and the timm entry points.
 
 A model is an architecture (``biotorch.models``) converted to a learning rule (``biotorch.convert``),
 optionally with published weights (``biotorch.hub``) described by the registry (``biotorch.registry``).
+
+Every name is a timm model, built one way: ``timm.create_model`` calls the name's entry point, which builds
+through timm's ``build_model_with_cfg`` (the ``pretrained_cfg`` every instance carries, timm's factory
+arguments, the ``features_only`` wrappers) around :func:`_model` (architecture × rule, weights loaded by
+biotorch's own loader: mirror, then Hub, sha256 checked). ``biotorch.create_model`` is ``timm.create_model``
+with biotorch's name checks and its registry as the source of pretrained cfgs.
 
 Example::
 
     >>> model = biotorch.create_model("resnet20_dfa", num_classes=100)
     >>> model.reset_classifier(5)                    # new head learns with dfa; feedback redrawn for 5
+    >>> model = timm.create_model("lenet_fa.fashion_mnist", pretrained=True, features_only=True)
     >>> model = biotorch.from_pretrained("hf-hub:biotorch/lenet_fa.fashion_mnist")
     >>> model = biotorch.create_model("lenet_fa", num_classes=10, in_chans=3)
     >>> biotorch.init_from(model, "lenet_fa.fashion_mnist")   # fine-tuning: new head, conv1 adapted to RGB
@@ -20,42 +27,114 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
+import timm
 import torch
+from timm.layers import register_notrace_module
+from timm.models import adapt_input_conv, build_model_with_cfg, register_model, resolve_pretrained_cfg
 from torch import nn
-from timm.models import adapt_input_conv
 from torchvision.transforms import v2
 
 from . import data
 from .convert import convert, convert_layer, redraw_feedback, rule_layers
 from .errors import CheckpointError, ConfigError
-from .hub import (CONFIG_NAME, WEIGHTS_NAME, PathLike, download_repo, load_checkpoint, load_weights, read_config, read_header,
-                  verify_sha256, weights_file)
+from .hub import (CONFIG_NAME, WEIGHTS_NAME, PathLike, download_repo, load_checkpoint, load_weights, read_config,
+                  read_header, verify_sha256, weights_file)
 from .metrics import count_parameters
-from .models import ARCHITECTURES
+from .models import ARCHITECTURES, DEFAULT_CFGS
 from .nn import LAYERS
-from .registry import describe, get_pretrained_cfg, model_names, split_name
-from .rules import make_rule
+from .registry import PretrainedCfg, describe, get_pretrained_cfg, model_names, split_name, timm_cfg, timm_default_cfgs
+from .rules import RULES, make_rule
+
+__all__ = ["create_model", "from_checkpoint", "from_pretrained", "init_from", "model_parameters",
+           "register_with_timm", "transforms"]
+
+# timm's factory arguments every name takes (timm drops those given as None), then biotorch's own. Options of
+# a learning rule go to the rule, which refuses another rule's with a ValueError; anything else is a
+# TypeError, as in timm.
+TIMM_ARGUMENTS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "num_classes", "in_chans",
+                  "img_size", "global_pool", "drop_rate", "features_only", "out_indices", "feature_cls", "device",
+                  "dtype")
+BIOTORCH_ARGUMENTS = ("seed", "checkpoint")
+RULE_OPTIONS = tuple(dict.fromkeys(option for rule in RULES.values() for option in rule.options))
 
 
-def _build(arch: str, rule: str, num_classes: Optional[int], in_chans: Optional[int], seed: int,
-           rule_options: dict) -> nn.Module:
-    given = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans).items() if v is not None}
-    model = ARCHITECTURES[arch](**given)  # the architecture's defaults for what is not given
+class _Weights(NamedTuple):
+    """Where the weights of a build come from: a published ``record`` or a ``path``, and its classes."""
+
+    record: Optional[PretrainedCfg]
+    path: Optional[PathLike]
+    num_classes: Optional[int]  # of the checkpoint's head; None: whatever the model is built with
+
+
+def _weights(model_name: str, cfg, checkpoint: Optional[PathLike]) -> _Weights:
+    if checkpoint is not None:
+        return _Weights(None, checkpoint, None)
+    if cfg.file:  # timm's pretrained_cfg_overlay=dict(file=...): a local file of this model's weights
+        return _Weights(None, cfg.file, cfg.num_classes)
+    record = get_pretrained_cfg(f"{model_name}.{cfg.tag}" if cfg.tag else model_name)
+    if cfg.hf_hub_id != record.hub_id or cfg.url or cfg.state_dict:
+        raise ValueError(f"{model_name}: biotorch loads the weights it publishes ({record.hub_id}), checked "
+                         "against their sha256; for other weights pass checkpoint=PATH, "
+                         "pretrained_cfg_overlay=dict(file=PATH) or use biotorch.from_pretrained('hf-hub:...')")
+    return _Weights(record, None, record.num_classes)
+
+
+def _model(model_name: str, rule_options: dict, weights: Optional[_Weights], cache_dir: Optional[PathLike], *,
+           num_classes: int, in_chans: int, img_size: Optional[tuple[int, int]] = None,
+           global_pool: Optional[str] = None, drop_rate: float = 0.0, device: Union[str, torch.device, None] = None,
+           dtype: Optional[torch.dtype] = None, seed: int = 0) -> nn.Module:
+    """Architecture × rule, with its weights: what timm's ``build_model_with_cfg`` instantiates.
+
+    Weights are loaded strictly into the head they were trained with (on ``device``, before any ``dtype``
+    cast, so the feedback fingerprint is checked as saved); a different ``num_classes`` or any
+    ``global_pool`` then gets a new head, which learns with the model's rule. ``img_size`` reaches the
+    architectures that take one (mlp, mixer) when it is not their default.
+    """
+    arch, rule, _ = split_name(model_name)
+    trained_classes = weights.num_classes if weights is not None and weights.num_classes is not None else num_classes
+    size = (img_size, img_size) if isinstance(img_size, int) else img_size
+    given = dict(global_pool=None if weights is not None else global_pool,
+                 img_size=None if size is None or tuple(size) == DEFAULT_CFGS[arch]["input_size"][1:] else tuple(size))
+    model = ARCHITECTURES[arch](num_classes=trained_classes, in_chans=in_chans, drop_rate=drop_rate,
+                                **{k: v for k, v in given.items() if v is not None})
     convert(model, rule, seed=seed, **rule_options)
-    model.biotorch_config = dict(arch=arch, rule=rule, rule_options=dict(rule_options),
-                                 num_classes=model.num_classes, in_chans=model.in_chans, seed=seed,
-                                 input_size=list(model.default_input_size))
+    model.biotorch_config = dict(arch=arch, rule=rule, rule_options=dict(rule_options), num_classes=trained_classes,
+                                 in_chans=in_chans, seed=seed, input_size=list(model.default_input_size))
     model.reset_classifier = types.MethodType(reset_classifier, model)
     model.register_forward_pre_hook(_check_input)
+    if device is not None:
+        model.to(device)
     _draw_direct_feedback(model)
+    if weights is not None and weights.record is not None and in_chans != weights.record.input_size[0]:
+        taken = init_from(model, weights.record.name, cache_dir=cache_dir)  # the first convolution adapted
+        print(f"biotorch: {weights.record.name} was trained on {weights.record.input_size[0]}-channel images; "
+              f"{', '.join(taken['adapted'])} adapted to {in_chans} (timm's adapt_input_conv)", file=sys.stderr)
+    elif weights is not None:
+        load_weights(model, weights.record, weights.path, cache_dir=cache_dir)
+    if weights is not None:
+        if weights.record is not None:  # its feedback came from its own seed
+            model.biotorch_config["seed"] = weights.record.metrics.get("seed", seed)
+        if num_classes != trained_classes or global_pool is not None:
+            print(f"biotorch: {model_name} was trained with {trained_classes} classes; the head is re-initialised "
+                  f"for num_classes={num_classes}" + (f", global_pool={global_pool!r}" if global_pool is not None
+                                                      else ""), file=sys.stderr)
+            model.reset_classifier(num_classes, global_pool)
+    if dtype is not None:
+        model.to(dtype)
     return model
 
 
-def _check_input(model: nn.Module, args) -> None:
-    """A wrong input shape is named here, rather than as a matrix-multiply error deep inside the model."""
-    x, (channels, height, width) = args[0], model.default_input_size
+def _check_input(model, args: tuple[torch.Tensor]) -> None:
+    """A wrong input shape is named here, rather than as a matrix-multiply error deep inside the model (a
+    forward pre-hook; TorchScript compiles it to nothing, so scripted models check nothing)."""
+    if not torch.jit.is_scripting():
+        _check_shape(model, args[0])
+
+
+def _check_shape(model: nn.Module, x) -> None:
+    channels, height, width = model.default_input_size
     if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != channels or (
             model.fixed_input_size and tuple(x.shape[2:]) != (height, width))):
         size = f"{height}, {width}" if model.fixed_input_size else "H, W"
@@ -74,10 +153,10 @@ def _draw_direct_feedback(model: nn.Module) -> None:
         model.train(was_training)
 
 
-def reset_classifier(model: nn.Module, num_classes: int, *args, **kwargs) -> None:
+def reset_classifier(model: nn.Module, num_classes: int, global_pool: Optional[str] = None) -> None:
     """timm's ``reset_classifier``; the new head learns with the model's rule (dfa feedback is redrawn)."""
     config = model.biotorch_config
-    type(model).reset_classifier(model, num_classes, *args, **kwargs)
+    type(model).reset_classifier(model, num_classes, global_pool)
     head = model.get_classifier()
     if type(head) in LAYERS:
         name = next(n for n, m in model.named_modules() if m is head)
@@ -87,50 +166,72 @@ def reset_classifier(model: nn.Module, num_classes: int, *args, **kwargs) -> Non
     _draw_direct_feedback(model)
 
 
+def _build(model_name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+           cache_dir: Optional[PathLike] = None, checkpoint: Optional[PathLike] = None, **kwargs) -> nn.Module:
+    """One model through timm's ``build_model_with_cfg``: ``pretrained_cfg`` resolved as timm does (a tag, a
+    dict or ``PretrainedCfg``, an overlay), features wrapped by timm's feature classes."""
+    arch, rule, _ = split_name(model_name)
+    rule_options = {k: kwargs.pop(k) for k in RULE_OPTIONS if k in kwargs}
+    if kwargs.get("features_only") and not DEFAULT_CFGS[arch]["feature_maps"]:
+        cnns = ", ".join(a for a, c in DEFAULT_CFGS.items() if c["feature_maps"])
+        raise ValueError(f"{model_name}: features_only needs spatial feature maps, and {arch} has none; "
+                         f"the architectures with feature maps (feature_info) are {cnns}")
+    if pretrained and not pretrained_cfg and checkpoint is None and not (pretrained_cfg_overlay or {}).get("file"):
+        pretrained_cfg = timm_cfg(model_name, get_pretrained_cfg(model_name))  # no tag: biotorch's default tag
+    cfg = resolve_pretrained_cfg(model_name, pretrained_cfg, pretrained_cfg_overlay)
+    weights = _weights(model_name, cfg, checkpoint) if pretrained or checkpoint is not None else None
+    build = functools.partial(_model, model_name, rule_options, weights, cache_dir)
+    return build_model_with_cfg(build, model_name, pretrained=False, pretrained_cfg=cfg,
+                                feature_cfg=dict(out_indices=tuple(range(DEFAULT_CFGS[arch]["feature_maps"]))),
+                                **kwargs)
+
+
+def _entrypoint(model_name: str):
+    _, rule, _ = split_name(model_name)
+
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        unknown = sorted(set(kwargs) - {*TIMM_ARGUMENTS, *BIOTORCH_ARGUMENTS, *RULE_OPTIONS})
+        if unknown:
+            raise TypeError(f"{model_name} got unexpected argument(s) {', '.join(unknown)}; it takes "
+                            f"{', '.join((*TIMM_ARGUMENTS, *BIOTORCH_ARGUMENTS))} and the options of its rule "
+                            f"{rule}: {', '.join(RULES[rule].options) or 'none'}")
+        return _build(model_name, pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = model_name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = describe(model_name)
+    return entrypoint
+
+
 def create_model(name: str, pretrained: bool = False, num_classes: Optional[int] = None,
                  in_chans: Optional[int] = None, device: Union[str, torch.device, None] = None, seed: int = 0,
-                 checkpoint: Union[str, Path, None] = None, **rule_options: Any) -> nn.Module:
+                 checkpoint: Union[str, Path, None] = None, **kwargs: Any) -> nn.Module:
     """Build ``arch_rule`` (or ``arch_rule.tag``), optionally with its pretrained weights.
+
+    The same model as ``timm.create_model(name, ...)``, with friendlier errors for unknown names and tags.
 
     Args:
         name: e.g. ``"resnet20_fa"`` or ``"resnet20_fa.fashion_mnist"`` (a tag sets num_classes/in_chans
             from the checkpoint's metadata even without weights).
-        pretrained: load the tag's published weights (local folder → clone's ``model_cards/`` → Hub).
-        num_classes: with ``pretrained``, a value different from the checkpoint's gives a new head (and
-            dfa feedback drawn for it), with a warning (:func:`init_from`).
+        pretrained: load the tag's published weights (the default tag when none is named; local folder →
+            clone's ``model_cards/`` → Hub).
+        num_classes: a value different from the checkpoint's drops and re-initialises the head (and
+            redraws dfa feedback), with a warning; 0 for no head.
         in_chans: input channels; with ``pretrained``, a value different from the checkpoint's adapts the first
             convolution as timm does (:func:`init_from`).
         device: where the model lives (weights are loaded straight there).
         seed: seed of the feedback matrices (ignored when loading weights, which carry their feedback).
         checkpoint: a local folder or ``.safetensors`` file to load instead of the published weights.
-        **rule_options: options of the rule, e.g. ``mirror_lr`` for wm.
+        **kwargs: timm's factory arguments (``global_pool``, ``drop_rate``, ``features_only``,
+            ``out_indices``, ``pretrained_cfg_overlay``, ``dtype``, ...) and the options of the rule, e.g.
+            ``mirror_lr`` for wm.
     """
     arch, rule, tag = split_name(name)
-    cfg = get_pretrained_cfg(name) if pretrained or tag else None
-    if cfg is not None:
-        rule_options = {**cfg.rule_options, **rule_options}
-    model = _build(arch, rule, num_classes if num_classes is not None else (cfg.num_classes if cfg else None),
-                   in_chans or (cfg.input_size[0] if cfg else None), seed, rule_options)
-    if cfg is not None:
-        model.pretrained_cfg = dataclasses.asdict(cfg)
-    if device is not None:
-        model.to(device)
-    if checkpoint is not None or not pretrained:
-        if checkpoint is not None:
-            load_weights(model, cfg, checkpoint)
-        return model
-    if (model.num_classes, model.in_chans) == (cfg.num_classes, cfg.input_size[0]):
-        load_weights(model, cfg)
-        model.biotorch_config["seed"] = cfg.metrics.get("seed", seed)  # its feedback came from its own seed
-        return model
-    taken = init_from(model, cfg.name)
-    if taken["head"] == "new":
-        print(f"biotorch: {cfg.name} was trained with {cfg.num_classes} classes; the head is re-initialised for "
-              f"{model.num_classes}", file=sys.stderr)
-    if taken["adapted"]:
-        print(f"biotorch: {cfg.name} was trained on {cfg.input_size[0]}-channel images; "
-              f"{', '.join(taken['adapted'])} adapted to {model.in_chans} (timm's adapt_input_conv)", file=sys.stderr)
-    return model
+    model_name = f"{arch}_{rule}"
+    if tag:  # biotorch's registry, not timm's copy of it: its errors name the tags there are
+        kwargs.setdefault("pretrained_cfg", timm_cfg(model_name, get_pretrained_cfg(name)))
+    return timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
+                             device=device, seed=seed, checkpoint=checkpoint, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -140,35 +241,30 @@ def model_parameters(name: str) -> tuple[int, int]:
         return count_parameters(create_model(name))
 
 
-# --- timm interop: every name is a timm entrypoint after `import biotorch` -------------------------------
-def _timm_entrypoint(model_name: str):
-    def entrypoint(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, **kwargs):
-        tag = getattr(pretrained_cfg, "tag", None) if pretrained_cfg is not None else None
-        for unused in ("features_only", "cache_dir"):
-            kwargs.pop(unused, None)
-        return create_model(f"{model_name}.{tag}" if tag else model_name, pretrained=pretrained, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = model_name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = describe(model_name)
-    return entrypoint
-
-
-def register_with_timm() -> None:
-    try:
-        from timm.models import register_model
-    except ImportError:  # timm is optional at run time
-        return
-    for model_name in model_names():
-        register_model(_timm_entrypoint(model_name))
+def _checkpoint_args(model_name: str, config: dict, num_classes: Optional[int], in_chans: Optional[int]) -> dict:
+    """``create_model``'s arguments for a checkpoint's ``config.json`` (``{}`` for a bare file): its classes,
+    channels, seed and rule options, and its timm cfg (the published record's, else the architecture's for
+    these classes and channels)."""
+    args = dict(num_classes=config.get("num_classes", num_classes), in_chans=config.get("in_chans", in_chans),
+                seed=config.get("seed", 0), **config.get("rule_options", {}))
+    if config.get("pretrained_cfg"):  # a published checkpoint: its data, classes and Hub repo
+        try:
+            args["pretrained_cfg"] = timm_cfg(model_name, PretrainedCfg.from_dict(config["pretrained_cfg"]))
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(f"the checkpoint's {CONFIG_NAME} has a 'pretrained_cfg' that is not a biotorch "
+                              f"record: {error!r}") from None
+    else:
+        overlay = dict(num_classes=args["num_classes"], input_size=None if args["in_chans"] is None else
+                       (args["in_chans"], *timm_cfg(model_name).input_size[1:]))
+        args["pretrained_cfg_overlay"] = {k: v for k, v in overlay.items() if v is not None}
+    return args
 
 
-def _check_fits(name: str, build: dict, header: dict, path: Path) -> None:
+def _check_fits(name: str, args: dict, header: dict, path: Path) -> None:
     """Build the model on the meta device (no memory) and compare it with the file's header, so that a config
     asking for a huge head or the wrong channels fails here, before anything real is allocated."""
-    arch, rule, _ = split_name(name)
     with torch.device("meta"):
-        probe = _build(arch, rule, build.get("num_classes"), build.get("in_chans"), 0, build.get("rule_options", {}))
+        probe = create_model(name, **args)
     shapes = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     missing, unexpected = sorted(shapes.keys() - header.keys()), sorted(header.keys() - shapes.keys())
     wrong = [f"{k} {header[k][0]} vs {shapes[k]}" for k in sorted(shapes.keys() & header.keys())
@@ -177,8 +273,8 @@ def _check_fits(name: str, build: dict, header: dict, path: Path) -> None:
         details = "; ".join(f"{label}: {', '.join(items[:4])}{' …' if len(items) > 4 else ''}"
                             for label, items in (("missing", missing), ("unexpected", unexpected),
                                                  ("shape", wrong)) if items)
-        raise CheckpointError(f"{path} does not hold a {name} with {build.get('num_classes')} classes and "
-                              f"{build.get('in_chans')} input channels: {details}")
+        raise CheckpointError(f"{path} does not hold a {name} with {probe.num_classes} classes and "
+                              f"{probe.in_chans} input channels: {details}")
 
 
 def from_checkpoint(path: PathLike, name: Optional[str] = None, num_classes: Optional[int] = None,
@@ -211,18 +307,14 @@ def from_checkpoint(path: PathLike, name: Optional[str] = None, num_classes: Opt
                               "e.g. biotorch eval resnet20_fa --checkpoint ...")
     model_name = f"{arch}_{rule}"
     split_name(model_name)  # an unknown architecture or rule in the metadata fails here, with close matches
-    build = dict(num_classes=config.get("num_classes", num_classes), in_chans=config.get("in_chans", in_chans),
-                 rule_options=config.get("rule_options", {}))
-    _check_fits(model_name, build, header, weights)
-    model = create_model(model_name, device=device, num_classes=build["num_classes"], in_chans=build["in_chans"],
-                         seed=config.get("seed", 0), **build["rule_options"])
-    if "pretrained_cfg" in config:
-        model.pretrained_cfg = config["pretrained_cfg"]
-    return load_checkpoint(model, weights, expected)
+    args = _checkpoint_args(model_name, config, num_classes, in_chans)
+    _check_fits(model_name, args, header, weights)
+    return load_checkpoint(create_model(model_name, device=device, **args), weights, expected)
 
 
 def from_pretrained(name_or_path: Union[PathLike, str], device=None, revision: Optional[str] = None,
-                    local_files_only: bool = False, num_classes: Optional[int] = None) -> nn.Module:
+                    local_files_only: bool = False, num_classes: Optional[int] = None,
+                    cache_dir: Optional[PathLike] = None) -> nn.Module:
     """A model with weights, from a registered name, ``hf-hub:<org>/<repo>``, or a checkpoint folder.
 
     A string that is a registered name (``"lenet_fa.fashion_mnist"``) always means the published, sha-checked
@@ -243,7 +335,7 @@ def from_pretrained(name_or_path: Union[PathLike, str], device=None, revision: O
         # a registered name: its published weights (mirror, then Hub at ``revision``)
         cfg = get_pretrained_cfg(text)
         model = create_model(cfg.name, device=device)
-        load_weights(model, cfg, revision=revision, local_files_only=local_files_only)
+        load_weights(model, cfg, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
     elif Path(text).is_dir():
         read_config(text)  # a checkpoint folder has a valid config.json: say so before looking for weights
         model = from_checkpoint(Path(text), device=device)
@@ -264,8 +356,8 @@ def _is_registered(text: str) -> bool:
 
 
 def transforms(name_or_model) -> v2.Compose:
-    """The eval transform (PIL image or uint8 tensor → normalised tensor) of a pretrained checkpoint: a name
-    such as ``"lenet_fa.fashion_mnist"``, or a model created with a tag.
+    """The eval transform (PIL image or uint8 tensor → normalised tensor) of a pretrained checkpoint, such as
+    ``"lenet_fa.fashion_mnist"``, or of a model (its ``pretrained_cfg``).
 
     Example::
 
@@ -276,8 +368,17 @@ def transforms(name_or_model) -> v2.Compose:
     return data.transforms(name_or_model)
 
 
+def _published_record(source: PathLike) -> dict:
+    """The published record (biotorch's ``PretrainedCfg`` as a dict) of a registered name or a checkpoint
+    folder; ``{}`` for a training run's folder, which has none."""
+    if isinstance(source, str) and _is_registered(source):
+        return dataclasses.asdict(get_pretrained_cfg(source))
+    return read_config(source, require_model=False).get("pretrained_cfg") or {}
+
+
 def init_from(model: nn.Module, source: PathLike, *, label_names: Optional[Sequence[str]] = None,
-              revision: Optional[str] = None, local_files_only: bool = False) -> dict:
+              revision: Optional[str] = None, local_files_only: bool = False,
+              cache_dir: Optional[PathLike] = None) -> dict:
     """Start ``model`` from the checkpoint ``source`` to fine-tune it (timm's ``load_pretrained``); returns what
     was taken from it.
 
@@ -303,12 +404,14 @@ def init_from(model: nn.Module, source: PathLike, *, label_names: Optional[Seque
     """
     config = model.biotorch_config
     text = str(source)
+    if text.startswith("hf-hub:"):
+        source = download_repo(text[len("hf-hub:"):], revision, local_files_only)
     parent = from_pretrained(source, device=next(model.parameters()).device, revision=revision,
-                             local_files_only=local_files_only)
+                             local_files_only=local_files_only, cache_dir=cache_dir)
     origin = parent.biotorch_config
     if origin["arch"] != config["arch"]:
         raise ConfigError(f"init_from {text}: a {origin['arch']} checkpoint cannot start a {config['arch']} model")
-    meta = getattr(parent, "pretrained_cfg", None) or {}
+    meta = _published_record(source)
     same_rule = repr(make_rule(origin["rule"], **origin["rule_options"])) == \
         repr(make_rule(config["rule"], **config["rule_options"]))
     known_labels = label_names is not None and meta.get("label_names") is not None
@@ -353,3 +456,20 @@ def _adapt_input_conv(weight: torch.Tensor, in_chans: int, base_chans: int) -> t
     except TypeError:  # before timm 1.0.31 the helper assumed 3-channel checkpoints
         raise ValueError(f"adapting a {base_chans}-channel first layer to {in_chans} channels needs timm>=1.0.31 "
                          "(adapt_input_conv's base_chans)") from None
+
+
+# --- timm: every name a registered model ---------------------------------------------------------------------
+default_cfgs: dict = {}  # timm's register_model reads each name's DefaultCfg from its module's default_cfgs
+
+
+def register_with_timm() -> None:
+    """Register every name with timm (entry point and ``DefaultCfg``: ``timm.list_models``,
+    ``timm.list_pretrained``, ``timm.create_model``) and the rule layers as fx leaf modules (timm's feature
+    extraction keeps them whole). ``import biotorch`` does it."""
+    if default_cfgs:
+        return
+    default_cfgs.update(timm_default_cfgs())
+    for name in model_names():
+        globals()[name] = register_model(_entrypoint(name))  # timm lists it in this module's __all__
+    for layer in set(LAYERS.values()):
+        register_notrace_module(layer)

@@ -109,7 +109,7 @@ def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], feedback: Option
 
 
 class _CaptureError(torch.autograd.Function):
-    """Identity at the model's output whose backward records the output error for direct feedback."""
+    """Identity on the output layer's output whose backward records the output error for direct feedback."""
 
     @staticmethod
     def forward(ctx, output, slot):

@@ -248,23 +248,25 @@ def _local_folder(cfg) -> Optional[Path]:
     return folder if (folder / WEIGHTS_NAME).is_file() else None
 
 
-def resolve_weights(cfg, revision: Optional[str] = None, local_files_only: bool = False) -> Path:
+def resolve_weights(cfg, revision: Optional[str] = None, local_files_only: bool = False,
+                    cache_dir: Optional[PathLike] = None) -> Path:
     """Path of a published checkpoint's weights: the clone's ``model_cards/`` mirror, else the Hub cache."""
     folder = _local_folder(cfg)
     if folder is not None and revision is None:
         return folder / WEIGHTS_NAME
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(cfg.hub_id, WEIGHTS_NAME, revision=revision, local_files_only=local_files_only))
+    return Path(hf_hub_download(cfg.hub_id, WEIGHTS_NAME, revision=revision, local_files_only=local_files_only,
+                                cache_dir=cache_dir))
 
 
-def load_weights(model: nn.Module, cfg, checkpoint: Optional[PathLike] = None,
-                 revision: Optional[str] = None, local_files_only: bool = False) -> nn.Module:
+def load_weights(model: nn.Module, cfg, checkpoint: Optional[PathLike] = None, revision: Optional[str] = None,
+                 local_files_only: bool = False, cache_dir: Optional[PathLike] = None) -> nn.Module:
     """Load published weights (checked against the registry's sha256), or an explicit ``checkpoint``."""
     if checkpoint is not None:
         return load_checkpoint(model, *weights_file(checkpoint))
     expected = cfg.files.get(WEIGHTS_NAME, {}).get("sha256")
-    return load_checkpoint(model, resolve_weights(cfg, revision, local_files_only), expected)
+    return load_checkpoint(model, resolve_weights(cfg, revision, local_files_only, cache_dir), expected)
 
 
 def download_repo(repo_id: str, revision: Optional[str] = None, local_files_only: bool = False) -> Path:

@@ -4,6 +4,10 @@ They are torch.nn's layers (same arguments, same forward, same state) plus a ``r
 state lives in buffers named ``feedback_*`` (in the state_dict, moved by ``.to()``, not in
 ``parameters()``), except kp's ``feedback_weight``, a parameter that any optimizer updates like W.
 
+``torch.fx`` records a layer as one call of :func:`learn` (the rule's backward survives tracing), and
+``torch.jit.script`` compiles the plain torch.nn forward: scripted models are for inference, where every
+rule computes the same function.
+
 Example::
 
     >>> layer = biotorch.nn.Conv2d(3, 16, 3, padding=1, rule="usf")
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 from typing import Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -21,12 +26,28 @@ from . import functional
 from .rules import Rule, make_rule
 
 
-class RuleLayer:
-    """Mixin that gives a torch.nn layer a learning rule. ``exact`` (set by ``biotorch.exact_gradients``)
-    makes it backpropagate exactly without touching its feedback."""
+@torch.fx.wrap
+def learn(layer: "RuleLayer", input: Tensor) -> Tensor:
+    """``layer``'s forward pass through its rule's autograd Function, and, on the model's output layer, the
+    capture of the output error for dfa. One opaque call for ``torch.fx``: tracing into it would record the
+    plain forward ops and lose the rule's backward."""
+    output = layer.forward_with_rule(input)
+    return layer.output_error.capture(output) if layer.captures_output_error else output
 
-    rule: Rule
-    exact: bool = False
+
+class RuleLayer:
+    """Mixin that gives a torch.nn layer a learning rule (``rule``, a :class:`biotorch.rules.Rule`).
+
+    ``exact`` (set by ``biotorch.exact_gradients``) makes it backpropagate exactly without touching its
+    feedback. ``output_error`` is the model's dfa context (``biotorch.convert`` sets it) and
+    ``captures_output_error`` marks the model's output layer, whose output's gradient is that error.
+    """
+
+    # (no class annotations: TorchScript reads them as types, and these attributes are not for it)
+    __jit_ignored_attributes__ = ("rule", "output_error")
+    exact = False
+    output_error = None
+    captures_output_error = False
 
     def set_rule(self, rule: Union[str, Rule], seed: int = 0, **rule_options) -> None:
         """Replace the rule, dropping the old feedback state and drawing the new one from ``seed``."""
@@ -75,6 +96,11 @@ class Linear(RuleLayer, nn.Linear):
         return dict(in_features=m.in_features, out_features=m.out_features)
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript is for inference: the plain forward of every rule
+            return F.linear(input, self.weight, self.bias)
+        return learn(self, input)
+
+    def forward_with_rule(self, input: Tensor) -> Tensor:
         return functional.linear(input, self.weight, self.bias, *self._signal(input))
 
 
@@ -86,6 +112,11 @@ class _ConvNd(RuleLayer):
                     padding_mode=m.padding_mode)
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript is for inference: the plain forward of every rule
+            return self._conv_forward(input, self.weight, self.bias)
+        return learn(self, input)
+
+    def forward_with_rule(self, input: Tensor) -> Tensor:
         padding = self.padding
         if padding == "valid":
             padding = (0,) * len(self.kernel_size)

@@ -259,19 +259,31 @@ class _ErrorSlot:
 
 
 class OutputError:
-    """Per-model context for direct feedback: hooks on the root module capture the output error."""
+    """Per-model context for direct feedback, shared by the dfa layers and the model's output layer.
+
+    Each forward pass binds the current slot in every dfa layer it runs; the output layer ends the pass:
+    the backward of its output records the output error in that slot, and the next pass gets a new slot.
+    Living in the layers (no hooks on the model), it works the same in an fx-traced copy of the model.
+    """
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
         self.current = _ErrorSlot()
 
-    def pre_forward(self, module, args):
-        self.current = _ErrorSlot()
+    def capture(self, output: Tensor) -> Tensor:
+        slot, self.current = self.current, _ErrorSlot()
+        return capture_error(output, slot) if output.requires_grad else output
 
-    def post_forward(self, module, args, output):
-        if not isinstance(output, Tensor):
-            raise TypeError(f"dfa needs the model to return one tensor of logits, got {type(output).__name__}")
-        return capture_error(output, self.current) if output.requires_grad else output
+
+def _put(layer: nn.Module, name: str, value: Tensor) -> None:
+    """Set buffer ``name`` to ``value``: in place where it fits (same shape and dtype), so that a re-derived
+    buffer keeps its memory. A CUDA graph captured earlier reads that memory; a new tensor would leave it
+    reading a freed block (an illegal memory access once the allocator returns it to the driver)."""
+    old = getattr(layer, name)
+    if old is not None and old.shape == value.shape and old.dtype == value.dtype:
+        old.copy_(value)
+    else:
+        setattr(layer, name, value)
 
 
 class DFA(Rule):
@@ -300,15 +312,26 @@ class DFA(Rule):
 
     def setup(self, layer, seed):
         _register_seed(layer, seed)
-        empty = torch.empty(0, device=layer.weight.device, dtype=layer.weight.dtype)
-        layer.register_buffer("feedback_weight", empty, persistent=False)
+        layer.register_buffer("feedback_weight", None, persistent=False)
         if self.dfa_feedback == "factorized":
-            layer.register_buffer("feedback_spatial", empty.clone(), persistent=False)
+            layer.register_buffer("feedback_spatial", None, persistent=False)
+        self.discard(layer)
+
+    def discard(self, layer) -> None:
+        """Forget the drawn feedback: the next forward draws it for the current classes and input size."""
+        layer.feedback_weight = layer.weight.new_empty(0)
+        if self.dfa_feedback == "factorized":
+            layer.feedback_spatial = layer.weight.new_empty(0)
 
     def _shapes(self, num_classes: int, input_shape) -> tuple:
         if self.dfa_feedback == "factorized" and len(input_shape) > 2:
             return (num_classes, input_shape[1]), tuple(input_shape[1:])
         return (num_classes, *input_shape[1:]), None
+
+    def _drawn(self, layer) -> tuple:
+        spatial = getattr(layer, "feedback_spatial", None)
+        return (tuple(layer.feedback_weight.shape),
+                tuple(spatial.shape) if spatial is not None and spatial.numel() else None)
 
     @torch.no_grad()
     def draw(self, layer, num_classes: int, input_shape) -> None:
@@ -319,10 +342,10 @@ class DFA(Rule):
         # (A product with a Python float rounds the same on every device; CUDA divides by multiplying.)
         bound = (1 / math.sqrt(num_classes) if self.feedback_init == "default"
                  else feedback_bound((num_classes, math.prod(input_shape[1:])), "xavier"))
-        layer.feedback_weight = (counter_uniform(shape, key) * bound).to(dtype)
+        _put(layer, "feedback_weight", (counter_uniform(shape, key) * bound).to(dtype))
         if self.dfa_feedback == "factorized":
             spatial_draw = counter_uniform(spatial, key + 1) * math.sqrt(3) if spatial else key.new_empty(0)
-            layer.feedback_spatial = spatial_draw.to(dtype)
+            _put(layer, "feedback_spatial", spatial_draw.to(dtype))
 
     def after_load(self, layer):
         # B is not saved: redraw it from the loaded seed for the shape the model already drew it in.
@@ -333,28 +356,28 @@ class DFA(Rule):
             self.draw(layer, layer.feedback_weight.shape[0], input_shape)
 
     def signal(self, layer, input):
-        context: Optional[OutputError] = getattr(layer, "output_error", None)
-        if context is None:
-            raise RuntimeError("a dfa layer needs the model's output error: build the model with "
-                               "biotorch.convert(model, 'dfa') so the output is captured")
-        expected, _ = self._shapes(context.num_classes, input.shape)
+        context: Optional[OutputError] = layer.output_error
+        if context is None:  # no output layer yet (a model without a head): the backward says so
+            return None, functools.partial(self.project, layer, _ErrorSlot())
+        expected = self._shapes(context.num_classes, input.shape)
         if layer.feedback_weight.numel() == 0:
             self.draw(layer, context.num_classes, input.shape)
-        elif not layer.feedback_weight.is_contiguous():
+        elif torch.is_grad_enabled() and self._drawn(layer) != expected:
+            raise RuntimeError(f"dfa feedback was drawn for {self._drawn(layer)} ((num_classes, *input), and "
+                               f"the spatial factor when factorized) but this input needs {expected}; call "
+                               "biotorch.redraw_feedback(model) after changing input size or head")
+        if not layer.feedback_weight.is_contiguous():
             # B is read flat, as (classes, C·H·W); after .to(memory_format=channels_last) make it
             # contiguous once here rather than copying it in every backward.
             layer.feedback_weight = layer.feedback_weight.contiguous()
-        elif tuple(layer.feedback_weight.shape) != expected and torch.is_grad_enabled():
-            raise RuntimeError(f"dfa feedback was drawn for {tuple(layer.feedback_weight.shape)} "
-                               f"(num_classes, *input) but this input needs {expected}; call "
-                               "biotorch.redraw_feedback(model) after changing input size or head")
         return None, functools.partial(self.project, layer, context.current)
 
     def project(self, layer, slot: _ErrorSlot, input_shape) -> Tensor:
         error = slot.error
         if error is None:
-            raise RuntimeError("dfa: no output error was captured in this backward pass; call backward on a "
-                               "loss computed from the converted model's output")
+            raise RuntimeError("dfa: no output error reached this layer: call backward on a loss computed from "
+                               "the output of the model biotorch.convert made learn by dfa (a model without a "
+                               "classifier, or a feature extractor, has no output error)")
         feedback = layer.feedback_weight
         if error.shape[1] != feedback.shape[0]:
             raise RuntimeError(f"dfa: the output has {error.shape[1]} classes but feedback was drawn for "

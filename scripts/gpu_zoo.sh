@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole zoo in ONE call on a GPU machine, inside a time budget: calibrate, plan, search, train
-# (recipes/zoo.yaml), publish into model_cards/, check every card through torch.hub on the device, pack.
+# (recipes/zoo.yaml), publish into model_cards/, attack every new card (biotorch robustness: FGSM and PGD-10,
+# exact/rule/transfer gradients, on the first ROBUST_LIMIT test images) and publish again so the cards show it,
+# check every card through torch.hub on the device, pack.
 #
 #   data:   a git-ignored data/ folder travels along: bash scripts/gpu_zoo.sh --stage copies ../shared/data there
 #   probe:  run(command="bash scripts/gpu_zoo.sh --probe", carry=["data"], timeout_s=90)        (≤ 60 s)
@@ -13,7 +15,8 @@
 # Runs with `python3` as found (PYTHON=... to change), PYTHONPATH=., no pip install, no network.
 # Knobs: BUDGET_S, ZOO (the zoo file), DEVICE, OUT, RUNS, TRAIN_ARGS (extra train_zoo.py flags),
 # VERIFY_PATTERNS (which cards verify_cards.py checks; default all),
-# PUBLISH_S / VERIFY_S / PACK_S (seconds kept for the steps after training).
+# PUBLISH_S / ROBUST_S / VERIFY_S / PACK_S (seconds kept for the steps after training; ROBUST_S=0 skips the
+# attacks), ROBUST_LIMIT (test images attacked per card).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--stage" ]]; then
@@ -30,6 +33,8 @@ ZOO=${ZOO:-recipes/zoo.yaml}
 DEVICE=${DEVICE:-cuda}
 BUDGET_S=${BUDGET_S:-470}
 PUBLISH_S=${PUBLISH_S:-40}
+ROBUST_S=${ROBUST_S:-90}
+ROBUST_LIMIT=${ROBUST_LIMIT:-2000}
 VERIFY_S=${VERIFY_S:-60}
 PACK_S=${PACK_S:-15}
 export PYTHONPATH=. PYTHONUNBUFFERED=1 BIOTORCH_DATA=${BIOTORCH_DATA:-data}
@@ -44,9 +49,9 @@ if [[ "${1:-}" == "--probe" ]]; then
   exit "${PIPESTATUS[0]}"
 fi
 
-say "budget ${BUDGET_S}s: training, then publish ${PUBLISH_S}s, verify ${VERIFY_S}s, pack ${PACK_S}s"
+say "budget ${BUDGET_S}s: training, then publish ${PUBLISH_S}s, robustness ${ROBUST_S}s, verify ${VERIFY_S}s, pack ${PACK_S}s"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi") 2>&1 | tee -a "$LOG"
-TRAIN_S=$(( $(left) - PUBLISH_S - VERIFY_S - PACK_S ))
+TRAIN_S=$(( $(left) - PUBLISH_S - ROBUST_S - VERIFY_S - PACK_S ))
 # train_zoo stops its runs at its own deadline; the timeout is the backstop (it kills, keeping earlier runs).
 timeout $(( TRAIN_S + 15 )) "$PY" scripts/train_zoo.py --zoo "$ZOO" --out "$RUNS" --budget-s "$TRAIN_S" \
   --device "$DEVICE" ${TRAIN_ARGS:-} 2>&1 | tee -a "$LOG"
@@ -54,6 +59,16 @@ say "train_zoo exit ${PIPESTATUS[0]}"
 
 timeout "$PUBLISH_S" "$PY" scripts/publish.py "$RUNS" --no-push 2>&1 | tee -a "$LOG"
 say "publish exit ${PIPESTATUS[0]}"
+# This zoo's card names (runs/<name>-seedN → <name>), those publish built.
+NAMES=$(ls "$RUNS" 2>/dev/null | sed -n 's/-seed[0-9]*$//p' | sort -u | while read -r n; do [[ -d "model_cards/$n" ]] && echo "$n"; done)
+if (( ROBUST_S > 0 )) && [[ -n "$NAMES" ]]; then
+  # Two thirds for the attacks, the rest to rebuild the cards (publish keeps a block measured on the same weights).
+  timeout $(( ROBUST_S * 2 / 3 )) "$PY" -m biotorch robustness $NAMES --limit "$ROBUST_LIMIT" --device "$DEVICE" \
+    --write model_cards 2>&1 | tee -a "$LOG"
+  say "robustness exit ${PIPESTATUS[0]}"
+  timeout $(( ROBUST_S - ROBUST_S * 2 / 3 )) "$PY" scripts/publish.py "$RUNS" --no-push 2>&1 | tee -a "$LOG"
+  say "publish (robustness on the cards) exit ${PIPESTATUS[0]}"
+fi
 VERIFY_LIMIT=$(( $(left) - PACK_S ))
 if (( VERIFY_LIMIT > 5 )); then
   timeout "$VERIFY_LIMIT" "$PY" scripts/verify_cards.py ${VERIFY_PATTERNS:-"*"} --device "$DEVICE" 2>&1 | tee -a "$LOG"
@@ -64,8 +79,7 @@ fi
 
 # Pack: the card folders + index + README, and the runs' records without resume state or weights.
 # Only the card folders of this zoo's runs, split under the 16 MiB a returned file may have.
-CARDS=$(ls "$RUNS" 2>/dev/null | sed -n 's/-seed[0-9]*$//p' | sort -u | sed 's|^|model_cards/|' \
-        | while read -r d; do [[ -d "$d" ]] && echo "$d"; done)
+CARDS=$(for n in $NAMES; do echo "model_cards/$n"; done)
 timeout "$PACK_S" tar czf - $CARDS biotorch/pretrained.json README.md | split -b 15m -d - "$OUT/cards.tar.gz.part-"
 timeout "$PACK_S" tar czf "$OUT/records.tar.gz" --exclude=checkpoint --exclude='*.safetensors' --exclude='*.png' \
   --exclude='*.tmp' "$RUNS" "$RUNS-search" 2>/dev/null

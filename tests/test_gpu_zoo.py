@@ -1,6 +1,7 @@
 """The one-call GPU pipeline (scripts/gpu_zoo.sh, scripts/train_zoo.py), run end to end on the CPU."""
 import dataclasses
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,12 @@ import pytest
 from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ignore(folder, names):
+    # the clone's own data/ and runs/ stay behind, not biotorch/data (the package)
+    skip = set(shutil.ignore_patterns(".git", "__pycache__", "*.egg-info")(folder, names))
+    return skip | ({"data", "runs"} & set(names) if Path(folder) == ROOT else set())
 zoo = load_script("train_zoo")
 
 
@@ -65,10 +72,11 @@ def test_plan_fits_the_budget_and_drops_a_search_that_would_halve_the_runs(tmp_p
 
 def test_gpu_zoo_script_end_to_end_on_cpu_within_its_budget(tmp_path):
     repo = tmp_path / "repo"
-    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".git", "runs", "data", "__pycache__", "*.egg-info"))
-    out, budget = tmp_path / "out", 100
+    shutil.copytree(ROOT, repo, ignore=_ignore)
+    out, budget = tmp_path / "out", 110
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OUT": str(out), "BUDGET_S": str(budget),
            "ZOO": "tests/fixtures/zoo_tiny.yaml", "PUBLISH_S": "25", "VERIFY_S": "25", "PACK_S": "5",
+           "ROBUST_S": "24", "ROBUST_LIMIT": "64",
            "VERIFY_PATTERNS": "*.synthetic", "TRAIN_ARGS": "--calibration-steps 4"}
     start = time.perf_counter()
     done = subprocess.run(["bash", "scripts/gpu_zoo.sh"], cwd=repo, env=env, capture_output=True, text=True,
@@ -81,10 +89,16 @@ def test_gpu_zoo_script_end_to_end_on_cpu_within_its_budget(tmp_path):
     assert len(files) <= 6 and sum(f.stat().st_size for f in files) <= 24 * 2 ** 20
     assert "PLAN:" in log and ("chosen on validation for fa" in log or "search dropped" in log)
     assert "2/2 checkpoints match their cards on cpu" in log, log[-3000:]
+    assert "robustness exit 0" in log and "publish (robustness on the cards) exit 0" in log, log[-3000:]
     parts = sorted(out.glob("cards.tar.gz.part-*"))
     assert parts and all(p.stat().st_size <= 15 * 2 ** 20 for p in parts)
     with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as cards:
         names = cards.getnames()
+        metrics = json.load(cards.extractfile("model_cards/lenet_fa.synthetic/metrics.json"))
+        readme = cards.extractfile("model_cards/lenet_fa.synthetic/README.md").read().decode()
+    # every new card was attacked with the three gradient sources, and its card shows it
+    assert {r["gradient"] for r in metrics["robustness"]} == {"exact", "rule", "transfer"}
+    assert {r["images"] for r in metrics["robustness"]} == {64} and "## Adversarial robustness" in readme
     assert not any(n.startswith("model_cards/lenet_fa.fashion_mnist") for n in names)  # only this zoo's cards
     assert "model_cards/lenet_fa.synthetic/model.safetensors" in names and "biotorch/pretrained.json" in names
     with tarfile.open(out / "records.tar.gz") as records:

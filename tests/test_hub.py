@@ -123,7 +123,9 @@ def test_create_model_pretrained_from_mirror_and_head_reset(published, capsys):
     assert biotorch.list_models(pretrained=True) == ["lenet_fa.tiny"]
     loaded = biotorch.create_model("lenet_fa", pretrained=True).eval()  # the default tag
     assert torch.equal(loaded(x), model(x))
-    assert loaded.pretrained_cfg["dataset"] == "fashion_mnist"
+    # timm's pretrained_cfg: the checkpoint's tag, Hub repo and data
+    assert loaded.pretrained_cfg["tag"] == "tiny" and loaded.pretrained_cfg["hf_hub_id"] == "biotorch/lenet_fa.tiny"
+    assert loaded.pretrained_cfg["mean"] == (0.5,) and loaded.default_cfg is loaded.pretrained_cfg
     tf = biotorch.data.transforms(loaded)
     assert tf(torch.zeros(1, 28, 28, dtype=torch.uint8)).shape == (1, 32, 32)
     five = biotorch.create_model("lenet_fa.tiny", pretrained=True, num_classes=5)

@@ -93,7 +93,7 @@ def test_from_pretrained_hf_hub_equals_the_local_folder(server, endpoint, card):
     endpoint(server.endpoint)
     remote = biotorch.from_pretrained(f"hf-hub:{REPO}")
     assert torch.equal(outputs(remote), outputs(biotorch.from_pretrained(card)))
-    assert remote.pretrained_cfg["name"] == NAME
+    assert f"{remote.pretrained_cfg['architecture']}.{remote.pretrained_cfg['tag']}" == NAME
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from biotorch.models import ARCHITECTURES, CifarResNet
+from biotorch.models import ARCHITECTURES, DEFAULT_CFGS, CifarResNet
 
 NAMES = sorted(ARCHITECTURES)
 IMAGENET = {"resnet18", "resnet34", "resnet50"}
@@ -91,6 +91,21 @@ def test_forward_is_forward_head_of_forward_features(name):
         assert torch.equal(model.forward_head(features), expected)
         pre_logits = model.forward_head(features, pre_logits=True)
     assert pre_logits.shape == (2, model.get_classifier().in_features)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_cfgs_state_what_the_architecture_is(name):
+    with torch.device("meta"):
+        model = ARCHITECTURES[name]()
+        features = model.forward_features(torch.empty(1, *model.default_input_size))
+    cfg = DEFAULT_CFGS[name]
+    assert cfg["input_size"] == model.default_input_size and cfg["num_classes"] == model.num_classes
+    assert cfg["fixed_input_size"] == model.fixed_input_size and cfg["classifier"] == model.classifier_attr
+    assert cfg["first_conv"] == next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    assert cfg["pool_size"] == (tuple(features.shape[2:]) if features.ndim == 4 else None)
+    assert cfg["feature_maps"] == len(model.feature_info)
+    for info in model.feature_info:  # timm's keys, naming modules the model has (channels: tests/test_timm.py)
+        assert model.get_submodule(info["module"]) is not None and info["num_chs"] > 0 and info["reduction"] >= 1
 
 
 @pytest.mark.parametrize("name", NAMES)

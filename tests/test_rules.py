@@ -423,7 +423,7 @@ def test_autocast_bf16_and_channels_last(rule):
 
 @pytest.mark.parametrize("rule", list(biotorch.RULES))
 def test_torch_compile(rule):
-    """Every rule but dfa compiles as one graph; dfa graph-breaks at its output hook but stays correct."""
+    """Every rule but dfa compiles as one graph; dfa graph-breaks at its error capture but stays correct."""
     torch._dynamo.reset()
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
     model = biotorch.convert(net, rule)

@@ -211,3 +211,28 @@ def test_committed_recipes_validate_for_every_rule(path):
     for rule in biotorch.RULES:
         recipe = load_recipe(path, {"rule": rule})
         assert recipe.rule == rule and recipe.epochs > 1
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "usf", "brsf", "frsf", "wm", "kp"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_an_epoch_end_leaves_every_tensor_of_the_step_where_it_was(tmp_path, rule, channels_last):
+    """A captured CUDA graph replays on fixed addresses: validation, the alignment probe (which reloads the
+    state and re-derives feedback), checkpointing and a second epoch must update tensors in place. dfa once
+    redrew B as a new tensor there, and the H200 replay hit freed memory (illegal memory access)."""
+    from biotorch.training.trainer import graph_memory
+
+    recipe = make_recipe({**TINY, "epochs": 2, "limit_train": 64, "rule": rule, "device": "cpu",
+                          "channels_last": channels_last, "alignment_every": 1, "optimizer": "adam"})
+    trainer = Trainer(recipe, tmp_path, log=None)
+    optimizer = trainer.optimizer  # as in a captured step, gradients are kept (zeroed in place), not dropped
+    optimizer.zero_grad = lambda set_to_none=True: type(optimizer).zero_grad(optimizer, set_to_none=False)
+    batches = trainer.begin_epoch()
+    for _ in range(2):
+        trainer.step(*next(batches))
+    before = graph_memory(trainer.model, trainer.optimizer)
+    assert len(before) > 2 * len(list(trainer.model.parameters()))  # grads and optimizer state counted
+    trainer.end_epoch()
+    assert trainer.alignment_records  # the probe ran
+    x, y = next(iter(trainer.begin_epoch()))
+    trainer.step(x, y)
+    assert graph_memory(trainer.model, trainer.optimizer) == before

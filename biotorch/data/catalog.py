@@ -25,7 +25,10 @@ class DatasetInfo:
     """What a model needs to know about its data: classes, input shape and normalisation.
 
     ``input_size`` is (C, H, W) after :func:`eval_transform`; ``train_size`` counts the training
-    images left after the validation hold-out. ``None`` means "depends on the folder"
+    images left after the validation hold-out. ``crop_pct`` says it as timm does: evaluation resizes the
+    shorter side to size / crop_pct, then centre-crops; below 1 the images are resized (imagefolder), 1
+    means they come at the input size, above 1 that they are zero-padded up to it (28 → 32 for the MNISTs:
+    the resize to 28 leaves them as they are). ``None`` means "depends on the folder"
     (``imagefolder``; see :func:`imagefolder_info`). ``val_size=None`` means the validation
     split is a folder of its own rather than held out from the training set.
 
@@ -47,6 +50,7 @@ class DatasetInfo:
     test_size: int | None
     interpolation: str  # used only where inputs are resized (imagefolder)
     description: str
+    crop_pct: float = 1.0
 
 
 _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -72,14 +76,14 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             "mnist", 10, tuple(str(d) for d in range(10)), 1, (1, 32, 32),
             (0.1307,), (0.3081,), 50_000, 10_000, 10_000, "bilinear",
-            "MNIST handwritten digits, 28x28 grayscale zero-padded to 32x32.",
+            "MNIST handwritten digits, 28x28 grayscale zero-padded to 32x32.", crop_pct=32 / 28,
         ),
         DatasetInfo(
             "fashion_mnist", 10,
             ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
             1, (1, 32, 32), (0.2860,), (0.3530,), 50_000, 10_000, 10_000, "bilinear",
-            "Fashion-MNIST (Zalando), 28x28 grayscale zero-padded to 32x32.",
+            "Fashion-MNIST (Zalando), 28x28 grayscale zero-padded to 32x32.", crop_pct=32 / 28,
         ),
         DatasetInfo(
             "cifar10", 10, _CIFAR10_CLASSES, 3, (3, 32, 32),
@@ -107,7 +111,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "imagefolder", None, (), 3, (3, 224, 224),
             (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), None, None, None, "bilinear",
             "Any ImageNet-style folder {train,val,test}/<class>/<image>; classes are the sorted "
-            "folder names. Resized (shorter side 256) and centre-cropped to 224.",
+            "folder names. Resized (shorter side 256) and centre-cropped to 224.", crop_pct=CROP_PCT,
         ),
         DatasetInfo(
             SYNTHETIC, 10, tuple(f"class_{i}" for i in range(10)), 1, (1, 32, 32), (0.5,), (0.25,),

@@ -9,21 +9,22 @@ Example::
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import dataclasses
 
 import torch
 from torchvision.transforms import v2
 
-from .catalog import CROP_PCT, DATASETS, DatasetInfo
+from .catalog import DATASETS, DatasetInfo
 
 
 def fit(info: DatasetInfo) -> v2.Compose:
-    """Bring an image (C, H, W) to ``info.input_size``: resize to size / CROP_PCT where the dataset's
-    images vary in size (imagefolder), then centre-crop (which zero-pads smaller images: MNIST 28 → 32)."""
+    """Bring an image (C, H, W) to ``info.input_size``: resize to size / crop_pct where the dataset's
+    images vary in size (imagefolder, crop_pct < 1), then centre-crop (which zero-pads smaller images:
+    MNIST 28 → 32)."""
     size = list(info.input_size[1:])
     steps: list[v2.Transform] = []
-    if info.name == "imagefolder":
-        steps.append(v2.Resize(round(size[0] / CROP_PCT), antialias=True,
+    if info.crop_pct < 1:
+        steps.append(v2.Resize(round(size[0] / info.crop_pct), antialias=True,
                                interpolation=v2.InterpolationMode(info.interpolation)))
     return v2.Compose([*steps, v2.CenterCrop(size)])
 
@@ -43,8 +44,11 @@ def eval_transform(info_or_name: DatasetInfo | str) -> v2.Compose:
 
 
 def transforms(model_or_cfg) -> v2.Compose:
-    """The eval transform of a pretrained checkpoint, from its metadata: a model created with a tag (its
-    ``pretrained_cfg``) or a ``PretrainedCfg``. For a name use ``biotorch.transforms("lenet_fa.fashion_mnist")``.
+    """The eval transform a model's metadata describes: a model (its ``pretrained_cfg``, timm's dict, which
+    every biotorch model carries), timm's ``PretrainedCfg`` or its dict, or a ``biotorch.PretrainedCfg``.
+    On images of the cfg's input size it is timm's ``create_transform(**resolve_data_config(model=...))``
+    (which resizes every image; this one resizes only where crop_pct < 1). For a name use
+    ``biotorch.transforms("lenet_fa.fashion_mnist")``.
 
     Example::
 
@@ -55,9 +59,13 @@ def transforms(model_or_cfg) -> v2.Compose:
                         f"biotorch.transforms({model_or_cfg!r})")
     cfg = getattr(model_or_cfg, "pretrained_cfg", model_or_cfg)
     if cfg is None or isinstance(cfg, torch.nn.Module):
-        raise ValueError("this model has no pretrained metadata (create it with a tag, e.g. "
-                         "'lenet_fa.fashion_mnist'); use biotorch.data.eval_transform(dataset_name) instead")
-    get = cfg.get if isinstance(cfg, dict) else lambda key: getattr(cfg, key)
-    info = replace(DATASETS[get("dataset")], mean=tuple(get("mean")), std=tuple(get("std")),
-                   input_size=tuple(get("input_size")))
+        raise ValueError("this model carries no pretrained_cfg (build it with biotorch.create_model or "
+                         "timm.create_model); use biotorch.data.eval_transform(dataset_name) instead")
+    cfg = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
+    input_size, mean, std = tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"])
+    if "dataset" in cfg:  # a biotorch.PretrainedCfg: its dataset says how images are brought to size
+        info = dataclasses.replace(DATASETS[cfg["dataset"]], mean=mean, std=std, input_size=input_size)
+    else:  # timm's cfg says it with crop_pct
+        info = DatasetInfo("", cfg.get("num_classes"), tuple(cfg.get("label_names") or ()), input_size[0],
+                           input_size, mean, std, None, None, None, cfg["interpolation"], "", cfg["crop_pct"])
     return eval_transform(info)

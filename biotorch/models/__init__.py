@@ -1,8 +1,11 @@
 """Architectures as plain ``nn.Module``s that know nothing about learning rules.
 
-Every model takes ``num_classes`` and ``in_chans``, has ``default_input_size`` (C, H, W), and offers
-timm's ``forward_features`` / ``forward_head`` / ``get_classifier`` / ``reset_classifier``. Its learnable
-layers are only ``nn.Conv2d``, ``nn.Linear`` and norm layers, so a learning rule converts any of them.
+Every model takes ``num_classes``, ``in_chans``, ``global_pool`` and ``drop_rate``, has
+``default_input_size`` (C, H, W), and offers timm's ``forward_features`` / ``forward_head`` /
+``get_classifier`` / ``reset_classifier``, ``num_features`` and ``head_hidden_size``; CNNs list their
+feature maps in ``feature_info``. Its learnable layers are only ``nn.Conv2d``, ``nn.Linear`` and norm
+layers, so a learning rule converts any of them. ``DEFAULT_CFGS`` states what timm's ``pretrained_cfg``
+says about each architecture at its defaults.
 
 Example::
 
@@ -25,6 +28,7 @@ from .resnet_imagenet import ImageNetResNet, resnet18, resnet34, resnet50
 
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_CFGS",
     "CifarResNet",
     "ImageNetResNet",
     "LeNet",
@@ -49,4 +53,22 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     factory.__name__: factory
     for factory in (lenet, mlp, resnet20, resnet32, resnet44, resnet56, resnet110,
                     resnet18, resnet34, resnet50, mixer_s4)
+}
+
+# timm's cfg fields of each architecture at its defaults, plus how many feature maps ``feature_info`` lists.
+# Stated, not computed: computing them at import would build every architecture. tests/test_models.py
+# checks each value against an instance.
+_CIFAR = dict(input_size=(3, 32, 32), num_classes=10, fixed_input_size=False, first_conv="conv1",
+              classifier="fc", pool_size=(8, 8), feature_maps=4)
+_IMAGENET = dict(input_size=(3, 224, 224), num_classes=1000, fixed_input_size=False, first_conv="conv1",
+                 classifier="fc", pool_size=(7, 7), feature_maps=5)
+DEFAULT_CFGS: dict[str, dict] = {
+    "lenet": dict(input_size=(3, 32, 32), num_classes=10, fixed_input_size=True, first_conv="conv1",
+                  classifier="head", pool_size=(5, 5), feature_maps=2),
+    "mlp": dict(input_size=(1, 32, 32), num_classes=10, fixed_input_size=True, first_conv=None,
+                classifier="head", pool_size=None, feature_maps=0),
+    "mixer_s4": dict(input_size=(3, 32, 32), num_classes=10, fixed_input_size=True, first_conv="patch_embed",
+                     classifier="head", pool_size=None, feature_maps=0),
+    **{name: _CIFAR for name in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")},
+    **{name: _IMAGENET for name in ("resnet18", "resnet34", "resnet50")},
 }

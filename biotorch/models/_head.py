@@ -1,8 +1,16 @@
-"""timm's fine-tuning API, shared by every architecture: ``forward`` = ``forward_head(forward_features(x))``,
-``get_classifier`` and ``reset_classifier``."""
+"""timm's model interface, shared by every architecture: ``forward`` = ``forward_head(forward_features(x))``,
+``get_classifier``, ``reset_classifier(num_classes, global_pool)``, ``num_features`` (channels of
+``forward_features``), ``head_hidden_size`` (width of ``forward_head(x, pre_logits=True)``) and, for CNNs,
+``feature_info`` (the feature maps ``features_only`` returns)."""
 from __future__ import annotations
 
+from typing import Optional
+
+from timm.layers import SelectAdaptivePool2d
 from torch import nn
+
+# timm's global pooling types for a feature map ("" = none: the map itself, for num_classes=0)
+POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
 
 
 def new_classifier(in_features: int, num_classes: int, like: nn.Module | None = None) -> nn.Module:
@@ -26,12 +34,35 @@ def new_classifier(in_features: int, num_classes: int, like: nn.Module | None = 
     return nn.Linear(in_features, num_classes, device=device, dtype=dtype)
 
 
+def check_global_pool(global_pool: str, allowed: tuple[str, ...], num_classes: int, arch: str) -> str:
+    """``global_pool`` if the architecture offers it. Where "" is one choice among poolings it leaves the map
+    unpooled, which only a model without a classifier takes; where it is the only one (no global pooling:
+    the head reads the whole map) any head does."""
+    if global_pool not in allowed:
+        raise ValueError(f"{arch}: global_pool must be one of {', '.join(map(repr, allowed))}; got {global_pool!r}")
+    if global_pool == "" and num_classes > 0 and allowed != ("",):
+        raise ValueError(f"{arch}: global_pool='' leaves the feature map unpooled, which only num_classes=0 "
+                         "(no classifier) accepts: pass global_pool='avg' with a classifier")
+    return global_pool
+
+
+def pool_layer(global_pool: str, num_classes: int, arch: str) -> SelectAdaptivePool2d:
+    """timm's global pooling of a feature map (flattened, unless there is no pooling)."""
+    check_global_pool(global_pool, POOL_TYPES, num_classes, arch)
+    return SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+
+
 class ClassifierMixin:
-    """``forward``, ``get_classifier`` and ``reset_classifier`` for a model whose final layer is the
-    attribute named ``classifier_attr`` and whose pooled features have ``num_features`` channels."""
+    """timm's classifier API for a model whose final layer is the attribute named ``classifier_attr`` and
+    whose ``forward_head(x, pre_logits=True)`` returns ``head_hidden_size`` features.
+
+    Architectures without global pooling accept only ``global_pool=""`` (their head reads the whole map);
+    those with pooling override :meth:`set_global_pool`.
+    """
 
     classifier_attr = "head"
-    fixed_input_size = False  # True where flattening ties the layers to default_input_size's height and width
+    fixed_input_size = False  # True when the layers fix the image size (timm's ``fixed_input_size``)
+    feature_info = ()         # CNNs list their feature maps (timm's dicts: num_chs, reduction, module)
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
@@ -39,6 +70,24 @@ class ClassifierMixin:
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.classifier_attr)
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def set_global_pool(self, global_pool: Optional[str], num_classes: int) -> None:
+        """Set the pooling before a head for ``num_classes`` (``None`` keeps the current one, checked)."""
+        check_global_pool("" if global_pool is None else global_pool, ("",), num_classes, type(self).__name__)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new, freshly initialised head for ``num_classes`` (0: none), in the model's train/eval mode;
+        ``global_pool`` changes the pooling before it (``None`` keeps it)."""
+        self.set_global_pool(global_pool, num_classes)
+        head = new_classifier(self.head_hidden_size, num_classes, like=self)
         self.num_classes = num_classes
-        setattr(self, self.classifier_attr, new_classifier(self.num_features, num_classes, like=self))
+        setattr(self, self.classifier_attr, head.train(self.training))
+
+
+class PooledClassifierMixin(ClassifierMixin):
+    """:class:`ClassifierMixin` for a CNN whose head pools its ``num_features``-channel map with timm's
+    ``SelectAdaptivePool2d`` (the attribute ``global_pool``): any of timm's pooling types."""
+
+    def set_global_pool(self, global_pool: Optional[str], num_classes: int) -> None:
+        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
+        self.global_pool = pool_layer(pool_type, num_classes, type(self).__name__).train(self.training)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()

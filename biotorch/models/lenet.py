@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._head import ClassifierMixin, new_classifier
@@ -16,9 +17,14 @@ class LeNet(ClassifierMixin, nn.Module):
     The upstream benchmark writes the 120-unit layer as a 5×5 convolution over the 5×5 map,
     which is the same function and parameter count as the ``fc1`` linear layer here.
 
+    It has no global pooling: the head flattens the 16×5×5 map (``forward_features``) and passes it through
+    two hidden layers (``forward_head(x, pre_logits=True)``: 84 features) before the classifier.
+
     Args:
         num_classes: outputs of the classifier (0 for none).
         in_chans: image channels, 1 for (Fashion-)MNIST, 3 for CIFAR.
+        global_pool: only ``""`` (no pooling), for timm's interface.
+        drop_rate: dropout before the classifier.
 
     Example::
 
@@ -27,12 +33,14 @@ class LeNet(ClassifierMixin, nn.Module):
         torch.Size([2, 10])
     """
 
-    fixed_input_size = True
+    fixed_input_size = True  # fc1 reads a 16×5×5 map: 32×32 images only
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, global_pool: str = "", drop_rate: float = 0.0) -> None:
         super().__init__()
+        self.set_global_pool(global_pool, num_classes)
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.drop_rate = drop_rate
         self.default_input_size = (in_chans, 32, 32)
 
         self.conv1 = nn.Conv2d(in_chans, 6, kernel_size=5)
@@ -46,8 +54,11 @@ class LeNet(ClassifierMixin, nn.Module):
         self.act3 = nn.ReLU()
         self.fc2 = nn.Linear(120, 84)
         self.act4 = nn.ReLU()
-        self.num_features = 84
-        self.head = new_classifier(self.num_features, num_classes)
+        self.num_features = 16
+        self.head_hidden_size = 84
+        self.head = new_classifier(self.head_hidden_size, num_classes)
+        self.feature_info = [dict(num_chs=6, reduction=2, module="pool1"),
+                             dict(num_chs=16, reduction=4, module="pool2")]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Convolutional feature maps, shape ``(batch, 16, 5, 5)``."""
@@ -57,13 +68,14 @@ class LeNet(ClassifierMixin, nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.act3(self.fc1(self.flatten(x)))
         x = self.act4(self.fc2(x))
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.head(x)
-
 
 
 def lenet(**kwargs) -> LeNet:
     """LeNet-5 for 32×32 images, as in the BioTorch benchmarks (Sanfiz & Akrout 2021), 0.06M parameters.
 
-    Keyword arguments go to :class:`LeNet` (``num_classes``, ``in_chans``).
+    Keyword arguments go to :class:`LeNet` (``num_classes``, ``in_chans``, ``drop_rate``).
     """
     return LeNet(**kwargs)

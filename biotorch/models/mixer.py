@@ -1,10 +1,13 @@
 """A small MLP-Mixer (Tolstikhin et al. 2021) for 32×32 images: only linear layers, layer norm and GELU."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ._head import ClassifierMixin, new_classifier
+from ._head import ClassifierMixin, check_global_pool, new_classifier
 
 __all__ = ["MlpMixer", "mixer_s4"]
 
@@ -42,17 +45,20 @@ class MlpMixer(ClassifierMixin, nn.Module):
     """MLP-Mixer: patch embedding, ``depth`` mixer blocks, layer norm, mean over patches, classifier.
 
     Every learnable layer is an ``nn.Linear``, ``nn.Conv2d`` (the patch embedding) or ``nn.LayerNorm``.
+    Its features are token sequences, not spatial maps, so it has no ``feature_info`` (no ``features_only``).
     The token-mixing linear layers act on 3-D inputs ``(batch, channels, tokens)``.
 
     Args:
         num_classes: outputs of the classifier (0 for none).
         in_chans: image channels.
-        img_size: image side; must be a multiple of ``patch_size``.
+        img_size: image side, or ``(height, width)``; multiples of ``patch_size``.
         patch_size: side of the square, non-overlapping patches.
         embed_dim: channels per patch.
         depth: mixer blocks.
         token_mlp_dim: hidden width of the token-mixing MLP.
         channel_mlp_dim: hidden width of the channel-mixing MLP.
+        global_pool: ``"avg"`` (mean over patches) or ``""`` (the patch tokens, for num_classes=0).
+        drop_rate: dropout before the classifier.
 
     Example::
 
@@ -61,34 +67,39 @@ class MlpMixer(ClassifierMixin, nn.Module):
         torch.Size([2, 10])
     """
 
-    fixed_input_size = True
+    fixed_input_size = True  # token mixing is sized for the patches of img_size
 
     def __init__(
         self,
         num_classes: int = 10,
         in_chans: int = 3,
-        img_size: int = 32,
+        img_size: int | tuple[int, int] = 32,
         patch_size: int = 4,
         embed_dim: int = 128,
         depth: int = 6,
         token_mlp_dim: int = 64,
         channel_mlp_dim: int = 512,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        if img_size % patch_size != 0:
+        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if height % patch_size or width % patch_size:
             raise ValueError(f"img_size ({img_size}) must be a multiple of patch_size ({patch_size})")
+        self.set_global_pool(global_pool, num_classes)
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.default_input_size = (in_chans, img_size, img_size)
-        self.num_tokens = (img_size // patch_size) ** 2
+        self.drop_rate = drop_rate
+        self.default_input_size = (in_chans, height, width)
+        self.num_tokens = (height // patch_size) * (width // patch_size)
 
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.blocks = nn.Sequential(
             *[MixerBlock(self.num_tokens, embed_dim, token_mlp_dim, channel_mlp_dim) for _ in range(depth)]
         )
         self.norm = nn.LayerNorm(embed_dim)
-        self.num_features = embed_dim
-        self.head = new_classifier(self.num_features, num_classes)
+        self.num_features = self.head_hidden_size = embed_dim
+        self.head = new_classifier(self.head_hidden_size, num_classes)
 
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -100,10 +111,16 @@ class MlpMixer(ClassifierMixin, nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         return self.norm(self.blocks(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=1)
-        return x if pre_logits else self.head(x)
+    def set_global_pool(self, global_pool: Optional[str], num_classes: int) -> None:
+        self.global_pool = check_global_pool(getattr(self, "global_pool", "avg") if global_pool is None
+                                             else global_pool, ("avg", ""), num_classes, "MlpMixer")
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=1)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.head(x)
 
 
 def mixer_s4(**kwargs) -> MlpMixer:

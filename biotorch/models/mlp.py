@@ -5,6 +5,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._head import ClassifierMixin, new_classifier
@@ -15,12 +16,16 @@ __all__ = ["MLP", "mlp"]
 class MLP(ClassifierMixin, nn.Module):
     """Fully connected network: flatten, ``Linear -> activation`` per hidden layer, then a linear classifier.
 
+    ``forward_features`` returns the last hidden layer: an MLP has no spatial feature maps.
+
     Args:
         num_classes: outputs of the classifier (0 for none).
         in_chans: image channels.
         img_size: image side, or ``(height, width)``; fixes the first layer's width.
         hidden_features: width of each hidden layer.
         act_layer: activation module class placed after each hidden layer.
+        global_pool: only ``""`` (no pooling), for timm's interface.
+        drop_rate: dropout before the classifier.
 
     Example::
 
@@ -29,7 +34,7 @@ class MLP(ClassifierMixin, nn.Module):
         torch.Size([2, 10])
     """
 
-    fixed_input_size = True
+    fixed_input_size = True  # the first layer reads the flattened image
 
     def __init__(
         self,
@@ -38,11 +43,15 @@ class MLP(ClassifierMixin, nn.Module):
         img_size: int | tuple[int, int] = 32,
         hidden_features: Sequence[int] = (512, 256),
         act_layer: type[nn.Module] = nn.ReLU,
+        global_pool: str = "",
+        drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        self.set_global_pool(global_pool, num_classes)
         height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.drop_rate = drop_rate
         self.default_input_size = (in_chans, height, width)
 
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten(1))
@@ -52,15 +61,16 @@ class MLP(ClassifierMixin, nn.Module):
             layers[f"act{index}"] = act_layer()
             width_in = width_out
         self.features = nn.Sequential(layers)
-        self.num_features = width_in
-        self.head = new_classifier(self.num_features, num_classes)
+        self.num_features = self.head_hidden_size = width_in
+        self.head = new_classifier(self.head_hidden_size, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.head(x)
-
 
 
 def mlp(**kwargs) -> MLP:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._head import ClassifierMixin, new_classifier
+from ._head import PooledClassifierMixin, new_classifier
 
 __all__ = ["CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 
@@ -53,13 +53,16 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-class CifarResNet(ClassifierMixin, nn.Module):
+class CifarResNet(PooledClassifierMixin, nn.Module):
     """ResNet for 32×32 images: a 3×3 stem, then three stages of n basic blocks (16, 32, 64 channels).
 
     Args:
         depth: 6n+2 layers with weights: 20, 32, 44, 56, 110, ...
         num_classes: outputs of the classifier (0 for none).
         in_chans: image channels.
+        global_pool: timm's pooling type (``"avg"``, ``"max"``, ``"avgmax"``, ``"catavgmax"``, or ``""`` for
+            none with num_classes=0).
+        drop_rate: dropout before the classifier.
 
     Example::
 
@@ -72,7 +75,8 @@ class CifarResNet(ClassifierMixin, nn.Module):
 
     classifier_attr = "fc"
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3) -> None:
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_chans: int = 3, global_pool: str = "avg",
+                 drop_rate: float = 0.0) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"CifarResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
@@ -80,6 +84,7 @@ class CifarResNet(ClassifierMixin, nn.Module):
         self.depth = depth
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.drop_rate = drop_rate
         self.default_input_size = (in_chans, 32, 32)
 
         self.conv1 = nn.Conv2d(in_chans, 16, 3, padding=1, bias=False)
@@ -88,10 +93,11 @@ class CifarResNet(ClassifierMixin, nn.Module):
         self.layer1 = self._make_stage(16, 16, blocks_per_stage, stride=1)
         self.layer2 = self._make_stage(16, 32, blocks_per_stage, stride=2)
         self.layer3 = self._make_stage(32, 64, blocks_per_stage, stride=2)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
         self.num_features = 64
-        self.fc = new_classifier(self.num_features, num_classes)
+        self.set_global_pool(global_pool, num_classes)
+        self.fc = new_classifier(self.head_hidden_size, num_classes)
+        self.feature_info = [dict(num_chs=16, reduction=1, module="act1"),
+                             *[dict(num_chs=16 * 2 ** i, reduction=2 ** i, module=f"layer{i + 1}") for i in range(3)]]
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -112,9 +118,10 @@ class CifarResNet(ClassifierMixin, nn.Module):
         return self.layer3(self.layer2(self.layer1(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.flatten(self.global_pool(x))
+        x = self.global_pool(x)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
-
 
 
 def resnet20(**kwargs) -> CifarResNet:

@@ -2,24 +2,29 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from ._head import ClassifierMixin
+from ._head import PooledClassifierMixin, new_classifier
 
 __all__ = ["ImageNetResNet", "resnet18", "resnet34", "resnet50"]
 
 
-class ImageNetResNet(ClassifierMixin, tv_resnet.ResNet):
+class ImageNetResNet(PooledClassifierMixin, tv_resnet.ResNet):
     """torchvision's ResNet plus ``in_chans``, ``forward_features``/``forward_head``, classifier reset.
 
-    Parameter names match torchvision's, so its state dicts load unchanged.
+    Parameter names match torchvision's, so its state dicts load unchanged; torchvision's ``avgpool`` is
+    timm's ``global_pool``.
 
     Args:
         block: ``torchvision.models.resnet.BasicBlock`` or ``Bottleneck``.
         layers: blocks in each of the four stages.
         num_classes: outputs of the classifier (0 for none).
         in_chans: image channels; other than 3 replaces the stem convolution.
+        global_pool: timm's pooling type (``"avg"``, ``"max"``, ``"avgmax"``, ``"catavgmax"``, or ``""`` for
+            none with num_classes=0).
+        drop_rate: dropout before the classifier.
 
     Example::
 
@@ -36,6 +41,8 @@ class ImageNetResNet(ClassifierMixin, tv_resnet.ResNet):
         layers: list[int],
         num_classes: int = 1000,
         in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
         **kwargs,
     ) -> None:
         if num_classes < 0:
@@ -43,10 +50,16 @@ class ImageNetResNet(ClassifierMixin, tv_resnet.ResNet):
         super().__init__(block, layers, num_classes=max(num_classes, 1), **kwargs)
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.drop_rate = drop_rate
         self.default_input_size = (in_chans, 224, 224)
         self.num_features = self.fc.in_features
-        if num_classes == 0:
-            self.fc = nn.Identity()
+        del self.avgpool
+        self.set_global_pool(global_pool, num_classes)
+        if num_classes == 0 or self.head_hidden_size != self.num_features:
+            self.fc = new_classifier(self.head_hidden_size, num_classes)
+        expansion = block.expansion
+        self.feature_info = [dict(num_chs=64, reduction=2, module="relu")] + [
+            dict(num_chs=64 * 2 ** i * expansion, reduction=4 * 2 ** i, module=f"layer{i + 1}") for i in range(4)]
         if in_chans != 3:
             self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -61,9 +74,10 @@ class ImageNetResNet(ClassifierMixin, tv_resnet.ResNet):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
+        x = self.global_pool(x)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
-
 
 
 def resnet18(**kwargs) -> ImageNetResNet:

@@ -54,6 +54,17 @@ from .runtime import Distributed, configure_determinism, resolve_device
 _GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (allocates optimizer state)
 
 
+def graph_memory(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, ...]:
+    """Addresses of the tensors a captured training step reads and writes outside its own memory pool:
+    parameters, gradients, buffers (feedback included) and the optimizer's state. A CUDA graph replays on
+    these addresses; if one moved (a tensor replaced rather than updated in place) the graph would touch
+    freed memory, so the step is captured again."""
+    tensors = [*model.parameters(), *model.buffers(), *(p.grad for p in model.parameters() if p.grad is not None),
+               *(v for state in optimizer.state.values() for v in state.values() if isinstance(v, Tensor)),
+               *(g["lr"] for g in optimizer.param_groups if isinstance(g["lr"], Tensor))]
+    return tuple(t.data_ptr() for t in tensors)
+
+
 def lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     """Multiplier of the base lr at optimizer step ``s`` (0-based); schedules are stepped every batch."""
     total = max(1, recipe.epochs * steps_per_epoch)
@@ -223,6 +234,7 @@ class Trainer:
         self._loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._correct = torch.zeros((), device=self.device, dtype=torch.int64)
         self._graph = None
+        self._graph_memory: tuple[int, ...] = ()
         self._eager_steps = 0
         self._epoch_start = 0.0
         self._alignment_batch = self._fixed_batch()
@@ -311,6 +323,9 @@ class Trainer:
             self.frozen = self.backbone_frozen
             self._set_backbone_trainable(not self.frozen)
             self.net, self._graph, self._eager_steps = self._wrap(), None, 0
+        if self._graph is not None and graph_memory(self.model, self.optimizer) != self._graph_memory:
+            self.log(f"[{self.name}] a tensor of the captured step moved since capture: capturing it again")
+            self._graph = None
         self.model.train()
         if self.frozen:  # frozen means frozen: the backbone's normalisation statistics stay as they are too
             head = set(self.model.get_classifier().modules())
@@ -368,8 +383,9 @@ class Trainer:
                 self._static_x, self._static_y = x.clone(), y.clone()
                 self.optimizer.zero_grad(set_to_none=True)
                 self._graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self._graph):
+                with torch.cuda.graph(self._graph, stream=self.stream):
                     self._step_ops(self._static_x, self._static_y)
+                self._graph_memory = graph_memory(self.model, self.optimizer)
             else:
                 self._static_x.copy_(x)
                 self._static_y.copy_(y)
