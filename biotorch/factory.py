@@ -247,16 +247,20 @@ def _checkpoint_args(model_name: str, config: dict, num_classes: Optional[int], 
     these classes and channels)."""
     args = dict(num_classes=config.get("num_classes", num_classes), in_chans=config.get("in_chans", in_chans),
                 seed=config.get("seed", 0), **config.get("rule_options", {}))
-    if config.get("pretrained_cfg"):  # a published checkpoint: its data, classes and Hub repo
-        try:
-            args["pretrained_cfg"] = timm_cfg(model_name, PretrainedCfg.from_dict(config["pretrained_cfg"]))
-        except (KeyError, TypeError, AttributeError) as error:
-            raise ConfigError(f"the checkpoint's {CONFIG_NAME} has a 'pretrained_cfg' that is not a biotorch "
-                              f"record: {error!r}") from None
-    else:
-        overlay = dict(num_classes=args["num_classes"], input_size=None if args["in_chans"] is None else
-                       (args["in_chans"], *timm_cfg(model_name).input_size[1:]))
-        args["pretrained_cfg_overlay"] = {k: v for k, v in overlay.items() if v is not None}
+    record = config.get("pretrained_cfg") or {}
+    if not isinstance(record, dict):
+        raise ConfigError(f"the checkpoint's {CONFIG_NAME}: 'pretrained_cfg' must be an object, got "
+                          f"{type(record).__name__}")
+    try:  # a published checkpoint: its data, classes and Hub repo
+        args["pretrained_cfg"] = timm_cfg(model_name, PretrainedCfg.from_dict(record))
+        return args
+    except (KeyError, TypeError):  # a run's folder, or a record of a few fields (save_pretrained's argument)
+        pass
+    overlay = dict(num_classes=args["num_classes"], hf_hub_id=record.get("hub_id"), tag=record.get("tag"),
+                   label_names=tuple(record["label_names"]) if record.get("label_names") else None,
+                   input_size=None if args["in_chans"] is None else
+                   (args["in_chans"], *timm_cfg(model_name).input_size[1:]))
+    args["pretrained_cfg_overlay"] = {k: v for k, v in overlay.items() if v is not None}
     return args
 
 

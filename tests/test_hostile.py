@@ -224,7 +224,8 @@ def test_registered_names_win_over_folders_and_empty_names_fail(tmp_path, monkey
     flip_a_byte(decoy / "model.safetensors")
     monkeypatch.chdir(tmp_path)
     model = biotorch.from_pretrained("lenet_fa.fashion_mnist")  # the sha-checked registry copy
-    assert model.pretrained_cfg["name"] == "lenet_fa.fashion_mnist"
+    assert (model.pretrained_cfg["hf_hub_id"], model.pretrained_cfg["tag"]) == ("biotorch/lenet_fa.fashion_mnist",
+                                                                              "fashion_mnist")
     with pytest.raises(CheckpointError, match="sha256"):
         biotorch.from_pretrained(Path("lenet_fa.fashion_mnist"))  # the folder, when asked for by path
     with pytest.raises(ConfigError):

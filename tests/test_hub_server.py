@@ -16,7 +16,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 import biotorch
 from biotorch import hub, publish, registry
 from biotorch.hub import CONFIG_NAME, WEIGHTS_NAME, sha256
-from conftest import write_run
+from conftest import missing_tool, write_run
 from hub_server import OlahServer, free_port
 
 NAME = "lenet_fa.fashion_mnist"
@@ -39,7 +39,7 @@ def card(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(card, tmp_path_factory):
     if not OlahServer.available():
-        pytest.skip("olah-cli (pip install olah==0.5.4) and git are needed for the loopback Hub server")
+        missing_tool("olah-cli (pip install olah==0.5.4) and git are needed for the loopback Hub server")
     server = OlahServer(tmp_path_factory.mktemp("olah"))
     server.commit = server.add_repo(REPO, card)
     with server:

@@ -3,6 +3,7 @@ arguments, data config and transforms, features, the model interface, torch.fx, 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import functools
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import biotorch
 from biotorch import hub
 from biotorch.models import ARCHITECTURES, DEFAULT_CFGS
 from biotorch.nn import RuleLayer
+from conftest import missing_tool
 
 ARCHS = sorted(ARCHITECTURES)
 RULES = ("bp", "fa", "dfa", "kp")
@@ -351,7 +353,8 @@ def test_exported_with_torch_export():
 
 
 def test_onnx_export(tmp_path):
-    pytest.importorskip("onnxscript")
+    if importlib.util.find_spec("onnxscript") is None:  # torch.onnx.export's exporter
+        missing_tool("onnxscript is needed for torch.onnx.export: pip install -e '.[dev]'")
     plain = biotorch.to_torch(build("lenet", "fa")).eval()
     torch.onnx.export(plain, (torch.randn(1, 3, 32, 32),), str(tmp_path / "lenet.onnx"))
     assert (tmp_path / "lenet.onnx").stat().st_size > 0
