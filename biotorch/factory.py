@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import sys
 import types
@@ -39,8 +40,8 @@ from torchvision.transforms import v2
 from . import data
 from .convert import convert, convert_layer, redraw_feedback, rule_layers
 from .errors import CheckpointError, ConfigError
-from .hub import (CONFIG_NAME, WEIGHTS_NAME, PathLike, download_repo, load_checkpoint, load_weights, read_config,
-                  read_header, verify_sha256, weights_file)
+from .hub import (CONFIG_NAME, DATA_FIELDS, WEIGHTS_NAME, PathLike, download_repo, load_checkpoint, load_weights,
+                  read_config, read_header, verify_sha256, weights_file)
 from .metrics import count_parameters
 from .models import ARCHITECTURES, DEFAULT_CFGS
 from .nn import LAYERS
@@ -61,24 +62,40 @@ RULE_OPTIONS = tuple(dict.fromkeys(option for rule in RULES.values() for option 
 
 
 class _Weights(NamedTuple):
-    """Where the weights of a build come from: a published ``record`` or a ``path``, and its classes."""
+    """Where the weights of a build come from (a published ``record``, else a local ``path``) and what they
+    were trained with; ``None``: not recorded (whatever the model is built with)."""
 
     record: Optional[PretrainedCfg]
     path: Optional[PathLike]
-    num_classes: Optional[int]  # of the checkpoint's head; None: whatever the model is built with
+    num_classes: Optional[int]
+    in_chans: Optional[int]
+    seed: Optional[int]
+
+    @property
+    def source(self) -> Union[str, Path, None]:
+        """What :func:`init_from` can start a model from: the published name, or a checkpoint folder."""
+        if self.record is not None:
+            return self.record.name
+        return Path(self.path) if Path(self.path).is_dir() else None
 
 
 def _weights(model_name: str, cfg, checkpoint: Optional[PathLike]) -> _Weights:
-    if checkpoint is not None:
-        return _Weights(None, checkpoint, None)
-    if cfg.file:  # timm's pretrained_cfg_overlay=dict(file=...): a local file of this model's weights
-        return _Weights(None, cfg.file, cfg.num_classes)
+    if checkpoint is not None or cfg.file:  # a local folder or file (timm's pretrained_cfg_overlay=dict(file=...))
+        path = checkpoint if checkpoint is not None else cfg.file
+        file, _ = weights_file(path)
+        config = read_config(file.parent, require_model=False) if (file.parent / CONFIG_NAME).is_file() else {}
+        classes = config.get("num_classes", cfg.num_classes if checkpoint is None else None)
+        return _Weights(None, path, classes, config.get("in_chans"), config.get("seed"))
     record = get_pretrained_cfg(f"{model_name}.{cfg.tag}" if cfg.tag else model_name)
     if cfg.hf_hub_id != record.hub_id or cfg.url or cfg.state_dict:
         raise ValueError(f"{model_name}: biotorch loads the weights it publishes ({record.hub_id}), checked "
                          "against their sha256; for other weights pass checkpoint=PATH, "
                          "pretrained_cfg_overlay=dict(file=PATH) or use biotorch.from_pretrained('hf-hub:...')")
-    return _Weights(record, None, record.num_classes)
+    return _Weights(record, None, record.num_classes, record.input_size[0], record.seed)
+
+
+def _pool_type(model: nn.Module) -> str:
+    return getattr(getattr(model, "global_pool", None), "pool_type", "")
 
 
 def _model(model_name: str, rule_options: dict, weights: Optional[_Weights], cache_dir: Optional[PathLike], *,
@@ -97,6 +114,14 @@ def _model(model_name: str, rule_options: dict, weights: Optional[_Weights], cac
     size = (img_size, img_size) if isinstance(img_size, int) else img_size
     given = dict(global_pool=None if weights is not None else global_pool,
                  img_size=None if size is None or tuple(size) == DEFAULT_CFGS[arch]["input_size"][1:] else tuple(size))
+    if given["img_size"] is not None and not DEFAULT_CFGS[arch]["img_size"]:
+        height, width = DEFAULT_CFGS[arch]["input_size"][1:]
+        fixed = f"images of {height}x{width}" if DEFAULT_CFGS[arch]["fixed_input_size"] else "images of any size"
+        raise TypeError(f"{model_name} takes no img_size (it takes {fixed}); img_size is for "
+                        f"{', '.join(a for a, c in DEFAULT_CFGS.items() if c['img_size'])}")
+    if weights is not None and torch.device(device or "cpu").type == "meta":
+        raise ValueError(f"{model_name}: weights cannot be loaded onto the meta device; build it there without "
+                         "pretrained=True or checkpoint=")
     model = ARCHITECTURES[arch](num_classes=trained_classes, in_chans=in_chans, drop_rate=drop_rate,
                                 **{k: v for k, v in given.items() if v is not None})
     convert(model, rule, seed=seed, **rule_options)
@@ -107,16 +132,19 @@ def _model(model_name: str, rule_options: dict, weights: Optional[_Weights], cac
     if device is not None:
         model.to(device)
     _draw_direct_feedback(model)
-    if weights is not None and weights.record is not None and in_chans != weights.record.input_size[0]:
-        taken = init_from(model, weights.record.name, cache_dir=cache_dir)  # the first convolution adapted
-        print(f"biotorch: {weights.record.name} was trained on {weights.record.input_size[0]}-channel images; "
+    if weights is not None and weights.in_chans not in (None, in_chans):
+        if weights.source is None:
+            raise CheckpointError(f"{weights.path} holds {weights.in_chans}-channel weights; adapting them to "
+                                  f"in_chans={in_chans} needs its checkpoint folder or its published name")
+        taken = init_from(model, weights.source, cache_dir=cache_dir)  # the first convolution adapted
+        print(f"biotorch: {weights.source} was trained on {weights.in_chans}-channel images; "
               f"{', '.join(taken['adapted'])} adapted to {in_chans} (timm's adapt_input_conv)", file=sys.stderr)
     elif weights is not None:
         load_weights(model, weights.record, weights.path, cache_dir=cache_dir)
     if weights is not None:
-        if weights.record is not None:  # its feedback came from its own seed
-            model.biotorch_config["seed"] = weights.record.metrics.get("seed", seed)
-        if num_classes != trained_classes or global_pool is not None:
+        if weights.seed is not None:  # its feedback came from its own seed, and so will a new head's
+            model.biotorch_config["seed"] = weights.seed
+        if num_classes != trained_classes or global_pool not in (None, _pool_type(model)):
             print(f"biotorch: {model_name} was trained with {trained_classes} classes; the head is re-initialised "
                   f"for num_classes={num_classes}" + (f", global_pool={global_pool!r}" if global_pool is not None
                                                       else ""), file=sys.stderr)
@@ -181,9 +209,23 @@ def _build(model_name: str, pretrained: bool = False, pretrained_cfg=None, pretr
     cfg = resolve_pretrained_cfg(model_name, pretrained_cfg, pretrained_cfg_overlay)
     weights = _weights(model_name, cfg, checkpoint) if pretrained or checkpoint is not None else None
     build = functools.partial(_model, model_name, rule_options, weights, cache_dir)
-    return build_model_with_cfg(build, model_name, pretrained=False, pretrained_cfg=cfg,
-                                feature_cfg=dict(out_indices=tuple(range(DEFAULT_CFGS[arch]["feature_maps"]))),
-                                **kwargs)
+    model = build_model_with_cfg(build, model_name, pretrained=False, pretrained_cfg=cfg,
+                                 feature_cfg=dict(out_indices=tuple(range(DEFAULT_CFGS[arch]["feature_maps"]))),
+                                 **kwargs)
+    _fit_channels(model.pretrained_cfg, kwargs.get("in_chans", cfg.input_size[0]))
+    return model
+
+
+def _fit_channels(cfg: dict, in_chans: int) -> None:
+    """Make a cfg describe ``in_chans``-channel input (a model built with other channels than its cfg's):
+    one value per channel repeated, several averaged, as ``adapt_input_conv`` treats the first layer."""
+    if cfg["input_size"][0] == in_chans:
+        return
+    cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
+    for key in ("mean", "std"):
+        values = tuple(cfg[key])
+        if len(values) != in_chans:
+            cfg[key] = (values[0] if len(values) == 1 else sum(values) / len(values),) * in_chans
 
 
 def _entrypoint(model_name: str):
@@ -247,6 +289,9 @@ def _checkpoint_args(model_name: str, config: dict, num_classes: Optional[int], 
     these classes and channels)."""
     args = dict(num_classes=config.get("num_classes", num_classes), in_chans=config.get("in_chans", in_chans),
                 seed=config.get("seed", 0), **config.get("rule_options", {}))
+    size = tuple(config["input_size"][1:]) if config.get("input_size") else timm_cfg(model_name).input_size[1:]
+    if size != timm_cfg(model_name).input_size[1:]:
+        args["img_size"] = size
     record = config.get("pretrained_cfg") or {}
     if not isinstance(record, dict):
         raise ConfigError(f"the checkpoint's {CONFIG_NAME}: 'pretrained_cfg' must be an object, got "
@@ -254,12 +299,12 @@ def _checkpoint_args(model_name: str, config: dict, num_classes: Optional[int], 
     try:  # a published checkpoint: its data, classes and Hub repo
         args["pretrained_cfg"] = timm_cfg(model_name, PretrainedCfg.from_dict(record))
         return args
-    except (KeyError, TypeError):  # a run's folder, or a record of a few fields (save_pretrained's argument)
+    except (KeyError, TypeError):  # a run's folder, or a few fields (save_pretrained's, or its argument)
         pass
     overlay = dict(num_classes=args["num_classes"], hf_hub_id=record.get("hub_id"), tag=record.get("tag"),
-                   label_names=tuple(record["label_names"]) if record.get("label_names") else None,
-                   input_size=None if args["in_chans"] is None else
-                   (args["in_chans"], *timm_cfg(model_name).input_size[1:]))
+                   **{k: tuple(record[k]) if isinstance(record[k], list) else record[k]
+                      for k in DATA_FIELDS if record.get(k) is not None},
+                   input_size=None if args["in_chans"] is None else (args["in_chans"], *size))
     args["pretrained_cfg_overlay"] = {k: v for k, v in overlay.items() if v is not None}
     return args
 
@@ -298,7 +343,7 @@ def from_checkpoint(path: PathLike, name: Optional[str] = None, num_classes: Opt
     verify_sha256(weights, expected)  # before anything of the file is read
     header, metadata = read_header(weights)
     beside = weights.parent / CONFIG_NAME
-    config = read_config(weights.parent) if beside.is_file() and expected is not None else {}
+    config = read_config(weights.parent) if beside.is_file() else {}
     arch = config.get("arch") or metadata.get("arch")
     rule = config.get("rule") or metadata.get("rule")
     if name is not None:
@@ -334,15 +379,19 @@ def from_pretrained(name_or_path: Union[PathLike, str], device=None, revision: O
         raise ConfigError("from_pretrained needs a registered name, hf-hub:<org>/<repo> or a folder, got ''")
     text = str(name_or_path)
     if text.startswith("hf-hub:"):
-        model = from_checkpoint(download_repo(text[len("hf-hub:"):], revision, local_files_only), device=device)
+        model = from_checkpoint(download_repo(text[len("hf-hub:"):], revision, local_files_only, cache_dir),
+                                device=device)
     elif isinstance(name_or_path, str) and _is_registered(text):
         # a registered name: its published weights (mirror, then Hub at ``revision``)
         cfg = get_pretrained_cfg(text)
         model = create_model(cfg.name, device=device)
         load_weights(model, cfg, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
+        model.biotorch_config["seed"] = cfg.seed  # its feedback came from its own seed, and so will a new head's
     elif Path(text).is_dir():
         read_config(text)  # a checkpoint folder has a valid config.json: say so before looking for weights
         model = from_checkpoint(Path(text), device=device)
+    elif isinstance(name_or_path, Path) or os.sep in text:
+        raise FileNotFoundError(f"no checkpoint folder at {text}")
     else:
         get_pretrained_cfg(text)  # not a folder either: fail with the name's close matches
         raise FileNotFoundError(f"no checkpoint folder at {text}")
@@ -406,10 +455,14 @@ def init_from(model: nn.Module, source: PathLike, *, label_names: Optional[Seque
         >>> init_from(model, "lenet_fa.fashion_mnist", label_names=biotorch.data.DATASETS["cifar10"].label_names)
         {'source': 'lenet_fa.fashion_mnist', ..., 'head': 'new', 'adapted': [], 'feedback': 'fresh'}
     """
-    config = model.biotorch_config
+    config = getattr(model, "biotorch_config", None)
+    if config is None:
+        raise ConfigError(f"init_from needs a model built by biotorch.create_model or timm.create_model, got a "
+                          f"{type(model).__name__} (for features_only: start the model, then wrap it in timm's "
+                          "FeatureListNet)")
     text = str(source)
     if text.startswith("hf-hub:"):
-        source = download_repo(text[len("hf-hub:"):], revision, local_files_only)
+        source = download_repo(text[len("hf-hub:"):], revision, local_files_only, cache_dir)
     parent = from_pretrained(source, device=next(model.parameters()).device, revision=revision,
                              local_files_only=local_files_only, cache_dir=cache_dir)
     origin = parent.biotorch_config

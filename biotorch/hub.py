@@ -16,6 +16,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -77,15 +78,24 @@ def save_weights(model: nn.Module, path: PathLike, metadata: Optional[dict] = No
     return atomic_write(path, write)
 
 
+# What a model's timm cfg says about its data, kept by save_pretrained so the folder reloads with it.
+DATA_FIELDS = ("mean", "std", "interpolation", "crop_pct", "label_names")
+
+
 def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional[dict] = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``folder`` (a Hub repo layout); returns it."""
+    """Write ``model.safetensors`` and ``config.json`` into ``folder`` (a Hub repo layout); returns it.
+
+    ``pretrained_cfg`` (a published record) goes into the config; without it, the data fields of the
+    model's own timm cfg (normalisation, interpolation, crop, label names) do."""
     if not hasattr(model, "biotorch_config"):
         raise ValueError("save_pretrained needs a model from biotorch.create_model (it records arch and rule)")
     folder = Path(folder)
     weights = save_weights(model, folder / WEIGHTS_NAME)
     config = dict(model.biotorch_config)
     config["files"] = {WEIGHTS_NAME: {"sha256": sha256(weights), "size": weights.stat().st_size}}
-    if pretrained_cfg is not None:
+    if pretrained_cfg is None and isinstance(getattr(model, "pretrained_cfg", None), dict):
+        pretrained_cfg = {k: model.pretrained_cfg[k] for k in DATA_FIELDS if model.pretrained_cfg.get(k) is not None}
+    if pretrained_cfg:
         config["pretrained_cfg"] = pretrained_cfg
     write_json(folder / CONFIG_NAME, config)
     return folder
@@ -269,12 +279,15 @@ def load_weights(model: nn.Module, cfg, checkpoint: Optional[PathLike] = None, r
     return load_checkpoint(model, resolve_weights(cfg, revision, local_files_only, cache_dir), expected)
 
 
-def download_repo(repo_id: str, revision: Optional[str] = None, local_files_only: bool = False) -> Path:
+def download_repo(repo_id: str, revision: Optional[str] = None, local_files_only: bool = False,
+                  cache_dir: Optional[PathLike] = None) -> Path:
     """The folder of a Hub checkpoint repo (config and weights) in the local HF cache, downloaded if needed."""
     from huggingface_hub import hf_hub_download
 
-    config = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, local_files_only=local_files_only)
-    hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, local_files_only=local_files_only)
+    get = functools.partial(hf_hub_download, repo_id, revision=revision, local_files_only=local_files_only,
+                            cache_dir=cache_dir)
+    config = get(CONFIG_NAME)
+    get(WEIGHTS_NAME)
     return Path(config).parent
 
 

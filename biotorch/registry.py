@@ -70,6 +70,11 @@ class PretrainedCfg:
     def model_name(self) -> str:
         return f"{self.arch}_{self.rule}"
 
+    @property
+    def seed(self) -> int:
+        """The seed of the published run (its feedback's, and a new head's)."""
+        return self.metrics.get("seed", 0)
+
     @classmethod
     def from_dict(cls, record: dict) -> PretrainedCfg:
         """From its JSON form (``pretrained.json``, a checkpoint's ``config.json``)."""

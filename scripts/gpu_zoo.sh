@@ -57,17 +57,25 @@ timeout $(( TRAIN_S + 15 )) "$PY" scripts/train_zoo.py --zoo "$ZOO" --out "$RUNS
   --device "$DEVICE" ${TRAIN_ARGS:-} 2>&1 | tee -a "$LOG"
 say "train_zoo exit ${PIPESTATUS[0]}"
 
+PUBLISH_T0=$(date +%s)
 timeout "$PUBLISH_S" "$PY" scripts/publish.py "$RUNS" --no-push 2>&1 | tee -a "$LOG"
 say "publish exit ${PIPESTATUS[0]}"
+PUBLISH_TOOK=$(( $(date +%s) - PUBLISH_T0 ))
 # This zoo's card names (runs/<name>-seedN → <name>), those publish built.
 NAMES=$(ls "$RUNS" 2>/dev/null | sed -n 's/-seed[0-9]*$//p' | sort -u | while read -r n; do [[ -d "model_cards/$n" ]] && echo "$n"; done)
-if (( ROBUST_S > 0 )) && [[ -n "$NAMES" ]]; then
-  # Two thirds for the attacks, the rest to rebuild the cards (publish keeps a block measured on the same weights).
-  timeout $(( ROBUST_S * 2 / 3 )) "$PY" -m biotorch robustness $NAMES --limit "$ROBUST_LIMIT" --device "$DEVICE" \
+# The attacks get ROBUST_S less twice what publish took: the cards are rebuilt after them (publish keeps a
+# block measured on the same weights), which costs about what publishing did.
+ROBUST_END=$(( $(date +%s) + ROBUST_S ))
+ATTACK_S=$(( ROBUST_S - 2 * PUBLISH_TOOK - 2 ))
+if (( ROBUST_S > 0 && ATTACK_S >= 5 )) && [[ -n "$NAMES" ]]; then
+  timeout "$ATTACK_S" "$PY" -m biotorch robustness $NAMES --limit "$ROBUST_LIMIT" --device "$DEVICE" \
     --write model_cards 2>&1 | tee -a "$LOG"
   say "robustness exit ${PIPESTATUS[0]}"
-  timeout $(( ROBUST_S - ROBUST_S * 2 / 3 )) "$PY" scripts/publish.py "$RUNS" --no-push 2>&1 | tee -a "$LOG"
+  REPUBLISH_S=$(( ROBUST_END - $(date +%s) )); (( REPUBLISH_S < 1 )) && REPUBLISH_S=1  # (timeout 0: no limit)
+  timeout "$REPUBLISH_S" "$PY" scripts/publish.py "$RUNS" --no-push 2>&1 | tee -a "$LOG"
   say "publish (robustness on the cards) exit ${PIPESTATUS[0]}"
+elif (( ROBUST_S > 0 )); then
+  say "robustness skipped: ${ATTACK_S}s left for the attacks after ${PUBLISH_TOOK}s of publishing"
 fi
 VERIFY_LIMIT=$(( $(left) - PACK_S ))
 if (( VERIFY_LIMIT > 5 )); then

@@ -96,6 +96,15 @@ def test_from_pretrained_hf_hub_equals_the_local_folder(server, endpoint, card):
     assert f"{remote.pretrained_cfg['architecture']}.{remote.pretrained_cfg['tag']}" == NAME
 
 
+def test_hf_hub_downloads_go_to_cache_dir(server, endpoint, tmp_path):
+    endpoint(server.endpoint)
+    biotorch.from_pretrained(f"hf-hub:{REPO}", cache_dir=tmp_path / "mine")
+    model = biotorch.create_model(NAME.partition(".")[0], in_chans=1)
+    biotorch.init_from(model, f"hf-hub:{REPO}", cache_dir=tmp_path / "other")
+    for cache in ("mine", "other"):
+        assert {p.name for p in (tmp_path / cache).rglob("*") if p.is_file()} >= {CONFIG_NAME, WEIGHTS_NAME}
+
+
 @pytest.fixture
 def registry_without_mirror(card, tmp_path, monkeypatch):
     """The registry knows the checkpoint but the clone has no mirror folder: weights come from the Hub."""

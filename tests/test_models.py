@@ -1,6 +1,7 @@
 """Architectures: shapes, parameter counts, timm's head API, and layers a learning rule can convert."""
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
@@ -104,6 +105,7 @@ def test_default_cfgs_state_what_the_architecture_is(name):
     assert cfg["first_conv"] == next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
     assert cfg["pool_size"] == (tuple(features.shape[2:]) if features.ndim == 4 else None)
     assert cfg["feature_maps"] == len(model.feature_info)
+    assert cfg["img_size"] == ("img_size" in inspect.signature(type(model).__init__).parameters)
     for info in model.feature_info:  # timm's keys, naming modules the model has (channels: tests/test_timm.py)
         assert model.get_submodule(info["module"]) is not None and info["num_chs"] > 0 and info["reduction"] >= 1
 

@@ -358,3 +358,69 @@ def test_onnx_export(tmp_path):
     plain = biotorch.to_torch(build("lenet", "fa")).eval()
     torch.onnx.export(plain, (torch.randn(1, 3, 32, 32),), str(tmp_path / "lenet.onnx"))
     assert (tmp_path / "lenet.onnx").stat().st_size > 0
+
+
+# -- what a model built from weights records, and what its cfg says ------------------------------------------
+
+def test_every_way_to_load_a_checkpoint_records_its_seed():
+    """The seed seeds a new head: two ways to the same checkpoint give the same new head."""
+    name = "lenet_fa.fashion_mnist"
+    seed = biotorch.get_pretrained_cfg(name).seed
+    torch.manual_seed(0)
+    a = biotorch.from_pretrained(name, num_classes=5)
+    torch.manual_seed(0)
+    b = biotorch.create_model(name, pretrained=True, num_classes=5)
+    assert a.biotorch_config["seed"] == b.biotorch_config["seed"] == seed
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+
+
+def test_other_channels_give_a_cfg_and_transform_for_those_channels():
+    model = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True, in_chans=3)  # conv1 adapted
+    gray = biotorch.get_pretrained_cfg("lenet_fa.fashion_mnist")
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32) and model.pretrained_cfg["mean"] == gray.mean * 3
+    image = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    assert model(biotorch.transforms(model)(image)[None]).shape == (1, 10)
+    mixer = biotorch.create_model("mixer_s4_fa", in_chans=1)
+    assert biotorch.transforms(mixer)(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)).shape == (1, 32, 32)
+    assert resolve_data_config(model=mixer)["input_size"] == (1, 32, 32)
+
+
+def test_a_saved_model_reloads_with_its_data_cfg_and_size(tmp_path):
+    model = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True)
+    back = biotorch.from_pretrained(biotorch.save_pretrained(model, tmp_path / "fa"))
+    for key in ("input_size", "mean", "std", "label_names", "interpolation", "crop_pct"):
+        assert back.pretrained_cfg[key] == model.pretrained_cfg[key], key
+    for arch, size in (("mlp_fa", 28), ("mixer_s4_fa", 16)):
+        small = biotorch.create_model(arch, img_size=size).eval()
+        back = biotorch.from_pretrained(biotorch.save_pretrained(small, tmp_path / arch)).eval()
+        x = torch.randn(2, *small.default_input_size)
+        assert back.default_input_size[1:] == (size, size) and torch.equal(back(x), small(x))
+
+
+def test_a_checkpoint_folder_adapts_its_channels_and_head(tmp_path):
+    folder = biotorch.save_pretrained(biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True), tmp_path / "fa")
+    model = biotorch.create_model("lenet_fa", checkpoint=folder, in_chans=3, num_classes=5)
+    source = biotorch.from_pretrained(folder)
+    assert model.conv1.weight.shape == (6, 3, 5, 5) and model.num_classes == 5
+    assert torch.equal(model.conv2.weight, source.conv2.weight)
+    assert model.biotorch_config["seed"] == source.biotorch_config["seed"]
+    with pytest.raises(biotorch.errors.CheckpointError, match="needs its checkpoint folder"):
+        biotorch.create_model("lenet_fa", checkpoint=folder / "model.safetensors", in_chans=3)
+
+
+def test_the_trained_head_is_kept_for_its_own_pooling():
+    trained = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True)
+    same = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True, global_pool="")
+    assert torch.equal(same.get_classifier().weight, trained.get_classifier().weight)
+
+
+def test_factory_mistakes_are_named():
+    with pytest.raises(TypeError, match=r"resnet20_fa takes no img_size \(it takes images of any size\)"):
+        biotorch.create_model("resnet20_fa", img_size=64)
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder at"):
+        biotorch.from_pretrained(Path("no/such/lenet"))
+    with pytest.raises(biotorch.errors.ConfigError, match="got a FeatureListNet"):
+        biotorch.init_from(timm.create_model("lenet_fa", features_only=True), "lenet_fa.fashion_mnist")
+    with pytest.raises(ValueError, match="weights cannot be loaded onto the meta device"):
+        biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True, device="meta")
