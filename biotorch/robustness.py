@@ -501,7 +501,8 @@ def _card_folder(cards_dir: str, cfg) -> Path:
 
 
 def _attack_all(names: list[str], args, worker: int = 0) -> list[dict]:
-    """One process: the targets in turn, sharing each bp model and the examples crafted on it."""
+    """One process: the targets in turn, sharing each bp model and the examples crafted on it. With
+    ``--write`` each block is written as soon as its model is done, so a run cut short keeps what it did."""
 
     device = resolve_device(args.device)
     if device.type == "cpu":
@@ -539,6 +540,8 @@ def _attack_all(names: list[str], args, worker: int = 0) -> list[dict]:
                                     progress=False if args.json else {"desc": cfg.name, "position": worker})
         outputs.append({"model": cfg.name, "dataset": cfg.dataset, "split": split, "images": len(labels),
                         "clean_top1": clean, "robustness": block})
+        if args.write:
+            log(f"wrote {write_block(_card_folder(args.write, cfg), block)}")
     return outputs
 
 
@@ -548,7 +551,8 @@ def run_robustness(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
     names = _names(args.name)
-    folders = {name: _card_folder(args.write, get_pretrained_cfg(name)) for name in names} if args.write else {}
+    for name in names if args.write else ():  # every card folder checked before any attack
+        _card_folder(args.write, get_pretrained_cfg(name))
     jobs = max(1, min(args.jobs, len(names)))
     if jobs > 1 and resolve_device(args.device).type != "cpu":
         raise ValueError("--jobs runs several CPU processes; on a GPU use one (drop --jobs)")
@@ -561,9 +565,6 @@ def run_robustness(args) -> int:
             by_name = {output["model"]: output for part in parts for output in part}
         outputs = [by_name[name] for name in names]
     for output in outputs:
-        if args.write:
-            path = write_block(folders[output["model"]], output["robustness"])
-            print(f"biotorch robustness: wrote {path}", file=sys.stderr)
         if not args.json:
             _print_table(output)
     if args.json:

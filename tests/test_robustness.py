@@ -214,3 +214,25 @@ def test_write_refuses_a_card_with_other_weights(no_dataset, tmp_path):
     with pytest.raises(ValueError, match="does not hold the published weights"):
         robustness.run_robustness(cli.build_parser().parse_args(
             ["robustness", "lenet_fa.fashion_mnist", "--limit", "2", "--write", str(cards)]))
+
+
+def test_each_block_is_written_when_its_model_is_done(no_dataset, tmp_path, monkeypatch):
+    """A run cut short (the GPU lease's timeout) keeps the blocks of the models it finished."""
+    cards = tmp_path / "cards"
+    names = ["lenet_bp.fashion_mnist", "lenet_fa.fashion_mnist"]
+    for name in names:
+        shutil.copytree(MIRROR / name, cards / name)
+    attack = robustness.evaluate_robustness
+
+    def cut_after_the_first(model, *args, **kwargs):
+        if model.biotorch_config["rule"] == "fa":
+            raise KeyboardInterrupt  # the timeout's signal, as it reaches the second model
+        return attack(model, *args, **kwargs)
+
+    monkeypatch.setattr(robustness, "evaluate_robustness", cut_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        robustness.run_robustness(cli.build_parser().parse_args(
+            ["robustness", *names, "--limit", "2", "--eps", "0.05", "--write", str(cards), "--json"]))
+    assert len(json.loads((cards / names[0] / "metrics.json").read_text())["robustness"]) == 2 * 3
+    assert json.loads((cards / names[1] / "metrics.json").read_text())["robustness"] == \
+        json.loads((MIRROR / names[1] / "metrics.json").read_text())["robustness"]  # untouched
