@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from huggingface_hub import HfApi, ModelCard, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
@@ -120,6 +121,7 @@ def test_offline_mode_loads_from_the_cache(server, endpoint, card, registry_with
     endpoint(server.endpoint)
     expected = outputs(biotorch.from_pretrained(card))
     assert torch.equal(outputs(biotorch.create_model(NAME, pretrained=True)), expected)  # downloads (sha-checked)
+    assert torch.equal(outputs(timm.create_model(NAME, pretrained=True)), expected)      # timm's way in: the same
     biotorch.from_pretrained(f"hf-hub:{REPO}")  # fills the cache
 
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: any request would fail
