@@ -174,8 +174,7 @@ def redraw_feedback(model: nn.Module, num_classes: Optional[int] = None) -> None
     """
     _attach_output_error(model, num_classes)
     for _, layer in rule_layers(model):
-        if isinstance(layer.rule, DFA):
-            layer.rule.discard(layer)
+        layer.rule.discard(layer)
 
 
 def feedback_fingerprint(model: nn.Module) -> str:

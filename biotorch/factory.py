@@ -40,8 +40,8 @@ from torchvision.transforms import v2
 from . import data
 from .convert import convert, convert_layer, redraw_feedback, rule_layers
 from .errors import CheckpointError, ConfigError
-from .hub import (CONFIG_NAME, DATA_FIELDS, WEIGHTS_NAME, PathLike, download_repo, load_checkpoint, load_weights,
-                  read_config, read_header, verify_sha256, weights_file)
+from .hub import (CONFIG_NAME, DATA_FIELDS, WEIGHTS_NAME, PathLike, config_beside, describe_mismatch, download_repo,
+                  load_checkpoint, load_weights, read_config, read_header, verify_sha256, weights_file)
 from .metrics import count_parameters
 from .models import ARCHITECTURES, DEFAULT_CFGS
 from .nn import LAYERS
@@ -83,7 +83,7 @@ def _weights(model_name: str, cfg, checkpoint: Optional[PathLike]) -> _Weights:
     if checkpoint is not None or cfg.file:  # a local folder or file (timm's pretrained_cfg_overlay=dict(file=...))
         path = checkpoint if checkpoint is not None else cfg.file
         file, _ = weights_file(path)
-        config = read_config(file.parent, require_model=False) if (file.parent / CONFIG_NAME).is_file() else {}
+        config = config_beside(file)
         classes = config.get("num_classes", cfg.num_classes if checkpoint is None else None)
         return _Weights(None, path, classes, config.get("in_chans"), config.get("seed"))
     record = get_pretrained_cfg(f"{model_name}.{cfg.tag}" if cfg.tag else model_name)
@@ -314,16 +314,11 @@ def _check_fits(name: str, args: dict, header: dict, path: Path) -> None:
     asking for a huge head or the wrong channels fails here, before anything real is allocated."""
     with torch.device("meta"):
         probe = create_model(name, **args)
-    shapes = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
-    missing, unexpected = sorted(shapes.keys() - header.keys()), sorted(header.keys() - shapes.keys())
-    wrong = [f"{k} {header[k][0]} vs {shapes[k]}" for k in sorted(shapes.keys() & header.keys())
-             if header[k][0] != shapes[k]]
-    if missing or unexpected or wrong:
-        details = "; ".join(f"{label}: {', '.join(items[:4])}{' …' if len(items) > 4 else ''}"
-                            for label, items in (("missing", missing), ("unexpected", unexpected),
-                                                 ("shape", wrong)) if items)
+    mismatch = describe_mismatch({k: (tuple(shape),) for k, (shape, _) in header.items()},
+                                 {k: (tuple(v.shape),) for k, v in probe.state_dict().items()})
+    if mismatch:  # shapes only: the file's dtypes are checked against the real model when it is loaded
         raise CheckpointError(f"{path} does not hold a {name} with {probe.num_classes} classes and "
-                              f"{probe.in_chans} input channels: {details}")
+                              f"{probe.in_chans} input channels: {mismatch}")
 
 
 def from_checkpoint(path: PathLike, name: Optional[str] = None, num_classes: Optional[int] = None,
@@ -342,8 +337,7 @@ def from_checkpoint(path: PathLike, name: Optional[str] = None, num_classes: Opt
     weights, expected = weights_file(path)
     verify_sha256(weights, expected)  # before anything of the file is read
     header, metadata = read_header(weights)
-    beside = weights.parent / CONFIG_NAME
-    config = read_config(weights.parent) if beside.is_file() else {}
+    config = config_beside(weights, require_model=True)
     arch = config.get("arch") or metadata.get("arch")
     rule = config.get("rule") or metadata.get("rule")
     if name is not None:

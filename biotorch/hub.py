@@ -146,6 +146,18 @@ def read_checkpoint(path: PathLike, expected_sha256: Optional[str] = None, devic
     return state, metadata
 
 
+def describe_mismatch(found: dict[str, tuple], expected: dict[str, tuple]) -> str:
+    """What keeps tensors ``found`` from loading into ``expected`` (both ``{name: (shape,)}`` or
+    ``{name: (shape, dtype)}``): missing, unexpected, shape and dtype clauses, five names each at most;
+    ``""`` when they fit."""
+    both = sorted(found.keys() & expected.keys())
+    clauses = (("missing", sorted(expected.keys() - found.keys())), ("unexpected", sorted(found.keys() - expected.keys())),
+               ("shape", [f"{k} {found[k][0]} vs model {expected[k][0]}" for k in both if found[k][0] != expected[k][0]]),
+               ("dtype", [f"{k} {found[k][1]} vs model {expected[k][1]}" for k in both if found[k][1:] != expected[k][1:]]))
+    return "; ".join(f"{label}: {', '.join(items[:5])}{' …' if len(items) > 5 else ''}" for label, items in clauses
+                     if items)
+
+
 def load_checkpoint(model: nn.Module, path: PathLike, expected_sha256: Optional[str] = None, *,
                     allow_nonfinite: bool = False) -> nn.Module:
     """Load ``path`` into ``model`` strictly; on any mismatch raise and leave the model untouched.
@@ -161,19 +173,12 @@ def load_checkpoint(model: nn.Module, path: PathLike, expected_sha256: Optional[
             raise CheckpointError(f"{path} holds a {metadata.get('arch')}_{metadata.get('rule')} checkpoint, not "
                                   f"{config['arch']}_{config['rule']}")
     expected = model.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    both = sorted(expected.keys() & state.keys())
-    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-             for k in both if state[k].shape != expected[k].shape]
-    dtypes = [f"{k} {state[k].dtype} vs model {expected[k].dtype}" for k in both if state[k].dtype != expected[k].dtype]
-    if missing or unexpected or wrong or dtypes:
-        raise CheckpointError(f"{path} does not fit this model: "
-                              + "; ".join(f"{label}: {', '.join(items[:5])}{' …' if len(items) > 5 else ''}"
-                                          for label, items in (("missing", missing), ("unexpected", unexpected),
-                                                               ("shape", wrong), ("dtype", dtypes)) if items))
-    if not allow_nonfinite:
-        bad = [k for k in both if state[k].is_floating_point() and not bool(state[k].isfinite().all())]
+    layout = lambda tensors: {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}  # noqa: E731
+    mismatch = describe_mismatch(layout(state), layout(expected))
+    if mismatch:
+        raise CheckpointError(f"{path} does not fit this model: {mismatch}")
+    if not allow_nonfinite:  # (the keys are the model's: they fit)
+        bad = [k for k in sorted(state) if state[k].is_floating_point() and not bool(state[k].isfinite().all())]
         if bad:
             raise CheckpointError(f"{path} holds NaN or infinite values in {', '.join(bad[:5])}: refused "
                                   "(pass allow_nonfinite=True to inspect it anyway)")
@@ -204,11 +209,12 @@ def weights_file(path: PathLike) -> tuple[Path, Optional[str]]:
         path = found
     elif not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    config = path.parent / CONFIG_NAME
-    if not config.is_file():
-        return path, None
-    files = read_config(path.parent, require_model=False).get("files", {})
-    return path, files.get(path.name, {}).get("sha256")
+    return path, config_beside(path).get("files", {}).get(path.name, {}).get("sha256")
+
+
+def config_beside(weights: Path, require_model: bool = False) -> dict:
+    """The checked ``config.json`` in the weights file's own folder (:func:`read_config`), ``{}`` if none."""
+    return read_config(weights.parent, require_model) if (weights.parent / CONFIG_NAME).is_file() else {}
 
 
 def _positive_int(config: dict, key: str, where) -> None:

@@ -111,6 +111,9 @@ class Rule:
     def after_load(self, layer: nn.Module) -> None:
         pass
 
+    def discard(self, layer: nn.Module) -> None:
+        """Forget feedback drawn for the current classes and input size (``drawn_at_first_forward`` rules)."""
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.options)
         return f"{self.name}({opts})" if opts else self.name
