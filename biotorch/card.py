@@ -241,9 +241,14 @@ def card_body(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment: 
         baseline_text = f"Against backprop on the same architecture and data ({how}): {gap:+.2f} points test top-1."
     hardware = m.get("device") or "unrecorded hardware"
     world = f" × {m['world_size']}" if m.get("world_size", 1) > 1 else ""
+    amp = recipe.get("amp") or "none"
+    how = f" in {'fp32' if amp == 'none' else amp + ' autocast'}"
+    if m.get("train_time_s"):
+        speed = f" at {m['images_per_s']:,.0f} images/s" if m.get("images_per_s") else ""
+        how += f", {m['train_time_s'] / 60:.0f} min of training{speed}"
     limitations = [
         f"The numbers come from {seeds_text(m['seeds'])} ({', '.join(map(str, m['seed_list']))}) of one recipe, trained "
-        f"on {hardware}{world}; the published checkpoint is seed {m['seed']}, chosen on validation top-1.",
+        f"on {hardware}{world}{how}; the published checkpoint is seed {m['seed']}, chosen on validation top-1.",
         (f"Started from {parent}, trained on {started.get('dataset') or 'its own data'}; then fine-tuned on {title}"
          if started else f"Trained on {title} only") + f" ({cfg['split']}); inputs must be "
         f"{'×'.join(map(str, cfg['input_size']))}, normalised with mean {tuple(cfg['mean'])} and std "

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 
 import biotorch
 from biotorch import cli, hub, publish, registry
@@ -286,3 +287,26 @@ def test_published_folder(folder):
     assert (folder / WEIGHTS_NAME).stat().st_size == cfg.files[WEIGHTS_NAME]["size"]
     model = biotorch.create_model(folder.name, pretrained=True)  # strict, sha-checked
     assert count_parameters(model) == (cfg.params_forward, cfg.params_feedback)
+
+
+def test_a_published_resnet20_card_loads_through_torch_hub_offline_on_the_cpu(monkeypatch):
+    """The design card's own example: ``torch.hub.load(<clone>, "resnet20_<rule>", source="local")`` gives the
+    published weights, which classify the shipped CIFAR-10 JPEG sample images as the card's test top-1 says."""
+    cards = [f for f in FOLDERS if f.name.startswith("resnet20_") and f.name.endswith(".cifar10_jpeg")]
+    assert cards, "no published resnet20_*.cifar10_jpeg card in model_cards/"
+    folder = max(cards, key=lambda f: registry._pretrained()[f.name].metrics["test_top1"])
+    cfg = registry._pretrained()[folder.name]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = Path(__file__).resolve().parent.parent
+    model = torch.hub.load(str(root), cfg.model_name, source="local", tag=cfg.tag, device="cpu")
+    assert (model.biotorch_config["arch"], model.biotorch_config["rule"]) == (cfg.arch, cfg.rule)
+    state, weights = model.state_dict(), load_file(folder / WEIGHTS_NAME)
+    assert weights and all(torch.equal(state[k], v) for k, v in weights.items())
+    images, labels = biotorch.data.load_samples(root / "samples" / "cifar10_jpeg", "cifar10_jpeg")
+    info = biotorch.data.DATASETS["cifar10_jpeg"]
+    x = (images.float() / 255 - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        top1 = 100.0 * (model.eval()(x).argmax(1) == labels).float().mean().item()
+    # 101 images: within 4 binomial standard deviations of the card's test top-1
+    p = cfg.metrics["test_top1"] / 100
+    assert abs(top1 / 100 - p) <= 4 * (p * (1 - p) / len(labels)) ** 0.5 + 0.01, (top1, cfg.metrics["test_top1"])

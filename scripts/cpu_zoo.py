@@ -1,0 +1,595 @@
+"""The zoo campaign on the CPU: train the queue (``recipes/cpu_zoo.yaml``) in the background, publish each card
+the moment its runs end, attack it, and resume after any interruption.
+
+Stateless: a run is done when its card (``model_cards/<arch>_<rule>.<data>``) is published with the run's recipe
+and seed; an entry with ``publish: false`` (a pilot) is done when its run has finished. Runs live outside the
+work tree (``--home``, default ``~/.cache/biotorch/campaign``), one folder per (recipe, seed) named after a hash
+of the recipe, so a fresh checkout on the same machine resumes them; ``<home>/campaign.json`` says what is in
+flight (epoch, images/s, ETA) and what is left; ``<home>/campaign.log`` has one line per epoch.
+
+* Only a run that can end inside ``--budget-s`` starts (its length estimated from the speed measured so far);
+  a partial run resumes where its last epoch ended and stops at an epoch boundary before the budget ends.
+* A run whose loss becomes non-finite, or that is still at chance after ``--chance-epochs``, is stopped, kept
+  as ``<folder>-diverged`` (its curve), and retried once with the entry's ``retry`` keys (lr_scale 0.5).
+* A card trained with another recipe is replaced only when the new run validates better; otherwise the
+  decision is written to ``<home>/decisions/`` and the run counts as done.
+* ``--jobs N`` trains N runs at once, each in its own process with ``cpus // N`` threads.
+
+Example::
+
+    $ nohup python scripts/cpu_zoo.py --budget-s 9000 > /tmp/cpu_zoo.out 2>&1 &
+    $ python scripts/cpu_zoo.py --status                  # the queue: done, partial, next; ETA
+    $ python scripts/cpu_zoo.py --import ../shared/zoo-runs/resnet20_bp.cifar10_jpeg-seed0   # re-evaluated first
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from biotorch.data.catalog import DATASETS
+from biotorch.errors import NonFiniteError, RunLockedError
+from biotorch.publish import MIRROR, PRETRAINED_INDEX, REPO_ROOT, Run, build_card_folder, build_index, \
+    update_readme_table
+from biotorch.rules import make_rule
+from biotorch.training.recipe import Recipe, load_recipe, make_recipe
+from biotorch.training.checkpoint import LOCK, RunLock
+from biotorch.training.records import write_json
+from biotorch.training.trainer import Trainer
+
+HOME = Path(os.environ.get("BIOTORCH_CAMPAIGN", "~/.cache/biotorch/campaign")).expanduser()
+# Recipe keys that say where or how fast a run trains, not what it learns: two recipes differing only here
+# are the same run.
+NOT_TRAINING = ("device", "data_dir", "download", "cuda_graph", "compile", "eval_batch_size", "seed",
+                "alignment_every", "val_every", "rule_overrides")  # the overrides applied are compared
+ENTRY_KEYS = {"recipe", "rules", "seeds", "set", "publish", "replace", "retry"}
+# Training images/s of one process by threads, before anything is measured (scripts/bench_train.py on the
+# quiet 2-core AMD EPYC machine of 2026-11-30, batch 128, channels_last: resnet20 233 with 2 threads, 140 with 1).
+DEFAULT_SPEED = {"resnet20": {1: 130.0, 2: 215.0}, "lenet": {1: 1500.0, 2: 2500.0}}
+ROBUSTNESS_S = {"resnet20": 600.0, "lenet": 120.0}   # attacks on 1,000 test images
+DIVERGED = "-diverged"
+
+
+def log(line: str, home: Optional[Path] = None) -> None:
+    text = f"[cpu_zoo {time.strftime('%H:%M:%S')}] {line}"
+    print(text, flush=True)
+    if home is not None:
+        with open(home / "campaign.log", "a") as f:
+            f.write(text + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the queue
+
+
+def recipe_key(recipe: Recipe) -> dict:
+    return {k: v for k, v in recipe.to_dict().items() if k not in NOT_TRAINING}
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(json.dumps(recipe_key(recipe), sort_keys=True).encode()).hexdigest()[:8]
+
+
+@dataclasses.dataclass
+class Job:
+    recipe: Recipe
+    publish: bool
+    replace: str            # better | always
+    retry: Optional[Recipe]  # the one retry after a divergence
+    index: int              # its entry in the queue
+
+    @property
+    def card(self) -> str:
+        return f"{self.recipe.model_name}.{self.recipe.data}"
+
+    @property
+    def arch(self) -> str:
+        return self.recipe.model
+
+    def folder(self, home: Path, retried: bool = False) -> Path:
+        recipe = self.retry if retried else self.recipe
+        return home / "runs" / f"{self.card}-seed{recipe.seed}-{recipe_hash(recipe)}"
+
+
+def _retry_recipe(path: str, overrides: dict, retry: dict) -> Recipe:
+    base = load_recipe(path, overrides)
+    extra = {k: v for k, v in retry.items() if k != "lr_scale"}
+    if "lr_scale" in retry:
+        extra["lr"] = extra.get("lr", base.lr) * float(retry["lr_scale"])
+    return load_recipe(path, {**overrides, **extra})
+
+
+def read_queue(path) -> list[Job]:
+    """Every run of the queue file, in order; every recipe checked before anything starts."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise ValueError(f"{path}: a queue holds `runs:`, a list of {{recipe, rules, seeds, set, ...}}")
+    defaults = data.get("defaults") or {}
+    jobs = []
+    for index, item in enumerate(data["runs"]):
+        unknown = set(item) - ENTRY_KEYS
+        if unknown:
+            raise ValueError(f"{path}: entry {index}: unknown key(s) {', '.join(sorted(unknown))}; "
+                             f"allowed: {', '.join(sorted(ENTRY_KEYS))}")
+        if item.get("replace", "better") not in ("better", "always"):
+            raise ValueError(f"{path}: entry {index}: replace is 'better' or 'always', got {item['replace']!r}")
+        where = f"{path}: entry {index}"
+        if not isinstance(item.get("recipe"), str) or not isinstance(item.get("rules"), list) or not item["rules"]:
+            raise ValueError(f"{where}: needs `recipe` (a recipe file) and `rules` (a list of rules)")
+        if not all(isinstance(seed, int) and seed >= 0 for seed in item.get("seeds", [0])):
+            raise ValueError(f"{where}: `seeds` is a list of non-negative integers, got {item.get('seeds')!r}")
+        retry = item["retry"] if "retry" in item else defaults.get("retry")  # an entry's retry replaces the default
+        for rule in item["rules"]:
+            make_rule(rule)  # an unknown rule fails here, with the known ones
+            for seed in item.get("seeds", [0]):
+                overrides = {**(defaults.get("set") or {}), **(item.get("set") or {}), "rule": rule, "seed": seed}
+                jobs.append(Job(load_recipe(item["recipe"], overrides), bool(item.get("publish", True)),
+                                item.get("replace", "better"),
+                                _retry_recipe(item["recipe"], overrides, retry) if retry else None, index))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# what is done
+
+
+def card_record(cards_dir: Path, card: str) -> Optional[dict]:
+    path = cards_dir / card / "config.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("pretrained_cfg") or None
+
+
+def published_with(job: Job, recipe: Recipe, cards_dir: Path) -> bool:
+    cfg = card_record(cards_dir, job.card)
+    if cfg is None:
+        return False
+    seeds = cfg["metrics"].get("seed_list") or [cfg["metrics"].get("seed")]
+    try:
+        card_recipe = load_recipe_dict(cfg["recipe"])
+    except Exception:  # a card of an older recipe format is not this recipe
+        return False
+    return recipe_key(card_recipe) == recipe_key(recipe) and recipe.seed in seeds
+
+
+def load_recipe_dict(values: dict) -> Recipe:
+    """A recipe as a run saved it (its rule_overrides already applied)."""
+    return make_recipe(values, resolved=True)
+
+
+def decision_path(home: Path, job: Job, recipe: Recipe) -> Path:
+    return home / "decisions" / f"{job.card}-seed{recipe.seed}-{recipe_hash(recipe)}.json"
+
+
+def in_use(folder: Path) -> bool:
+    """Whether another process holds the run folder's lock (a worker that outlived its campaign process)."""
+    if not (folder / LOCK).is_file():
+        return False
+    try:
+        RunLock(folder).acquire().release()
+        return False
+    except RunLockedError:
+        return True
+
+
+def finished(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file()
+
+
+def job_state(job: Job, home: Path, cards_dir: Path) -> tuple[str, Optional[Recipe], Path]:
+    """(state, recipe to train, folder): state is done, finished (to publish), partial, diverged or new."""
+    retried = job.retry is not None and job.folder(home).with_name(job.folder(home).name + DIVERGED).is_dir()
+    recipe, folder = (job.retry, job.folder(home, True)) if retried else (job.recipe, job.folder(home))
+    decided = job.replace == "better" and decision_path(home, job, recipe).is_file()  # the card validated better
+    if job.publish and (published_with(job, recipe, cards_dir) or decided):
+        return "done", recipe, folder
+    if finished(folder):
+        return ("finished" if job.publish else "done"), recipe, folder
+    if (retried or job.retry is None) and folder.with_name(folder.name + DIVERGED).is_dir():
+        return "diverged", recipe, folder   # reported, not retried (again)
+    return ("partial" if (folder / "checkpoint").is_dir() else "new"), recipe, folder
+
+
+# ---------------------------------------------------------------------------------------------------------
+# estimates and the status file
+
+
+def speed(home: Path, recipe: Recipe, threads: int) -> float:
+    """Training images/s of the recipe's model and data with ``threads`` threads: the last measured here, else
+    the default."""
+    path = home / "speeds.json"
+    measured = json.loads(path.read_text()) if path.is_file() else {}
+    return (measured.get(f"{recipe.model}.{recipe.data}@{threads}") or DEFAULT_SPEED.get(recipe.model, {}).get(threads)
+            or 100.0 * threads)
+
+
+def train_images(recipe: Recipe) -> int:
+    return recipe.limit_train or DATASETS[recipe.data].train_size or 50_000
+
+
+def epochs_done(folder: Path) -> int:
+    state = folder / "checkpoint" / "state.json"
+    try:
+        return int(json.loads(state.read_text())["epoch"]) if state.is_file() else 0
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def seconds_left(recipe: Recipe, folder: Path, home: Path, threads: int) -> float:
+    """Remaining seconds of a run at the speed measured so far (validation counted as 10 % more images)."""
+    epochs = max(0, recipe.epochs - epochs_done(folder))
+    return epochs * train_images(recipe) * 1.1 / speed(home, recipe, threads) + 60.0
+
+
+def write_status(home: Path, jobs: list[Job], cards_dir: Path, active: dict, threads: int) -> dict:
+    rows, eta = [], 0.0
+    for job in jobs:
+        state, recipe, folder = job_state(job, home, cards_dir)
+        if state in ("done", "diverged"):
+            rows.append({"run": folder.name, "state": state})
+            continue
+        live = {}
+        status = folder / "status.json"
+        if status.is_file():
+            try:
+                live = json.loads(status.read_text())
+            except json.JSONDecodeError:
+                live = {}
+        left = live.get("eta_s") if folder.name in active else None
+        left = seconds_left(recipe, folder, home, threads) if left is None else left
+        eta += 0 if state == "finished" else left
+        rows.append({"run": folder.name, "state": "training" if folder.name in active else state,
+                     "epoch": epochs_done(folder), "epochs": recipe.epochs, "images_per_s": live.get("images_per_s"),
+                     "eta_s": round(left)})
+    status = {"updated": time.strftime("%Y-%m-%d %H:%M:%S"), "threads_per_run": threads, "in_flight": sorted(active),
+              "finished_unpublished": [r["run"] for r in rows if r["state"] == "finished"],
+              "queue_eta_s": round(eta), "runs": rows}
+    write_json(home / "campaign.json", status)
+    return status
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one run (the worker process)
+
+
+def train_one(recipe: Recipe, folder: Path, home: Path, deadline: float, threads: int, chance_epochs: int) -> int:
+    """Train (or resume) one run until it ends or the next epoch would pass ``deadline`` (a time.time()).
+    Exit codes: 0 finished, 3 stopped for the budget, 4 diverged."""
+    torch.set_num_threads(threads)
+    name = folder.name
+    trainer = Trainer(recipe, folder, resume=True, progress=False, name=name, log=lambda line: log(line, home))
+    try:
+        chance = 100.0 / trainer.info.num_classes
+        while not trainer.done:
+            times = [row["epoch_time_s"] for row in trainer.history[-3:]]
+            epoch_s = (sum(times) / len(times) if times else
+                       train_images(recipe) / speed(home, recipe, threads)) * 1.15
+            if time.time() + epoch_s > deadline:
+                log(f"[{name}] stopping at epoch {trainer.epoch}: the next (~{epoch_s:.0f}s) would pass the budget",
+                    home)
+                return 3
+            for x, y in trainer.begin_epoch():
+                trainer.step(x, y)
+            row = trainer.end_epoch()
+            images_per_s = train_images(recipe) / row["epoch_time_s"]
+            recent = [r["epoch_time_s"] for r in trainer.history[-3:]]
+            eta = (recipe.epochs - trainer.epoch) * sum(recent) / len(recent) * 1.05
+            write_json(folder / "status.json", {
+                "epoch": trainer.epoch, "epochs": recipe.epochs, "images_per_s": round(images_per_s),
+                "mean_images_per_s": round(trainer.images_trained / trainer.train_time_s), "eta_s": round(eta),
+                "threads": threads})
+            log(f"[{name}] epoch {trainer.epoch}/{recipe.epochs}: {images_per_s:,.0f} img/s ({threads} "
+                f"thread{'s' * (threads > 1)}), val top1 {row['val_top1'] or 0:.2f}, ETA of the run "
+                f"{eta / 60:.0f} min ({time.strftime('%H:%M', time.localtime(time.time() + eta))})", home)
+            if trainer.epoch == chance_epochs and max(r["val_top1"] or 0 for r in trainer.history) < chance + 2:
+                raise NonFiniteError(f"{name}: validation top-1 {row['val_top1']:.2f} after {trainer.epoch} epochs, "
+                                     f"at chance ({chance:.0f}%)")
+        trainer.finish()
+        return 0
+    except NonFiniteError as error:
+        log(f"[{name}] DIVERGED: {error}", home)
+        return 4
+    finally:
+        trainer.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# publishing
+
+
+def publish_card(job: Job, recipe: Recipe, home: Path, cards_dir: Path, jobs: list[Job],
+                 readme: Optional[Path], index_path: Path) -> Optional[str]:
+    """Publish the card of ``job`` when every seed of its recipe has finished; returns the card's name when
+    it was built (None when seeds are still training or the published card validates better)."""
+    siblings = [j for j in jobs if j.card == job.card and j.index == job.index]
+    folders = []
+    for sibling in siblings:
+        _, sibling_recipe, folder = job_state(sibling, home, cards_dir)
+        if not finished(folder):
+            return None
+        folders.append(folder)
+    runs = [Run(f) for f in folders]
+    new_val = max(r.metrics["val_top1"] for r in runs)
+    old = card_record(cards_dir, job.card)
+    same_recipe = old is not None and published_with(job, recipe, cards_dir)
+    if old is not None and not same_recipe and job.replace == "better":
+        old_val = old["metrics"].get("val_top1")
+        if old_val is not None and old_val >= new_val:
+            for sibling, folder in zip(siblings, folders):
+                write_json(decision_path(home, sibling, job_state(sibling, home, cards_dir)[1]),
+                           {"card": job.card, "kept_val_top1": old_val, "new_val_top1": new_val,
+                            "run": str(folder), "decided": time.strftime("%Y-%m-%d %H:%M:%S")})
+            log(f"{job.card}: kept the published card (val {old_val:.2f}) over {len(runs)} new run(s) "
+                f"(best val {new_val:.2f})", home)
+            return None
+    build_card_folder(folders, cards_dir / job.card)
+    build_index(cards_dir, index_path)
+    if readme is not None and readme.is_file():
+        update_readme_table(readme, index_path)
+    log(f"published {cards_dir / job.card} from {len(runs)} run(s): best val {new_val:.2f}", home)
+    return job.card
+
+
+def needs_attack(job: Job, home: Path, cards_dir: Path) -> bool:
+    """A card of this queue, published with this run's recipe, that has no robustness block yet."""
+    cfg = card_record(cards_dir, job.card)
+    if not job.publish or cfg is None or cfg["metrics"].get("robustness"):
+        return False
+    state, recipe, _ = job_state(job, home, cards_dir)
+    return state == "done" and published_with(job, recipe, cards_dir)
+
+
+def attack(card: str, home: Path, cards_dir: Path, threads: int, limit: int) -> subprocess.Popen:
+    """``biotorch robustness`` on the first ``limit`` test images, written into the card folder."""
+    command = [sys.executable, "-m", "biotorch", "robustness", card, "--limit", str(limit), "--device", "cpu",
+               "--threads", str(threads), "--write", str(cards_dir)]
+    log(f"robustness of {card}: biotorch {' '.join(command[3:])}", home)
+    out = open(home / "logs" / f"robustness-{card}.log", "a")
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+
+def rebuild(card: str, jobs: list[Job], home: Path, cards_dir: Path, readme, index_path) -> None:
+    """Build a published card again from its runs (after the attacks: the card shows their block)."""
+    job = next(j for j in jobs if j.card == card and job_state(j, home, cards_dir)[0] == "done")
+    folders = [job_state(j, home, cards_dir)[2] for j in jobs if j.card == card and j.index == job.index]
+    build_card_folder([f for f in folders if finished(f)], cards_dir / card)
+    build_index(cards_dir, index_path)
+    if readme is not None and readme.is_file():
+        update_readme_table(readme, index_path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# handed-over runs
+
+
+def import_run(source: Path, home: Path, jobs: list[Job], tolerance: float = 0.01) -> Path:
+    """Copy a finished run into the campaign after re-evaluating its best weights on the test set here."""
+    run = Run(source)
+    recipe = load_recipe_dict(run.recipe)
+    matches = [j for j in jobs if recipe_key(j.recipe) == recipe_key(recipe) and j.recipe.seed == recipe.seed]
+    if not matches:
+        raise ValueError(f"{source}: its recipe is not one of the queue's runs (recipe hash {recipe_hash(recipe)})")
+    result = subprocess.run([sys.executable, "-m", "biotorch", "eval", "--checkpoint", str(source), "--data",
+                             recipe.data, "--device", "cpu", "--json"], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{source}: evaluation failed: {result.stderr.strip()[-500:]}")
+    measured = json.loads(result.stdout)
+    if measured["split"] != "test":
+        raise RuntimeError(f"{source}: evaluated on {measured['split']}, not the test set")
+    claimed = run.metrics["test_top1"]
+    log(f"{source.name}: test top-1 re-measured here {measured['top1']:.2f} on {measured['images']:,} images; "
+        f"its metrics.json says {claimed:.2f}", home)
+    if abs(measured["top1"] - claimed) > tolerance:
+        raise RuntimeError(f"{source}: re-measured test top-1 {measured['top1']:.2f} differs from metrics.json's "
+                           f"{claimed:.2f}")
+    target = matches[0].folder(home)
+    if finished(target):
+        raise FileExistsError(f"{target} already holds a finished run")
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    write_json(target / "imported.json", {"from": str(source.resolve()), "test_top1_remeasured": measured["top1"],
+                                          "images": measured["images"], "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the campaign
+
+
+def campaign(args, jobs: list[Job]) -> int:
+    home, cards_dir = args.home, args.cards_dir
+    readme = None if args.no_readme else REPO_ROOT / "README.md"
+    index_path = args.index
+    start, cpus = time.time(), os.cpu_count() or 2
+    deadline = start + args.budget_s
+    threads = args.threads or max(1, cpus // args.jobs)
+    active: dict[str, tuple[subprocess.Popen, Job, Path]] = {}   # training runs by folder name
+    attacks: dict[str, subprocess.Popen] = {}                    # attacks by card
+    given_up: set[str] = set()
+    elsewhere: set[str] = set()                                  # runs trained by another process
+    log(f"campaign: {len(jobs)} runs in the queue, {args.jobs} at once x {threads} thread(s), budget "
+        f"{args.budget_s:.0f}s (until {time.strftime('%H:%M', time.localtime(deadline))}), home {home}", home)
+    while True:
+        for name, (process, job, folder) in list(active.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            del active[name]
+            _record_speed(home, job, folder, threads)
+            if code == 4:
+                os.replace(folder, folder.with_name(folder.name + DIVERGED))
+                again = job.retry is None or folder != job.folder(home)
+                log(f"{name} diverged: kept as {folder.name}{DIVERGED}; " +
+                    ("not retried again" if again else "retrying once with the entry's retry keys"), home)
+            elif code not in (0, 3):
+                given_up.add(name)
+                log(f"{name} failed (exit {code}); see {home / 'logs' / (name + '.log')}", home)
+        for card, process in list(attacks.items()):
+            if process.poll() is not None:
+                del attacks[card]
+                log(f"robustness of {card}: exit {process.returncode}", home)
+                if process.returncode == 0:
+                    try:
+                        rebuild(card, jobs, home, cards_dir, readme, index_path)
+                    except Exception as error:
+                        log(f"rebuilding {card} after the attacks failed: {type(error).__name__}: {error}", home)
+                else:
+                    given_up.add(card)
+        # publish what finished (also runs that finished before this process started); bp first: the other
+        # cards of an architecture cite its card as their baseline
+        for job in sorted(jobs, key=lambda j: j.recipe.rule != "bp"):
+            state, recipe, folder = job_state(job, home, cards_dir)
+            if state == "finished" and folder.name not in active and folder.name not in given_up:
+                try:
+                    publish_card(job, recipe, home, cards_dir, jobs, readme, index_path)
+                except Exception as error:  # one card's failure must not stop the campaign
+                    given_up.add(folder.name)
+                    log(f"publishing {job.card} from {folder.name} failed: {type(error).__name__}: {error}", home)
+        # start what fits: training first, in queue order; attacks on new cards when no run fits
+        now = time.time()
+        while len(active) + len(attacks) < args.jobs:
+            nxt = None
+            for job in jobs:
+                state, recipe, folder = job_state(job, home, cards_dir)
+                if state not in ("new", "partial") or folder.name in active or folder.name in given_up:
+                    continue
+                if in_use(folder):
+                    elsewhere.add(folder.name)  # a worker left by an earlier campaign process: wait for it
+                    continue
+                elsewhere.discard(folder.name)
+                if now + (seconds_left(recipe, folder, home, threads) if state == "new" else 300) <= deadline:
+                    nxt = (job, recipe, folder)  # a new run only when it can end inside the budget
+                    break
+            if nxt is not None:
+                job, recipe, folder = nxt
+                log(f"start {folder.name} ({epochs_done(folder)}/{recipe.epochs} epochs done, "
+                    f"~{seconds_left(recipe, folder, home, threads) / 60:.0f} min left at {threads} thread(s))", home)
+                out = open(home / "logs" / f"{folder.name}.log", "a")
+                command = [sys.executable, __file__, "--worker", str(folder), "--queue", str(args.queue),
+                           "--home", str(home), "--deadline", str(deadline), "--threads", str(threads),
+                           "--chance-epochs", str(args.chance_epochs)]
+                active[folder.name] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), job, folder)
+                continue
+            card = next((j.card for j in jobs if args.robustness_limit > 0 and j.card not in attacks
+                         and j.card not in given_up and now + ROBUSTNESS_S.get(j.arch, 600.0) <= deadline
+                         and needs_attack(j, home, cards_dir)), None)
+            if card is None:
+                break
+            attacks[card] = attack(card, home, cards_dir, threads, args.robustness_limit)
+        status = write_status(home, jobs, cards_dir, active, threads)
+        elsewhere = {name for name in elsewhere if in_use(home / "runs" / name)}
+        if not active and not attacks and not elsewhere:
+            left = [r for r in status["runs"] if r["state"] not in ("done", "diverged")]
+            log(f"campaign stops: {len(left)} run(s) left (~{status['queue_eta_s'] / 3600:.1f} h at {threads} "
+                f"thread(s)), {time.time() - start:.0f}s used of {args.budget_s:.0f}s", home)
+            return 0
+        time.sleep(args.poll_s)
+
+
+def _record_speed(home: Path, job: Job, folder: Path, threads: int) -> None:
+    status = folder / "status.json"
+    if not status.is_file():
+        diverged = folder.with_name(folder.name + DIVERGED) / "status.json"
+        status = diverged if diverged.is_file() else status
+    if status.is_file():
+        measured = json.loads(status.read_text()).get("mean_images_per_s")
+        if measured:
+            path = home / "speeds.json"
+            known = json.loads(path.read_text()) if path.is_file() else {}
+            known[f"{job.arch}.{job.recipe.data}@{threads}"] = measured
+            write_json(path, known)
+
+
+def show_status(args, jobs: list[Job]) -> int:
+    threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
+    status = write_status(args.home, jobs, args.cards_dir, {}, threads)
+    for row in status["runs"]:
+        extra = f" {row['epoch']}/{row['epochs']} epochs, ~{row['eta_s'] / 60:.0f} min left" if "epoch" in row else ""
+        print(f"{row['run']:<60} {row['state']}{extra}")
+    print(f"queue: ~{status['queue_eta_s'] / 3600:.1f} h of training left at the measured speeds")
+    return 0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queue", type=Path, default=REPO_ROOT / "recipes" / "cpu_zoo.yaml")
+    parser.add_argument("--home", type=Path, default=HOME, help=f"partial runs and the status file (default {HOME})")
+    parser.add_argument("--cards-dir", type=Path, default=MIRROR)
+    parser.add_argument("--index", type=Path, default=PRETRAINED_INDEX)
+    parser.add_argument("--no-readme", action="store_true", help="leave the README's results table alone")
+    parser.add_argument("--budget-s", type=float, help="no run starts that cannot end within this; partial runs "
+                                                       "stop at the last epoch that ends within it")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
+    parser.add_argument("--robustness-limit", type=int, default=1000, help="test images attacked per new card "
+                                                                            "(0: no attacks)")
+    parser.add_argument("--chance-epochs", type=int, default=3, help="a run still at chance after this many epochs "
+                                                                      "has diverged")
+    parser.add_argument("--poll-s", type=float, default=10.0)
+    parser.add_argument("--status", action="store_true", help="print the queue's state and exit")
+    parser.add_argument("--import", dest="imports", type=Path, nargs="+", help="finished runs handed over: "
+                        "re-evaluate each on the test set here and add it to the campaign")
+    parser.add_argument("--rebuild", action="store_true", help="build every published card of the queue again "
+                                                                   "from its runs (after a change to the card text)")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help="threads per run (default: the cores / --jobs)")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or (args.budget_s is not None and not math.isfinite(args.budget_s)):
+        parser.error("--jobs must be at least 1 and --budget-s a number of seconds")
+    if not (args.status or args.imports or args.worker or args.rebuild or args.budget_s):
+        parser.error("give --budget-s (the campaign), --status, --import or --rebuild")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        jobs = read_queue(args.queue)
+    except (ValueError, FileNotFoundError, yaml.YAMLError) as error:
+        print(f"cpu_zoo: error: {error}", file=sys.stderr)
+        return 2
+    args.home.mkdir(parents=True, exist_ok=True)
+    (args.home / "logs").mkdir(exist_ok=True)
+    if args.worker:
+        match = [(j, r) for j in jobs for r in filter(None, (j.recipe, j.retry))
+                 if args.worker.name == f"{j.card}-seed{r.seed}-{recipe_hash(r)}"]
+        if not match:
+            print(f"cpu_zoo: error: {args.worker.name} is not a run of {args.queue}", file=sys.stderr)
+            return 2
+        return train_one(match[0][1], args.worker, args.home, args.deadline, args.threads, args.chance_epochs)
+    if args.imports:
+        for source in args.imports:
+            try:
+                log(f"imported {source} → {import_run(source, args.home, jobs)}", args.home)
+            except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as error:
+                print(f"cpu_zoo: error: {error}", file=sys.stderr)
+                return 2
+        return 0
+    if args.status:
+        return show_status(args, jobs)
+    if args.rebuild:
+        readme = None if args.no_readme else REPO_ROOT / "README.md"
+        cards = list(dict.fromkeys(j.card for j in sorted(jobs, key=lambda j: j.recipe.rule != "bp")
+                                   if j.publish and job_state(j, args.home, args.cards_dir)[0] == "done"
+                                   and finished(job_state(j, args.home, args.cards_dir)[2])))
+        for card in cards:
+            rebuild(card, jobs, args.home, args.cards_dir, readme, args.index)
+            log(f"rebuilt {args.cards_dir / card}", args.home)
+        return 0
+    return campaign(args, jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The CPU zoo campaign (scripts/cpu_zoo.py): the queue, what counts as done, publishing, divergence, imports.
+
+End-to-end runs are LeNets on the synthetic data (a few hundred images, one or two epochs), each run in its
+own worker process as the campaign trains them; cards go to a temporary folder, never the package's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from biotorch.hub import read_config
+from biotorch.publish import build_card_folder
+from conftest import load_script
+
+ROOT = Path(__file__).resolve().parent.parent
+zoo = load_script("cpu_zoo")
+LENET = str(ROOT / "recipes" / "fashion_mnist" / "lenet.yaml")
+TINY = {"device": "cpu", "data": "synthetic", "epochs": 1, "limit_train": 256, "alignment_every": 0}
+
+
+def write_queue(path: Path, runs: list[dict], defaults: dict | None = None) -> Path:
+    path.write_text(yaml.safe_dump({"defaults": {"set": TINY, **(defaults or {})}, "runs": runs}))
+    return path
+
+
+def campaign(tmp_path: Path, queue: Path, *extra: str, budget: float = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "scripts" / "cpu_zoo.py"), "--queue", str(queue), "--home",
+               str(tmp_path / "home"), "--cards-dir", str(tmp_path / "cards"), "--index", str(tmp_path / "index.json"),
+               "--no-readme", "--robustness-limit", "0", "--poll-s", "0.2", "--threads", "1", *extra]
+    if "--status" not in extra and "--import" not in extra and "--rebuild" not in extra:
+        command += ["--budget-s", str(budget)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_committed_queue_reads_and_trains_on_the_cpu_in_fp32():
+    jobs = zoo.read_queue(ROOT / "recipes" / "cpu_zoo.yaml")
+    assert all(j.recipe.device == "cpu" and j.recipe.amp == "none" for j in jobs)
+    pilot, *resnets = [j for j in jobs if j.recipe.model == "resnet20" and j.recipe.data == "cifar10_jpeg"]
+    assert not pilot.publish and pilot.recipe.rule == "bp" and pilot.recipe.batch_size == 128
+    assert [j.recipe.rule for j in resnets[:8]] == ["dfa", "bp", "kp", "fa", "usf", "frsf", "brsf", "wm"]
+    assert len({j.recipe.lr for j in resnets[:8] if j.recipe.rule != "dfa"}) == 1  # one recipe (dfa: its override)
+    assert all(j.retry.lr == pytest.approx(0.5 * j.recipe.lr) for j in jobs)
+
+
+def test_recipe_hash_ignores_where_a_run_trains_not_what_it_learns():
+    base = zoo.load_recipe(LENET, {"rule": "fa", "seed": 0})
+    same = zoo.load_recipe(LENET, {"rule": "fa", "seed": 3, "device": "cpu", "cuda_graph": False, "val_every": 2})
+    assert zoo.recipe_hash(base) == zoo.recipe_hash(same)
+    for change in ({"lr": 0.01}, {"batch_size": 256}, {"amp": "bf16"}, {"rule": "bp"}, {"epochs": 31}):
+        assert zoo.recipe_hash(zoo.load_recipe(LENET, {"rule": "fa", **change})) != zoo.recipe_hash(base), change
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"recipe": LENET, "rules": ["fa"], "epochs": 3}, "unknown key(s) epochs"),
+    ({"recipe": LENET, "rules": ["fx"]}, "unknown learning rule 'fx'"),
+    ({"recipe": LENET, "rules": "fa"}, "`rules` (a list of rules)"),
+    ({"recipe": LENET, "rules": ["fa"], "seeds": [-1]}, "`seeds` is a list of non-negative integers"),
+    ({"recipe": LENET, "rules": ["fa"], "replace": "sometimes"}, "replace is 'better' or 'always'"),
+    ({"recipe": LENET, "rules": ["fa"], "set": {"lr": "fast"}}, "'lr'"),
+])
+def test_a_bad_queue_is_one_line_and_exit_2(tmp_path, capsys, entry, message):
+    queue = write_queue(tmp_path / "q.yaml", [entry])
+    assert zoo.main(["--queue", str(queue), "--home", str(tmp_path / "home"), "--status"]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1, error
+
+
+def test_campaign_trains_publishes_and_a_second_start_has_nothing_to_do(tmp_path, capsys):
+    queue = write_queue(tmp_path / "q.yaml", [
+        {"recipe": LENET, "rules": ["fa"], "set": {"batch_size": 64}, "publish": False},   # a pilot
+        {"recipe": LENET, "rules": ["fa"], "seeds": [0, 1]},
+    ])
+    first = campaign(tmp_path, queue, "--jobs", "2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    cards, home = tmp_path / "cards", tmp_path / "home"
+    assert [p.name for p in cards.iterdir()] == ["lenet_fa.synthetic"]
+    cfg = read_config(cards / "lenet_fa.synthetic")["pretrained_cfg"]
+    assert cfg["metrics"]["seed_list"] == [0, 1] and cfg["recipe"]["batch_size"] == 128
+    assert "trained on cpu in fp32" in (cards / "lenet_fa.synthetic" / "README.md").read_text()
+    assert [r["name"] for r in json.loads((tmp_path / "index.json").read_text())] == ["lenet_fa.synthetic"]
+    # the pilot trained (batch 64) but is no card; every run is done
+    status = json.loads((home / "campaign.json").read_text())
+    assert [r["state"] for r in status["runs"]] == ["done"] * 3 and status["queue_eta_s"] == 0
+    log = (home / "campaign.log").read_text()
+    assert log.count("] start ") == 3 and "ETA of the run" in log and "img/s (1 thread)" in log
+    assert "lenet.synthetic@1" in (home / "speeds.json").read_text()
+    # stateless: the card says it is done, so a new campaign trains nothing
+    second = campaign(tmp_path, queue)
+    assert second.returncode == 0 and "] start " not in second.stdout and "0 run(s) left" in second.stdout
+    # a card's recipe is what makes its runs done: with another lr the same queue is new work again
+    other = write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["fa"], "set": {"lr": 0.02}}])
+    assert zoo.main(["--queue", str(other), "--home", str(home), "--cards-dir", str(cards), "--status"]) == 0
+    assert " new 0/1 epochs" in capsys.readouterr().out
+
+
+def test_no_run_starts_that_cannot_end_inside_the_budget(tmp_path):
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"]}])
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 1.0}))  # 256 s an epoch
+    result = campaign(tmp_path, queue, budget=120)
+    assert result.returncode == 0 and "] start " not in result.stdout and "1 run(s) left" in result.stdout
+    assert not (tmp_path / "cards").exists()
+
+
+def test_a_diverging_run_is_kept_and_retried_once_with_the_documented_change(tmp_path):
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"], "set": {"lr": 1.0e6},
+                                               "retry": {"lr": 0.05}}], defaults={"retry": {"lr_scale": 0.5}})
+    result = campaign(tmp_path, queue)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = sorted(p.name for p in (tmp_path / "home" / "runs").iterdir())
+    diverged = [r for r in runs if r.endswith("-diverged")]
+    assert len(diverged) == 1 and len(runs) == 2
+    log = (tmp_path / "home" / "campaign.log").read_text()
+    assert "DIVERGED" in log and "loss became" in log and "retrying once" in log
+    cfg = read_config(tmp_path / "cards" / "lenet_bp.synthetic")["pretrained_cfg"]
+    assert cfg["recipe"]["lr"] == 0.05  # the retry's recipe, not the diverged one
+    assert [r["state"] for r in json.loads((tmp_path / "home" / "campaign.json").read_text())["runs"]] == ["done"]
+
+
+def test_a_card_of_another_recipe_is_replaced_only_by_a_better_run(tmp_path, make_run):
+    card = tmp_path / "cards" / "lenet_fa.synthetic"
+    published = make_run(rule="fa", dataset="synthetic", val_top1=100.0, test_top1=99.0)  # unbeatable
+    build_card_folder([published], card)
+    before = (card / "model.safetensors").read_bytes()
+    better = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["fa"]}])
+    result = campaign(tmp_path, better)
+    assert result.returncode == 0 and "kept the published card (val 100.00)" in result.stdout
+    assert (card / "model.safetensors").read_bytes() == before
+    assert len(list((tmp_path / "home" / "decisions").iterdir())) == 1
+    assert "0 run(s) left" in campaign(tmp_path, better).stdout  # decided: done, nothing trains again
+    always = write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["fa"], "replace": "always"}])
+    result = campaign(tmp_path, always)
+    assert result.returncode == 0 and "] start " not in result.stdout  # the finished run is published as it is
+    assert read_config(card)["pretrained_cfg"]["recipe"]["batch_size"] == 128  # the queue's, not the old card's 64
+    assert (card / "model.safetensors").read_bytes() != before
+
+
+def test_a_handed_over_run_is_re_measured_on_the_test_set_before_it_joins(tmp_path):
+    pilot = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["kp"], "publish": False}])
+    assert campaign(tmp_path, pilot).returncode == 0
+    trained = next((tmp_path / "home" / "runs").iterdir())
+    handed = tmp_path / "handed" / "lenet_kp.synthetic-seed0"
+    shutil.copytree(trained, handed, ignore=shutil.ignore_patterns("checkpoint", ".lock", "status.json"))
+    queue = write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["kp"]}])
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    lied = json.loads((handed / "metrics.json").read_text())
+    lied["test_top1"] += 5.0
+    liar = tmp_path / "handed" / "liar"
+    shutil.copytree(handed, liar)
+    (liar / "metrics.json").write_text(json.dumps(lied))
+    refused = campaign(fresh, queue, "--import", str(liar))
+    assert refused.returncode == 2 and "differs from metrics.json" in refused.stderr
+    imported = campaign(fresh, queue, "--import", str(handed))
+    assert imported.returncode == 0, imported.stderr
+    assert "re-measured here" in imported.stdout
+    record = json.loads(next((fresh / "home" / "runs").glob("*/imported.json")).read_text())
+    claimed = json.loads((handed / "metrics.json").read_text())["test_top1"]
+    assert record["test_top1_remeasured"] == pytest.approx(claimed)
+    published = campaign(fresh, queue)
+    assert "] start " not in published.stdout and "published" in published.stdout
