@@ -1,8 +1,8 @@
 """biotorch: learning rules beyond backprop as drop-in layers, a model registry and pretrained weights.
 
 The package is a ladder, each floor importing only from below: ``functional`` (the mathematics) → ``rules``
-→ ``nn`` → ``convert`` → ``metrics``, ``models``, ``data`` → ``registry`` → ``hub`` → ``factory`` →
-``card`` → ``training`` → ``publish`` → ``cli``.
+→ ``nn`` → ``convert`` → ``metrics``, ``models``, ``data`` → ``registry`` → ``hub`` → ``weights`` (where
+weights come from) → ``factory`` → ``card`` → ``training`` → ``publish`` → ``cli``.
 
 Example::
 

@@ -236,8 +236,7 @@ def card_body(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment: 
                             spread(baseline, "test_top1"), pct(baseline["val_top1"]),
                             pct(baseline.get("test_top5"))])
         gap = m["test_top1"] - baseline["test_top1"]
-        how = ("fine-tuned the same way" if started else
-               "each rule with the recipe tuned for it under the same search budget")
+        how = "fine-tuned the same way" if started else "each with its own recipe.yaml"
         baseline_text = f"Against backprop on the same architecture and data ({how}): {gap:+.2f} points test top-1."
     hardware = m.get("device") or "unrecorded hardware"
     world = f" × {m['world_size']}" if m.get("world_size", 1) > 1 else ""

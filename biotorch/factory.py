@@ -21,10 +21,7 @@ Example::
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import os
-import re
 import sys
 import types
 from pathlib import Path
@@ -40,13 +37,14 @@ from torchvision.transforms import v2
 from . import data
 from .convert import convert, convert_layer, redraw_feedback, rule_layers
 from .errors import CheckpointError, ConfigError
-from .hub import (CONFIG_NAME, DATA_FIELDS, WEIGHTS_NAME, PathLike, config_beside, describe_mismatch, download_repo,
-                  load_checkpoint, load_weights, read_config, read_header, verify_sha256, weights_file)
+from .hub import (CONFIG_NAME, DATA_FIELDS, PathLike, describe_mismatch, load_checkpoint, read_header, recorded_sha256,
+                  verify_sha256)
 from .metrics import count_parameters
 from .models import ARCHITECTURES, DEFAULT_CFGS
 from .nn import LAYERS
 from .registry import PretrainedCfg, describe, get_pretrained_cfg, model_names, split_name, timm_cfg, timm_default_cfgs
 from .rules import RULES, make_rule
+from .weights import Fetched, Source, fetch, folder_source
 
 __all__ = ["create_model", "from_checkpoint", "from_pretrained", "init_from", "model_parameters",
            "register_with_timm", "transforms"]
@@ -62,36 +60,28 @@ RULE_OPTIONS = tuple(dict.fromkeys(option for rule in RULES.values() for option 
 
 
 class _Weights(NamedTuple):
-    """Where the weights of a build come from (a published ``record``, else a local ``path``) and what they
-    were trained with; ``None``: not recorded (whatever the model is built with)."""
+    """The weights of a build (:func:`biotorch.weights.fetch`) and what they were trained with; ``None``: not
+    recorded (whatever the model is built with)."""
 
-    record: Optional[PretrainedCfg]
-    path: Optional[PathLike]
+    found: Fetched
     num_classes: Optional[int]
     in_chans: Optional[int]
     seed: Optional[int]
 
-    @property
-    def source(self) -> Union[str, Path, None]:
-        """What :func:`init_from` can start a model from: the published name, or a checkpoint folder."""
-        if self.record is not None:
-            return self.record.name
-        return Path(self.path) if Path(self.path).is_dir() else None
 
-
-def _weights(model_name: str, cfg, checkpoint: Optional[PathLike]) -> _Weights:
+def _weights(model_name: str, cfg, checkpoint: Optional[PathLike], cache_dir: Optional[PathLike]) -> _Weights:
     if checkpoint is not None or cfg.file:  # a local folder or file (timm's pretrained_cfg_overlay=dict(file=...))
-        path = checkpoint if checkpoint is not None else cfg.file
-        file, _ = weights_file(path)
-        config = config_beside(file)
-        classes = config.get("num_classes", cfg.num_classes if checkpoint is None else None)
-        return _Weights(None, path, classes, config.get("in_chans"), config.get("seed"))
+        found = fetch(folder_source(checkpoint if checkpoint is not None else cfg.file), require_model=False,
+                      config_required=False)
+        classes = found.config.get("num_classes", cfg.num_classes if checkpoint is None else None)
+        return _Weights(found, classes, found.config.get("in_chans"), found.config.get("seed"))
     record = get_pretrained_cfg(f"{model_name}.{cfg.tag}" if cfg.tag else model_name)
     if cfg.hf_hub_id != record.hub_id or cfg.url or cfg.state_dict:
         raise ValueError(f"{model_name}: biotorch loads the weights it publishes ({record.hub_id}), checked "
                          "against their sha256; for other weights pass checkpoint=PATH, "
                          "pretrained_cfg_overlay=dict(file=PATH) or use biotorch.from_pretrained('hf-hub:...')")
-    return _Weights(record, None, record.num_classes, record.input_size[0], record.seed)
+    found = fetch(Source("name", record.name, name=record.name), cache_dir=cache_dir)
+    return _Weights(found, record.num_classes, record.input_size[0], record.seed)
 
 
 def _pool_type(model: nn.Module) -> str:
@@ -133,14 +123,15 @@ def _model(model_name: str, rule_options: dict, weights: Optional[_Weights], cac
         model.to(device)
     _draw_direct_feedback(model)
     if weights is not None and weights.in_chans not in (None, in_chans):
-        if weights.source is None:
-            raise CheckpointError(f"{weights.path} holds {weights.in_chans}-channel weights; adapting them to "
+        source = weights.found.source
+        if source.kind == "folder" and not source.path.is_dir():
+            raise CheckpointError(f"{source.path} holds {weights.in_chans}-channel weights; adapting them to "
                                   f"in_chans={in_chans} needs its checkpoint folder or its published name")
-        taken = init_from(model, weights.source, cache_dir=cache_dir)  # the first convolution adapted
-        print(f"biotorch: {weights.source} was trained on {weights.in_chans}-channel images; "
+        taken = init_from(model, source, cache_dir=cache_dir)  # the first convolution adapted
+        print(f"biotorch: {source.name or source.path} was trained on {weights.in_chans}-channel images; "
               f"{', '.join(taken['adapted'])} adapted to {in_chans} (timm's adapt_input_conv)", file=sys.stderr)
     elif weights is not None:
-        load_weights(model, weights.record, weights.path, cache_dir=cache_dir)
+        load_checkpoint(model, weights.found.file, weights.found.sha256)
     if weights is not None:
         if weights.seed is not None:  # its feedback came from its own seed, and so will a new head's
             model.biotorch_config["seed"] = weights.seed
@@ -207,7 +198,7 @@ def _build(model_name: str, pretrained: bool = False, pretrained_cfg=None, pretr
     if pretrained and not pretrained_cfg and checkpoint is None and not (pretrained_cfg_overlay or {}).get("file"):
         pretrained_cfg = timm_cfg(model_name, get_pretrained_cfg(model_name))  # no tag: biotorch's default tag
     cfg = resolve_pretrained_cfg(model_name, pretrained_cfg, pretrained_cfg_overlay)
-    weights = _weights(model_name, cfg, checkpoint) if pretrained or checkpoint is not None else None
+    weights = _weights(model_name, cfg, checkpoint, cache_dir) if pretrained or checkpoint is not None else None
     build = functools.partial(_model, model_name, rule_options, weights, cache_dir)
     model = build_model_with_cfg(build, model_name, pretrained=False, pretrained_cfg=cfg,
                                  feature_cfg=dict(out_indices=tuple(range(DEFAULT_CFGS[arch]["feature_maps"]))),
@@ -334,12 +325,22 @@ def from_checkpoint(path: PathLike, name: Optional[str] = None, num_classes: Opt
 
         >>> model = biotorch.factory.from_checkpoint("runs/lenet_fa.fashion_mnist-seed0")
     """
-    weights, expected = weights_file(path)
-    verify_sha256(weights, expected)  # before anything of the file is read
+    return _from_found(fetch(folder_source(path), config_required=False), name, num_classes, in_chans, device)
+
+
+def _from_found(found: Fetched, name: Optional[str] = None, num_classes: Optional[int] = None,
+                in_chans: Optional[int] = None, device=None) -> nn.Module:
+    """The model of fetched weights: a published name's (its record), else the one its config and file say."""
+    if found.source.kind == "name":
+        model = create_model(found.record.name, device=device)
+        load_checkpoint(model, found.file, found.sha256)
+        model.biotorch_config["seed"] = found.record.seed  # its feedback came from its own seed, and a new head's
+        return model
+    weights = found.file
+    verify_sha256(weights, found.sha256)  # before anything of the file is read; hashed once
     header, metadata = read_header(weights)
-    config = config_beside(weights, require_model=True)
-    arch = config.get("arch") or metadata.get("arch")
-    rule = config.get("rule") or metadata.get("rule")
+    arch = found.config.get("arch") or metadata.get("arch")
+    rule = found.config.get("rule") or metadata.get("rule")
     if name is not None:
         given_arch, given_rule, _ = split_name(name)
         if (arch and arch != given_arch) or (rule and rule != given_rule):
@@ -350,18 +351,19 @@ def from_checkpoint(path: PathLike, name: Optional[str] = None, num_classes: Opt
                               "e.g. biotorch eval resnet20_fa --checkpoint ...")
     model_name = f"{arch}_{rule}"
     split_name(model_name)  # an unknown architecture or rule in the metadata fails here, with close matches
-    args = _checkpoint_args(model_name, config, num_classes, in_chans)
+    args = _checkpoint_args(model_name, found.config, num_classes, in_chans)
     _check_fits(model_name, args, header, weights)
-    return load_checkpoint(create_model(model_name, device=device, **args), weights, expected)
+    return load_checkpoint(create_model(model_name, device=device, **args), weights)  # its sha256: checked above
 
 
-def from_pretrained(name_or_path: Union[PathLike, str], device=None, revision: Optional[str] = None,
+def from_pretrained(name_or_path: Union[PathLike, str, Source], device=None, revision: Optional[str] = None,
                     local_files_only: bool = False, num_classes: Optional[int] = None,
                     cache_dir: Optional[PathLike] = None) -> nn.Module:
     """A model with weights, from a registered name, ``hf-hub:<org>/<repo>``, or a checkpoint folder.
 
     A string that is a registered name (``"lenet_fa.fashion_mnist"``) always means the published, sha-checked
-    weights, even if a folder of that name exists here; pass a ``Path`` (or ``"./name"``) for the folder.
+    weights, even if a folder of that name exists here; pass a ``Path`` (or ``"./name"``) for the folder
+    (:mod:`biotorch.weights`).
 
     Example::
 
@@ -371,35 +373,10 @@ def from_pretrained(name_or_path: Union[PathLike, str], device=None, revision: O
     """
     if isinstance(name_or_path, str) and not name_or_path.strip():
         raise ConfigError("from_pretrained needs a registered name, hf-hub:<org>/<repo> or a folder, got ''")
-    text = str(name_or_path)
-    if text.startswith("hf-hub:"):
-        model = from_checkpoint(download_repo(text[len("hf-hub:"):], revision, local_files_only, cache_dir),
-                                device=device)
-    elif isinstance(name_or_path, str) and _is_registered(text):
-        # a registered name: its published weights (mirror, then Hub at ``revision``)
-        cfg = get_pretrained_cfg(text)
-        model = create_model(cfg.name, device=device)
-        load_weights(model, cfg, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
-        model.biotorch_config["seed"] = cfg.seed  # its feedback came from its own seed, and so will a new head's
-    elif Path(text).is_dir():
-        read_config(text)  # a checkpoint folder has a valid config.json: say so before looking for weights
-        model = from_checkpoint(Path(text), device=device)
-    elif isinstance(name_or_path, Path) or os.sep in text:
-        raise FileNotFoundError(f"no checkpoint folder at {text}")
-    else:
-        get_pretrained_cfg(text)  # not a folder either: fail with the name's close matches
-        raise FileNotFoundError(f"no checkpoint folder at {text}")
+    model = _from_found(fetch(name_or_path, revision, local_files_only, cache_dir), device=device)
     if num_classes is not None and num_classes != model.biotorch_config["num_classes"]:
         model.reset_classifier(num_classes)
     return model
-
-
-def _is_registered(text: str) -> bool:
-    try:
-        get_pretrained_cfg(text)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def transforms(name_or_model) -> v2.Compose:
@@ -413,14 +390,6 @@ def transforms(name_or_model) -> v2.Compose:
     if isinstance(name_or_model, str):
         return data.transforms(get_pretrained_cfg(name_or_model))
     return data.transforms(name_or_model)
-
-
-def _published_record(source: PathLike) -> dict:
-    """The published record (biotorch's ``PretrainedCfg`` as a dict) of a registered name or a checkpoint
-    folder; ``{}`` for a training run's folder, which has none."""
-    if isinstance(source, str) and _is_registered(source):
-        return dataclasses.asdict(get_pretrained_cfg(source))
-    return read_config(source, require_model=False).get("pretrained_cfg") or {}
 
 
 def init_from(model: nn.Module, source: PathLike, *, label_names: Optional[Sequence[str]] = None,
@@ -454,15 +423,13 @@ def init_from(model: nn.Module, source: PathLike, *, label_names: Optional[Seque
         raise ConfigError(f"init_from needs a model built by biotorch.create_model or timm.create_model, got a "
                           f"{type(model).__name__} (for features_only: start the model, then wrap it in timm's "
                           "FeatureListNet)")
-    text = str(source)
-    if text.startswith("hf-hub:"):
-        source = download_repo(text[len("hf-hub:"):], revision, local_files_only, cache_dir)
-    parent = from_pretrained(source, device=next(model.parameters()).device, revision=revision,
-                             local_files_only=local_files_only, cache_dir=cache_dir)
+    found = fetch(source, revision, local_files_only, cache_dir)
+    text = found.source.text
+    parent = _from_found(found, device=next(model.parameters()).device)
     origin = parent.biotorch_config
     if origin["arch"] != config["arch"]:
         raise ConfigError(f"init_from {text}: a {origin['arch']} checkpoint cannot start a {config['arch']} model")
-    meta = _published_record(source)
+    meta = found.record_dict
     same_rule = repr(make_rule(origin["rule"], **origin["rule_options"])) == \
         repr(make_rule(config["rule"], **config["rule_options"]))
     known_labels = label_names is not None and meta.get("label_names") is not None
@@ -491,12 +458,12 @@ def init_from(model: nn.Module, source: PathLike, *, label_names: Optional[Seque
         raise CheckpointError(f"init_from {text}: the checkpoint does not fit {config['arch']}_{config['rule']}: "
                          f"{'; '.join(misfits[:5])}{' …' if len(misfits) > 5 else ''}")
     model.load_state_dict(state, strict=True)  # re-derives seeded feedback for this model's shapes
-    tag = meta.get("tag") or re.sub(r"[^A-Za-z0-9_-]+", "_", Path(text.removeprefix("hf-hub:")).name)
+    tag = meta.get("tag") or found.source.label(keep_dots=False)
     return {"source": text, "name": meta.get("name"),
-            "hub_id": text.removeprefix("hf-hub:") if text.startswith("hf-hub:") else meta.get("hub_id"),
+            "hub_id": found.source.repo_id or meta.get("hub_id"),
             "arch": origin["arch"], "rule": origin["rule"], "rule_options": origin["rule_options"], "tag": tag,
             "dataset": meta.get("dataset"), "num_classes": origin["num_classes"], "in_chans": origin["in_chans"],
-            "sha256": (meta.get("files") or {}).get(WEIGHTS_NAME, {}).get("sha256"),
+            "sha256": recorded_sha256(meta),
             "head": "kept" if same_classes else "new", "adapted": adapted,
             "feedback": "kept" if same_rule else "fresh"}
 

@@ -3,8 +3,8 @@
 A checkpoint folder *is* a Hub repo: ``model.safetensors`` (forward weights and the feedback state needed to
 keep training with the same rule; its metadata names arch, rule and biotorch version), ``config.json``
 (architecture, rule and options, classes, channels, pretrained metadata), ``README.md`` (the model card) and
-the training record. Weights are looked up in order: an explicit local folder, this clone's
-``model_cards/`` mirror, then the Hub (``hf_hub_download``: cached, ``revision``, offline mode).
+the training record. Where weights come from (a published name, a folder, a Hub repo) is
+:mod:`biotorch.weights`.
 
 Building a model around a checkpoint is :mod:`biotorch.factory` (``from_pretrained``); building a card folder
 from a training run and pushing it is :mod:`biotorch.publish` (``push_to_hub``).
@@ -16,7 +16,6 @@ Example::
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -92,7 +91,7 @@ def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional
     folder = Path(folder)
     weights = save_weights(model, folder / WEIGHTS_NAME)
     config = dict(model.biotorch_config)
-    config["files"] = {WEIGHTS_NAME: {"sha256": sha256(weights), "size": weights.stat().st_size}}
+    config["files"] = {WEIGHTS_NAME: file_record(weights)}
     if pretrained_cfg is None and isinstance(getattr(model, "pretrained_cfg", None), dict):
         pretrained_cfg = {k: model.pretrained_cfg[k] for k in DATA_FIELDS if model.pretrained_cfg.get(k) is not None}
     if pretrained_cfg:
@@ -124,11 +123,6 @@ def read_header(path: PathLike) -> tuple[dict[str, tuple[tuple[int, ...], str]],
             return shapes, dict(f.metadata() or {})
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         raise _open_error(path, error) from None
-
-
-def read_checkpoint_metadata(path: PathLike) -> dict:
-    """The metadata of a safetensors file (arch, rule, version, feedback fingerprint), reading no tensor."""
-    return read_header(path)[1]
 
 
 def read_checkpoint(path: PathLike, expected_sha256: Optional[str] = None, device=None) -> tuple[dict, dict]:
@@ -194,22 +188,47 @@ def load_checkpoint(model: nn.Module, path: PathLike, expected_sha256: Optional[
     return model
 
 
-def weights_file(path: PathLike) -> tuple[Path, Optional[str]]:
-    """(the weights file, its recorded sha256 or None) of a checkpoint folder, a run folder or a file.
-
-    The record is the ``files`` entry of the ``config.json`` beside the weights (card folders, and run folders,
-    whose trainer records ``best.safetensors`` there); nothing above the weights' own folder is read.
-    """
+def find_weights(path: PathLike) -> Path:
+    """The weights file of a checkpoint folder (``model.safetensors``), a run folder (``best.safetensors``) or a
+    file."""
     path = Path(path)
     if path.is_dir():
         names = (WEIGHTS_NAME, RUN_WEIGHTS)
         found = next((path / n for n in names if (path / n).is_file()), None)
         if found is None:
             raise FileNotFoundError(f"no weights in {path}: expected {' or '.join(names)} (a checkpoint or run folder)")
-        path = found
-    elif not path.is_file():
+        return found
+    if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return path, config_beside(path).get("files", {}).get(path.name, {}).get("sha256")
+    return path
+
+
+def recorded_sha256(config: dict, name: str = WEIGHTS_NAME) -> Optional[str]:
+    """The sha256 a ``config.json`` (as read by :func:`read_config`) records for its file ``name``, or None."""
+    return config.get("files", {}).get(name, {}).get("sha256")
+
+
+def folder_sha256(folder: PathLike, name: str = WEIGHTS_NAME) -> Optional[str]:
+    """The sha256 ``folder/config.json`` records for its file ``name``; None without a config or a record."""
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file():
+        return None
+    return recorded_sha256(read_config(folder, require_model=False), name)
+
+
+def file_record(path: Path) -> dict:
+    """The ``{"sha256", "size"}`` record of a file, as ``config.json``'s ``files`` holds it."""
+    return {"sha256": sha256(path), "size": path.stat().st_size}
+
+
+def weights_file(path: PathLike) -> tuple[Path, Optional[str]]:
+    """(the weights file, its recorded sha256 or None) of a checkpoint folder, a run folder or a file.
+
+    The record is the ``files`` entry of the ``config.json`` beside the weights (card folders, and run folders,
+    whose trainer records ``best.safetensors`` there); nothing above the weights' own folder is read.
+    """
+    file = find_weights(path)
+    return file, recorded_sha256(config_beside(file), file.name)
 
 
 def config_beside(weights: Path, require_model: bool = False) -> dict:
@@ -257,44 +276,6 @@ def read_config(folder: PathLike, require_model: bool = True) -> dict:
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{path}: 'rule_options': {error}") from None
     return config
-
-
-def _local_folder(cfg) -> Optional[Path]:
-    folder = MIRROR / cfg.name
-    return folder if (folder / WEIGHTS_NAME).is_file() else None
-
-
-def resolve_weights(cfg, revision: Optional[str] = None, local_files_only: bool = False,
-                    cache_dir: Optional[PathLike] = None) -> Path:
-    """Path of a published checkpoint's weights: the clone's ``model_cards/`` mirror, else the Hub cache."""
-    folder = _local_folder(cfg)
-    if folder is not None and revision is None:
-        return folder / WEIGHTS_NAME
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(cfg.hub_id, WEIGHTS_NAME, revision=revision, local_files_only=local_files_only,
-                                cache_dir=cache_dir))
-
-
-def load_weights(model: nn.Module, cfg, checkpoint: Optional[PathLike] = None, revision: Optional[str] = None,
-                 local_files_only: bool = False, cache_dir: Optional[PathLike] = None) -> nn.Module:
-    """Load published weights (checked against the registry's sha256), or an explicit ``checkpoint``."""
-    if checkpoint is not None:
-        return load_checkpoint(model, *weights_file(checkpoint))
-    expected = cfg.files.get(WEIGHTS_NAME, {}).get("sha256")
-    return load_checkpoint(model, resolve_weights(cfg, revision, local_files_only, cache_dir), expected)
-
-
-def download_repo(repo_id: str, revision: Optional[str] = None, local_files_only: bool = False,
-                  cache_dir: Optional[PathLike] = None) -> Path:
-    """The folder of a Hub checkpoint repo (config and weights) in the local HF cache, downloaded if needed."""
-    from huggingface_hub import hf_hub_download
-
-    get = functools.partial(hf_hub_download, repo_id, revision=revision, local_files_only=local_files_only,
-                            cache_dir=cache_dir)
-    config = get(CONFIG_NAME)
-    get(WEIGHTS_NAME)
-    return Path(config).parent
 
 
 def upload_folder(folder: PathLike, repo_id: str, token: Optional[str] = None, private: bool = False,

@@ -38,8 +38,8 @@ from .data import SPLIT_SEED, dataset_info
 from .errors import ConfigError
 from .factory import create_model
 from .files import REPO_ROOT, sha256, write_text
-from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, load_checkpoint, read_checkpoint,
-                  save_pretrained, upload_folder)
+from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, file_record, folder_sha256,
+                  load_checkpoint, read_checkpoint, save_pretrained, upload_folder)
 from .metrics import count_parameters
 from .registry import PRETRAINED_INDEX, PretrainedCfg, finetune_tag
 from .training import records
@@ -272,7 +272,7 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
         # Weights first; then the config is rewritten with the hash of the file actually written.
         save_pretrained(model, staging, pretrained_cfg=cfg)
         weights = staging / WEIGHTS_NAME
-        cfg["files"] = {WEIGHTS_NAME: {"sha256": sha256(weights), "size": weights.stat().st_size}}
+        cfg["files"] = {WEIGHTS_NAME: file_record(weights)}
         config = json.loads((staging / CONFIG_NAME).read_text())
         cfg["metrics"].update(robustness.carried_over(out_dir, cfg["files"][WEIGHTS_NAME]["sha256"]))  # same weights
         config["files"], config["pretrained_cfg"] = cfg["files"], cfg
@@ -365,13 +365,6 @@ def update_readme_table(readme: Path = REPO_ROOT / "README.md", index_path: Path
 # publish
 
 
-def _published_sha(folder: Path) -> Optional[str]:
-    config = folder / CONFIG_NAME
-    if not config.is_file():
-        return None
-    return json.loads(config.read_text()).get("files", {}).get(WEIGHTS_NAME, {}).get("sha256")
-
-
 def _same_weights(run: Run, folder: Path) -> bool:
     """Whether ``folder``'s published weights hold exactly the run's tensors (the dry run cannot hash a new file)."""
     if not (folder / WEIGHTS_NAME).is_file():
@@ -400,10 +393,10 @@ def publish(runs_root: Path, cards_dir: Path = MIRROR, dry_run: bool = False, pu
         if dry_run:
             changed = not _same_weights(best, folder)
         else:
-            before = _published_sha(folder)
+            before = folder_sha256(folder)
             baseline = groups.get(f"{arch}_bp.{tag}")
             build_card_folder(runs, folder, baseline_runs=baseline, hub_org=org)
-            changed = _published_sha(folder) != before
+            changed = folder_sha256(folder) != before
         plan.append({"name": name, "folder": folder, "repo_id": f"{org}/{name}", "seeds": len(runs),
                      "seed": best.metrics["seed"], "changed": changed, "push": bool(push and token and changed)})
     for item in plan:

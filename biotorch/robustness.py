@@ -47,7 +47,7 @@ from .convert import exact_gradients
 from .data import load_samples
 from .factory import create_model
 from .files import SAMPLES, atomic_write
-from .hub import CONFIG_NAME, MIRROR, WEIGHTS_NAME
+from .hub import CONFIG_NAME, MIRROR, WEIGHTS_NAME, folder_sha256
 from .registry import get_pretrained_cfg, list_models
 from .training import datasets
 from .training.records import save_figure
@@ -340,9 +340,8 @@ def carried_over(card_dir: Path, weights_sha256: str) -> dict:
     config, metrics = Path(card_dir) / CONFIG_NAME, Path(card_dir) / "metrics.json"
     if not config.is_file() or not metrics.is_file():
         return {}
-    recorded = json.loads(config.read_text()).get("files", {}).get(WEIGHTS_NAME, {}).get("sha256")
     block = json.loads(metrics.read_text()).get("robustness")
-    return {"robustness": block} if block and recorded == weights_sha256 else {}
+    return {"robustness": block} if block and folder_sha256(card_dir) == weights_sha256 else {}
 
 
 def _pick(block: list[dict], attack: str, eps: float, gradient: str) -> Optional[dict]:
@@ -491,10 +490,7 @@ def _load(name: str, device: torch.device) -> nn.Module:
 
 def _card_folder(cards_dir: str, cfg) -> Path:
     folder = Path(cards_dir) / cfg.name
-    config = folder / CONFIG_NAME
-    recorded = (json.loads(config.read_text()).get("files", {}).get(WEIGHTS_NAME, {}).get("sha256")
-                if config.is_file() else None)
-    if recorded != cfg.files.get(WEIGHTS_NAME, {}).get("sha256"):
+    if folder_sha256(folder) != cfg.files.get(WEIGHTS_NAME, {}).get("sha256"):
         raise ValueError(f"{folder} does not hold the published weights of {cfg.name}: --write takes the folder "
                          "holding the card folders (e.g. model_cards)")
     return folder

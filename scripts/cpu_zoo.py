@@ -24,8 +24,10 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -39,6 +41,7 @@ from typing import Optional
 import torch
 import yaml
 
+from biotorch import cli
 from biotorch.data.catalog import DATASETS
 from biotorch.errors import NonFiniteError, RunLockedError
 from biotorch.publish import MIRROR, PRETRAINED_INDEX, REPO_ROOT, Run, build_card_folder, build_index, \
@@ -381,11 +384,12 @@ def import_run(source: Path, home: Path, jobs: list[Job], tolerance: float = 0.0
     matches = [j for j in jobs if recipe_key(j.recipe) == recipe_key(recipe) and j.recipe.seed == recipe.seed]
     if not matches:
         raise ValueError(f"{source}: its recipe is not one of the queue's runs (recipe hash {recipe_hash(recipe)})")
-    result = subprocess.run([sys.executable, "-m", "biotorch", "eval", "--checkpoint", str(source), "--data",
-                             recipe.data, "--device", "cpu", "--json"], capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{source}: evaluation failed: {result.stderr.strip()[-500:]}")
-    measured = json.loads(result.stdout)
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):  # `biotorch eval`, as a user runs it
+        code = cli.main(["eval", "--checkpoint", str(source), "--data", recipe.data, "--device", "cpu", "--json"])
+    if code:
+        raise RuntimeError(f"{source}: evaluation failed: {errors.getvalue().strip()[-500:]}")
+    measured = json.loads(printed.getvalue())
     if measured["split"] != "test":
         raise RuntimeError(f"{source}: evaluated on {measured['split']}, not the test set")
     claimed = run.metrics["test_top1"]

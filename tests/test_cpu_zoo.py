@@ -6,18 +6,16 @@ own worker process as the campaign trains them; cards go to a temporary folder, 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from biotorch.hub import read_config
 from biotorch.publish import build_card_folder
+from biotorch.training import Trainer
 from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,14 +29,16 @@ def write_queue(path: Path, runs: list[dict], defaults: dict | None = None) -> P
     return path
 
 
-def campaign(tmp_path: Path, queue: Path, *extra: str, budget: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(ROOT / "scripts" / "cpu_zoo.py"), "--queue", str(queue), "--home",
-               str(tmp_path / "home"), "--cards-dir", str(tmp_path / "cards"), "--index", str(tmp_path / "index.json"),
-               "--no-readme", "--robustness-limit", "0", "--poll-s", "0.2", "--threads", "1", *extra]
-    if "--status" not in extra and "--import" not in extra and "--rebuild" not in extra:
-        command += ["--budget-s", str(budget)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+def campaign(tmp_path: Path, queue: Path, capsys, *extra: str, budget: float = 300) -> SimpleNamespace:
+    """One campaign in this process (its workers are processes, one thread each), as `scripts/cpu_zoo.py` runs."""
+    args = ["--queue", str(queue), "--home", str(tmp_path / "home"), "--cards-dir", str(tmp_path / "cards"),
+            "--index", str(tmp_path / "index.json"), "--no-readme", "--robustness-limit", "0", "--poll-s", "0.2",
+            "--threads", "1", *extra]
+    if not {"--status", "--import", "--rebuild"} & set(extra):
+        args += ["--budget-s", str(budget)]
+    code = zoo.main(args)
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 def test_committed_queue_reads_and_trains_on_the_cpu_in_fp32():
@@ -79,7 +79,7 @@ def test_campaign_trains_publishes_and_a_second_start_has_nothing_to_do(tmp_path
         {"recipe": LENET, "rules": ["fa"], "set": {"batch_size": 64}, "publish": False},   # a pilot
         {"recipe": LENET, "rules": ["fa"], "seeds": [0, 1]},
     ])
-    first = campaign(tmp_path, queue, "--jobs", "2")
+    first = campaign(tmp_path, queue, capsys, "--jobs", "2")
     assert first.returncode == 0, first.stdout + first.stderr
     cards, home = tmp_path / "cards", tmp_path / "home"
     assert [p.name for p in cards.iterdir()] == ["lenet_fa.synthetic"]
@@ -94,7 +94,7 @@ def test_campaign_trains_publishes_and_a_second_start_has_nothing_to_do(tmp_path
     assert log.count("] start ") == 3 and "ETA of the run" in log and "img/s (1 thread)" in log
     assert "lenet.synthetic@1" in (home / "speeds.json").read_text()
     # stateless: the card says it is done, so a new campaign trains nothing
-    second = campaign(tmp_path, queue)
+    second = campaign(tmp_path, queue, capsys)
     assert second.returncode == 0 and "] start " not in second.stdout and "0 run(s) left" in second.stdout
     # a card's recipe is what makes its runs done: with another lr the same queue is new work again
     other = write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["fa"], "set": {"lr": 0.02}}])
@@ -102,19 +102,19 @@ def test_campaign_trains_publishes_and_a_second_start_has_nothing_to_do(tmp_path
     assert " new 0/1 epochs" in capsys.readouterr().out
 
 
-def test_no_run_starts_that_cannot_end_inside_the_budget(tmp_path):
+def test_no_run_starts_that_cannot_end_inside_the_budget(tmp_path, capsys):
     queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"]}])
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 1.0}))  # 256 s an epoch
-    result = campaign(tmp_path, queue, budget=120)
+    result = campaign(tmp_path, queue, capsys, budget=120)
     assert result.returncode == 0 and "] start " not in result.stdout and "1 run(s) left" in result.stdout
     assert not (tmp_path / "cards").exists()
 
 
-def test_a_diverging_run_is_kept_and_retried_once_with_the_documented_change(tmp_path):
+def test_a_diverging_run_is_kept_and_retried_once_with_the_documented_change(tmp_path, capsys):
     queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"], "set": {"lr": 1.0e6},
                                                "retry": {"lr": 0.05}}], defaults={"retry": {"lr_scale": 0.5}})
-    result = campaign(tmp_path, queue)
+    result = campaign(tmp_path, queue, capsys)
     assert result.returncode == 0, result.stdout + result.stderr
     runs = sorted(p.name for p in (tmp_path / "home" / "runs").iterdir())
     diverged = [r for r in runs if r.endswith("-diverged")]
@@ -126,31 +126,30 @@ def test_a_diverging_run_is_kept_and_retried_once_with_the_documented_change(tmp
     assert [r["state"] for r in json.loads((tmp_path / "home" / "campaign.json").read_text())["runs"]] == ["done"]
 
 
-def test_a_card_of_another_recipe_is_replaced_only_by_a_better_run(tmp_path, make_run):
+def test_a_card_of_another_recipe_is_replaced_only_by_a_better_run(tmp_path, make_run, capsys):
     card = tmp_path / "cards" / "lenet_fa.synthetic"
     published = make_run(rule="fa", dataset="synthetic", val_top1=100.0, test_top1=99.0)  # unbeatable
     build_card_folder([published], card)
     before = (card / "model.safetensors").read_bytes()
     better = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["fa"]}])
-    result = campaign(tmp_path, better)
+    result = campaign(tmp_path, better, capsys)
     assert result.returncode == 0 and "kept the published card (val 100.00)" in result.stdout
     assert (card / "model.safetensors").read_bytes() == before
     assert len(list((tmp_path / "home" / "decisions").iterdir())) == 1
-    assert "0 run(s) left" in campaign(tmp_path, better).stdout  # decided: done, nothing trains again
+    assert "0 run(s) left" in campaign(tmp_path, better, capsys).stdout  # decided: done, nothing trains again
     always = write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["fa"], "replace": "always"}])
-    result = campaign(tmp_path, always)
+    result = campaign(tmp_path, always, capsys)
     assert result.returncode == 0 and "] start " not in result.stdout  # the finished run is published as it is
     assert read_config(card)["pretrained_cfg"]["recipe"]["batch_size"] == 128  # the queue's, not the old card's 64
     assert (card / "model.safetensors").read_bytes() != before
 
 
-def test_a_handed_over_run_is_re_measured_on_the_test_set_before_it_joins(tmp_path):
-    pilot = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["kp"], "publish": False}])
-    assert campaign(tmp_path, pilot).returncode == 0
-    trained = next((tmp_path / "home" / "runs").iterdir())
+def test_a_handed_over_run_is_re_measured_on_the_test_set_before_it_joins(tmp_path, capsys):
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["kp"]}])
+    trained = tmp_path / "trained"
+    Trainer(zoo.read_queue(queue)[0].recipe, trained, log=None, progress=False).fit()  # as another machine did
     handed = tmp_path / "handed" / "lenet_kp.synthetic-seed0"
-    shutil.copytree(trained, handed, ignore=shutil.ignore_patterns("checkpoint", ".lock", "status.json"))
-    queue = write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["kp"]}])
+    shutil.copytree(trained, handed, ignore=shutil.ignore_patterns("checkpoint", ".lock"))
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     lied = json.loads((handed / "metrics.json").read_text())
@@ -158,13 +157,15 @@ def test_a_handed_over_run_is_re_measured_on_the_test_set_before_it_joins(tmp_pa
     liar = tmp_path / "handed" / "liar"
     shutil.copytree(handed, liar)
     (liar / "metrics.json").write_text(json.dumps(lied))
-    refused = campaign(fresh, queue, "--import", str(liar))
-    assert refused.returncode == 2 and "differs from metrics.json" in refused.stderr
-    imported = campaign(fresh, queue, "--import", str(handed))
-    assert imported.returncode == 0, imported.stderr
-    assert "re-measured here" in imported.stdout
+    args = ["--queue", str(queue), "--home", str(fresh / "home"), "--cards-dir", str(fresh / "cards"),
+            "--index", str(fresh / "index.json"), "--no-readme", "--robustness-limit", "0", "--poll-s", "0.1"]
+    assert zoo.main([*args, "--import", str(liar)]) == 2
+    assert "differs from metrics.json" in capsys.readouterr().err
+    assert zoo.main([*args, "--import", str(handed)]) == 0
+    assert "re-measured here" in capsys.readouterr().out
     record = json.loads(next((fresh / "home" / "runs").glob("*/imported.json")).read_text())
     claimed = json.loads((handed / "metrics.json").read_text())["test_top1"]
     assert record["test_top1_remeasured"] == pytest.approx(claimed)
-    published = campaign(fresh, queue)
-    assert "] start " not in published.stdout and "published" in published.stdout
+    assert zoo.main([*args, "--budget-s", "60"]) == 0  # published as it is: nothing to train
+    out = capsys.readouterr().out
+    assert "] start " not in out and "published" in out and (fresh / "cards" / "lenet_kp.synthetic").is_dir()

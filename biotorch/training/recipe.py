@@ -16,7 +16,6 @@ import dataclasses
 import difflib
 import math
 import reprlib
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..files import write_text
 from ..models import ARCHITECTURES
 from ..registry import get_pretrained_cfg, split_name
 from ..rules import RULES, make_rule
+from ..weights import kind, resolve
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
@@ -203,32 +203,30 @@ def _split_model(name: str) -> tuple[str, Optional[str]]:
 
 
 def _pretrained_name(init_from: Optional[str]) -> Optional[str]:
-    """``init_from`` when it is a registered name rather than a checkpoint folder or a Hub id, else None."""
-    if init_from is None or init_from.startswith("hf-hub:") or Path(init_from).is_dir():
-        return None  # the order of biotorch.from_pretrained
-    return init_from
+    """``init_from`` when it reads as a published name (not a folder or a Hub id: :func:`biotorch.weights.kind`)."""
+    return init_from if init_from is not None and kind(init_from) == "name" else None
 
 
 def _validate_init_from(recipe: Recipe) -> None:
-    value, name = recipe.init_from, _pretrained_name(recipe.init_from)
+    value = recipe.init_from
     if value is None:
         return
-    if value.startswith("hf-hub:"):
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", value[len("hf-hub:"):]) is None:
-            raise ConfigError(f"recipe key 'init_from' is {value!r}: a Hub id is hf-hub:<org>/<repo>")
-    elif name is None:
-        if not (Path(value) / "config.json").is_file():
-            raise ConfigError(f"recipe key 'init_from' is {value!r}, a folder without config.json: give a checkpoint "
-                             "folder (biotorch.save_pretrained, model_cards/<name>)")
-    else:
-        try:
-            cfg = get_pretrained_cfg(name)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"recipe key 'init_from' is {value!r}: not a folder, not hf-hub:<org>/<repo>, and as a "
-                             f"pretrained name: {error}") from None
+    how = kind(value)
+    if how == "folder" and not (Path(value) / "config.json").is_file():
+        raise ConfigError(f"recipe key 'init_from' is {value!r}, a folder without config.json: give a checkpoint "
+                          "folder (biotorch.save_pretrained, model_cards/<name>)")
+    try:
+        source = resolve(value)
+    except (TypeError, ValueError) as error:
+        if how == "hub":
+            raise ConfigError(f"recipe key 'init_from' is {value!r}: a Hub id is hf-hub:<org>/<repo>") from None
+        raise ConfigError(f"recipe key 'init_from' is {value!r}: not a folder, not hf-hub:<org>/<repo>, and as a "
+                          f"pretrained name: {error}") from None
+    if source.kind == "name":
+        cfg = get_pretrained_cfg(source.name)
         if cfg.arch != recipe.model:
             raise ConfigError(f"recipe key 'init_from' names a {cfg.arch} checkpoint ({cfg.name}) but 'model' is "
-                             f"{recipe.model!r}: fine-tuning keeps the architecture")
+                              f"{recipe.model!r}: fine-tuning keeps the architecture")
 
 
 def _validate(recipe: Recipe) -> None:

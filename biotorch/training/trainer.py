@@ -24,7 +24,6 @@ import json
 import math
 import random
 import shutil
-import re
 import sys
 import time
 from pathlib import Path
@@ -40,10 +39,11 @@ from ..convert import feedback_step
 from ..data import DeviceLoader, dataset_info
 from ..factory import create_model, init_from
 from ..errors import CheckpointError, ConfigError, NonFiniteError
-from ..files import sha256, write_json
-from ..hub import RUN_WEIGHTS, load_checkpoint, save_weights, weights_file
+from ..files import write_json
+from ..hub import RUN_WEIGHTS, file_record, load_checkpoint, save_weights, weights_file
 from ..metrics import alignment, count_parameters, gradient_alignment
 from ..version import __version__
+from ..weights import resolve
 from . import checkpoint as ckpt
 from . import datasets
 from .evaluate import evaluate
@@ -96,9 +96,7 @@ def build_model(recipe: Recipe, info, device: torch.device) -> nn.Module:
 
 
 def default_run_dir(recipe: Recipe) -> Path:
-    start = ""
-    if recipe.init_from:
-        start = "-ft-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(recipe.init_from.removeprefix("hf-hub:")).name)
+    start = f"-ft-{resolve(recipe.init_from).label()}" if recipe.init_from else ""
     return Path("runs") / f"{recipe.model_name}.{recipe.data}{start}-seed{recipe.seed}"
 
 
@@ -454,7 +452,7 @@ class Trainer:
         if self.dist.main:
             if improved:
                 best = save_weights(self.model, self.run_dir / RUN_WEIGHTS)
-                files = {RUN_WEIGHTS: {"sha256": sha256(best), "size": best.stat().st_size}}
+                files = {RUN_WEIGHTS: file_record(best)}
                 write_json(self.run_dir / "config.json", {**self.model.biotorch_config, "files": files})
             write_history(self.run_dir, self.history)
             if self.alignment_records:
