@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .convert import exact_gradients
-from .data import load_samples
+from .data import DATASETS, load_samples
 from .factory import create_model
 from .files import SAMPLES, atomic_write
 from .hub import CONFIG_NAME, MIRROR, WEIGHTS_NAME, folder_sha256
@@ -57,6 +57,7 @@ ATTACKS = ("fgsm", "pgd")
 GRADIENTS = ("exact", "rule", "transfer")
 DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1)
 HEADLINE_EPS = 0.05  # the model-index and `biotorch info` report this radius
+SUBSET_SEED = 0  # the images `--limit N` attacks: the first N of this seed's permutation, kept in file order
 PGD_STEPS = 10
 PGD_STEP_SIZE = 2.5 / PGD_STEPS  # × eps: 10 steps travel 2.5·eps, enough to cross the ball (Madry et al. 2018)
 ATTACK_TITLES = {"fgsm": "FGSM", "pgd": f"PGD-{PGD_STEPS}"}
@@ -285,6 +286,9 @@ def load_images(dataset: str, data_dir=None, *, limit: Optional[int] = None, sam
     """(images as floats in [0, 1], labels, split) of the test set, found as ``biotorch eval`` finds it
     (``data_dir``, ``$BIOTORCH_DATA``, the cache, system folders), else the sample images in ``samples/``.
 
+    ``limit``: a fixed random sample of that many images (seed ``SUBSET_SEED``, in file order), the same for every
+    model; the first N would be one class where the files are sorted by class (cifar10_jpeg's are).
+
     Example::
 
         >>> images, labels, split = load_images("fashion_mnist", limit=100)
@@ -309,7 +313,10 @@ def load_images(dataset: str, data_dir=None, *, limit: Optional[int] = None, sam
     if limit is not None:
         if limit < 1:
             raise ValueError(f"--limit must be a positive number of images, got {limit}")
-        images, labels = images[:limit], labels[:limit]
+        if limit < len(labels):  # a fixed sample of every class: test files may come sorted by class
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SUBSET_SEED))
+            keep = order[:limit].sort().values
+            images, labels = images[keep], labels[keep]
     return images.to(device).float().div_(255), labels.to(device), split
 
 
@@ -449,10 +456,13 @@ def card_section(cfg: dict, folder: Union[str, Path], cards_dirs: Sequence[Path]
     same = " For this bp model the three are one attack." if is_bp else ""
     bp_note = (f"The grey curve is `{cfg['arch']}_bp.{cfg['tag']}` under its own exact gradient "
                f"({_images(bp_block[0])}). " if bp_block else "")
+    test_size = DATASETS[cfg["dataset"]].test_size if cfg.get("dataset") in DATASETS else None
+    sample = (f" (a fixed sample of the {test_size:,}, every class: seed {SUBSET_SEED})"
+              if block[0].get("split", "test") == "test" and test_size and block[0]["images"] < test_size else "")
     return f"""
 ## Adversarial robustness
 
-Top-1 on {_images(block[0])} under L∞ attacks in pixel space (pixels in [0, 1], ε in pixel units, the
+Top-1 on {_images(block[0])}{sample} under L∞ attacks in pixel space (pixels in [0, 1], ε in pixel units, the
 checkpoint's normalisation inside the attacked model; seed {block[0]['seed']}): FGSM, and PGD with {PGD_STEPS}
 steps of {PGD_STEP_SIZE:g}·ε from a random start, from the Adversarial Robustness Toolbox. Gradient sources:
 *exact*, the true gradient of this model (white box); *the rule's gradient*, what this model's learning rule
@@ -591,7 +601,8 @@ def add_commands(subparsers) -> None:
                         help="L∞ radii in pixel units (pixels in [0, 1]), comma-separated")
     parser.add_argument("--gradient", default=",".join(GRADIENTS),
                         help="comma-separated gradient sources: exact, rule, transfer (from the bp model)")
-    parser.add_argument("--limit", type=int, help="attack only the first N images")
+    parser.add_argument("--limit", type=int, help="attack N images only: a fixed random sample of the test set, the "
+                                                   "same for every model")
     parser.add_argument("--data-dir", help="folder holding the dataset files (else $BIOTORCH_DATA, the cache, "
                         "system folders; the sample images in samples/ when none has the test set)")
     parser.add_argument("--samples", action="store_true", help="attack the sample images in samples/<dataset>")

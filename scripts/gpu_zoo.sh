@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole zoo in ONE call on a GPU machine, inside a time budget: calibrate, plan, search, train
 # (recipes/zoo.yaml), publish into model_cards/, attack every new card (biotorch robustness: FGSM and PGD-10,
-# exact/rule/transfer gradients, on the first ROBUST_LIMIT test images) and publish again so the cards show it,
+# exact/rule/transfer gradients, on ROBUST_LIMIT test images, a fixed sample) and publish again so the cards show it,
 # check every card through torch.hub on the device, pack.
 #
 #   data:   a git-ignored data/ folder travels along: bash scripts/gpu_zoo.sh --stage copies ../shared/data there

@@ -236,3 +236,13 @@ def test_each_block_is_written_when_its_model_is_done(no_dataset, tmp_path, monk
     assert len(json.loads((cards / names[0] / "metrics.json").read_text())["robustness"]) == 2 * 3
     assert json.loads((cards / names[1] / "metrics.json").read_text())["robustness"] == \
         json.loads((MIRROR / names[1] / "metrics.json").read_text())["robustness"]  # untouched
+
+
+def test_limit_attacks_a_fixed_sample_of_every_class_not_the_first_files():
+    images, labels, _ = robustness.load_images("cifar10_jpeg", limit=30, samples=True)  # files sorted by class
+    every, every_labels, _ = robustness.load_images("cifar10_jpeg", samples=True)
+    assert every_labels[:30].unique().numel() <= 3 and labels.unique().numel() >= 8
+    again, _, _ = robustness.load_images("cifar10_jpeg", limit=30, samples=True)
+    assert torch.equal(images, again)  # the same images for every model and run
+    rows = [next(i for i in range(len(every)) if torch.equal(every[i], image)) for image in images]
+    assert rows == sorted(rows) and torch.equal(every_labels[rows], labels)  # a subset, in file order
