@@ -340,10 +340,7 @@ def publish_card(job: Job, recipe: Recipe, home: Path, cards_dir: Path, jobs: li
             log(f"{job.card}: kept the published card (val {old_val:.2f}) over {len(runs)} new run(s) "
                 f"(best val {new_val:.2f})", home)
             return None
-    build_card_folder(folders, cards_dir / job.card)
-    build_index(cards_dir, index_path)
-    if readme is not None and readme.is_file():
-        update_readme_table(readme, index_path)
+    build_card(folders, cards_dir, readme, index_path, card=job.card)
     log(f"published {cards_dir / job.card} from {len(runs)} run(s): best val {new_val:.2f}", home)
     return job.card
 
@@ -366,14 +363,19 @@ def attack(card: str, home: Path, cards_dir: Path, threads: int, limit: int) -> 
     return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 
 
+def build_card(folders: list[Path], cards_dir: Path, readme, index_path, *, card: str) -> None:
+    """The card folder from its runs, then the index and the README table that list it."""
+    build_card_folder(folders, cards_dir / card)
+    build_index(cards_dir, index_path)
+    if readme is not None and readme.is_file():
+        update_readme_table(readme, index_path)
+
+
 def rebuild(card: str, jobs: list[Job], home: Path, cards_dir: Path, readme, index_path) -> None:
     """Build a published card again from its runs (after the attacks: the card shows their block)."""
     job = next(j for j in jobs if j.card == card and job_state(j, home, cards_dir)[0] == "done")
     folders = [job_state(j, home, cards_dir)[2] for j in jobs if j.card == card and j.index == job.index]
-    build_card_folder([f for f in folders if finished(f)], cards_dir / card)
-    build_index(cards_dir, index_path)
-    if readme is not None and readme.is_file():
-        update_readme_table(readme, index_path)
+    build_card([f for f in folders if finished(f)], cards_dir, readme, index_path, card=card)
 
 
 # ---------------------------------------------------------------------------------------------------------
