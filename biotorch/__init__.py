@@ -2,7 +2,8 @@
 
 The package is a ladder, each floor importing only from below: ``functional`` (the mathematics) → ``rules``
 → ``nn`` → ``convert`` → ``metrics``, ``models``, ``data`` → ``registry`` → ``hub`` → ``weights`` (where
-weights come from) → ``factory`` → ``card`` → ``training`` → ``publish`` → ``cli``.
+weights come from) → ``builder`` (architecture × rule with its weights) → ``entrypoints`` (timm's names) →
+``factory`` (``create_model``) → ``pretrained`` (models from checkpoints) → ``card`` → ``training`` → ``publish`` → ``cli``.
 
 Example::
 
@@ -13,9 +14,11 @@ Example::
 """
 from . import data, hub, nn, registry, rules
 from .convert import convert, exact_gradients, feedback_step, redraw_feedback, rule_layers, summary, to_torch
-from .factory import create_model, from_pretrained, init_from, register_with_timm, transforms
+from .entrypoints import register_with_timm
+from .factory import create_model, transforms
 from .hub import save_pretrained
 from .metrics import alignment, gradient_alignment
+from .pretrained import from_pretrained, init_from
 from .publish import push_to_hub
 from .registry import PretrainedCfg, get_pretrained_cfg, list_models
 from .rules import RULES

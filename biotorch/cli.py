@@ -26,7 +26,8 @@ from . import registry, robustness
 from .convert import exact_gradients
 from .errors import BiotorchError, ConfigError
 from .data import DATASETS, DeviceLoader, dataset_info, load_samples
-from .factory import create_model, from_checkpoint, model_parameters
+from .factory import create_model, model_parameters
+from .pretrained import from_checkpoint
 from .files import REPO_ROOT, SAMPLES
 from .hub import HUB_ORG, MIRROR
 from .publish import publish

@@ -139,7 +139,7 @@ def to_torch(model: nn.Module) -> nn.Module:
     plain = copy.deepcopy(model)
     for key in ("biotorch_config", "reset_classifier"):  # biotorch's: the rule, and a head that learns by it
         plain.__dict__.pop(key, None)
-    for key, hook in list(plain._forward_pre_hooks.items()):  # and the factory's input check
+    for key, hook in list(plain._forward_pre_hooks.items()):  # and the builder's input check
         if getattr(hook, "__module__", "").startswith("biotorch."):
             del plain._forward_pre_hooks[key]
     torch_types = {biotorch_type: torch_type for torch_type, biotorch_type in LAYERS.items()

@@ -6,7 +6,7 @@ keep training with the same rule; its metadata names arch, rule and biotorch ver
 the training record. Where weights come from (a published name, a folder, a Hub repo) is
 :mod:`biotorch.weights`.
 
-Building a model around a checkpoint is :mod:`biotorch.factory` (``from_pretrained``); building a card folder
+Building a model around a checkpoint is :mod:`biotorch.pretrained` (``from_pretrained``); building a card folder
 from a training run and pushing it is :mod:`biotorch.publish` (``push_to_hub``).
 
 Example::

@@ -209,7 +209,7 @@ def test_a_file_without_arch_metadata_asks_for_a_name(tmp_path, capsys):
     state = load_file(str(CARD / "model.safetensors"))
     save_file(state, str(tmp_path / "w.safetensors"), metadata={"rule": "fa"})
     with pytest.raises(CheckpointError, match="name it"):
-        biotorch.factory.from_checkpoint(tmp_path / "w.safetensors")
+        biotorch.pretrained.from_checkpoint(tmp_path / "w.safetensors")
     # a config.json in the folder above the weights is never read
     (tmp_path / "sub").mkdir()
     shutil.move(tmp_path / "w.safetensors", tmp_path / "sub" / "w.safetensors")

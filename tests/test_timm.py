@@ -410,8 +410,9 @@ def test_a_checkpoint_folder_adapts_its_channels_and_head(tmp_path):
     assert model.conv1.weight.shape == (6, 3, 5, 5) and model.num_classes == 5
     assert torch.equal(model.conv2.weight, source.conv2.weight)
     assert model.biotorch_config["seed"] == source.biotorch_config["seed"]
-    with pytest.raises(biotorch.errors.CheckpointError, match="needs its checkpoint folder"):
-        biotorch.create_model("lenet_fa", checkpoint=folder / "model.safetensors", in_chans=3)
+    # the weights file alone adapts the same way: the checkpoint is loaded and checked as trained, then adapted
+    bare = biotorch.create_model("lenet_fa", checkpoint=folder / "model.safetensors", in_chans=3, num_classes=5)
+    assert torch.equal(bare.conv1.weight, model.conv1.weight) and torch.equal(bare.conv2.weight, model.conv2.weight)
 
 
 def test_the_trained_head_is_kept_for_its_own_pooling():

@@ -73,7 +73,7 @@ def test_a_checkpoint_folder_is_read_and_hashed_once_on_its_way_to_a_model(tmp_p
     counting = lambda folder, *a, **k: configs.append(folder) or read_config(folder, *a, **k)  # noqa: E731
     monkeypatch.setattr(hub, "read_config", counting)
     monkeypatch.setattr(weights, "read_config", counting)
-    for load in (lambda: biotorch.from_pretrained(folder), lambda: biotorch.factory.from_checkpoint(folder)):
+    for load in (lambda: biotorch.from_pretrained(folder), lambda: biotorch.pretrained.from_checkpoint(folder)):
         hashed.clear(), configs.clear()
         model = load()
         assert hashed == [hub.WEIGHTS_NAME] and len(configs) == 1, (hashed, configs)

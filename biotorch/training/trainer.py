@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from ..card import describe_start
 from ..convert import feedback_step
 from ..data import DeviceLoader, dataset_info
-from ..factory import create_model, init_from
+from ..factory import create_model
+from ..pretrained import init_from
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..files import write_json
 from ..hub import RUN_WEIGHTS, file_record, load_checkpoint, save_weights, weights_file

@@ -1,0 +1,240 @@
+"""Architecture × rule, with its weights: what every timm entry point of biotorch builds.
+
+timm's ``build_model_with_cfg`` instantiates the model (``pretrained_cfg``, timm's factory arguments, the
+``features_only`` wrappers) around :func:`_instantiate`, which converts the architecture (``biotorch.models``) to
+its rule (``biotorch.convert``) and loads the weights :mod:`biotorch.weights` fetched. As timm's
+``load_pretrained`` does, a checkpoint trained on other channels or classes is adapted on its state dict,
+from the architecture's ``first_conv`` and ``classifier`` (:func:`merge_state`).
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import types
+from typing import NamedTuple, Optional, Union
+
+import torch
+from timm.models import adapt_input_conv, build_model_with_cfg, resolve_pretrained_cfg
+from torch import nn
+
+from .convert import convert, convert_layer, redraw_feedback, rule_layers
+from .errors import CheckpointError
+from .hub import PathLike, load_checkpoint
+from .models import ARCHITECTURES, DEFAULT_CFGS
+from .nn import LAYERS
+from .registry import get_pretrained_cfg, split_name, timm_cfg
+from .rules import RULES
+from .weights import Fetched, Source, fetch, folder_source
+
+__all__ = ["RULE_OPTIONS", "build_model", "merge_state"]
+
+# The options of every learning rule: a model's factory takes them and hands them to its rule, which refuses
+# another rule's.
+RULE_OPTIONS = tuple(dict.fromkeys(option for rule in RULES.values() for option in rule.options))
+
+
+class _Pretrained(NamedTuple):
+    """The weights a build starts from (:func:`biotorch.weights.fetch`) and what they were trained with; ``None``:
+    not recorded (whatever the model is built with)."""
+
+    found: Fetched
+    num_classes: Optional[int]
+    in_chans: Optional[int]
+    seed: Optional[int]
+
+
+def _find_pretrained(model_name: str, cfg, checkpoint: Optional[PathLike],
+                     cache_dir: Optional[PathLike]) -> _Pretrained:
+    if checkpoint is not None or cfg.file:  # a local folder or file (timm's pretrained_cfg_overlay=dict(file=...))
+        found = fetch(folder_source(checkpoint if checkpoint is not None else cfg.file), require_model=False,
+                      config_required=False)
+        classes = found.config.get("num_classes", cfg.num_classes if checkpoint is None else None)
+        return _Pretrained(found, classes, found.config.get("in_chans"), found.config.get("seed"))
+    record = get_pretrained_cfg(f"{model_name}.{cfg.tag}" if cfg.tag else model_name)
+    if cfg.hf_hub_id != record.hub_id or cfg.url or cfg.state_dict:
+        raise ValueError(f"{model_name}: biotorch loads the weights it publishes ({record.hub_id}), checked "
+                         "against their sha256; for other weights pass checkpoint=PATH, "
+                         "pretrained_cfg_overlay=dict(file=PATH) or use biotorch.from_pretrained('hf-hub:...')")
+    found = fetch(Source("name", record.name, name=record.name), cache_dir=cache_dir)
+    return _Pretrained(found, record.num_classes, record.input_size[0], record.seed)
+
+
+def _pool_type(model: nn.Module) -> str:
+    return getattr(getattr(model, "global_pool", None), "pool_type", "")
+
+
+def _instantiate(model_name: str, rule_options: dict, weights: Optional[_Pretrained], *, num_classes: int,
+                 in_chans: int, img_size: Optional[tuple[int, int]] = None, global_pool: Optional[str] = None,
+                 drop_rate: float = 0.0, device: Union[str, torch.device, None] = None,
+                 dtype: Optional[torch.dtype] = None, seed: int = 0) -> nn.Module:
+    """Architecture × rule, with its weights: what timm's ``build_model_with_cfg`` instantiates.
+
+    Weights are loaded strictly into the head they were trained with (on ``device``, before any ``dtype``
+    cast, so the feedback fingerprint is checked as saved); a different ``num_classes`` or any
+    ``global_pool`` then gets a new head, which learns with the model's rule; other input channels adapt the
+    first convolution (timm's ``adapt_input_conv``). ``img_size`` reaches the architectures that take one (mlp,
+    mixer) when it is not their default.
+    """
+    arch, rule, _ = split_name(model_name)
+    trained_classes = weights.num_classes if weights is not None and weights.num_classes is not None else num_classes
+    size = (img_size, img_size) if isinstance(img_size, int) else img_size
+    given = dict(global_pool=None if weights is not None else global_pool,
+                 img_size=None if size is None or tuple(size) == DEFAULT_CFGS[arch]["input_size"][1:] else tuple(size))
+    if given["img_size"] is not None and not DEFAULT_CFGS[arch]["img_size"]:
+        height, width = DEFAULT_CFGS[arch]["input_size"][1:]
+        fixed = f"images of {height}x{width}" if DEFAULT_CFGS[arch]["fixed_input_size"] else "images of any size"
+        raise TypeError(f"{model_name} takes no img_size (it takes {fixed}); img_size is for "
+                        f"{', '.join(a for a, c in DEFAULT_CFGS.items() if c['img_size'])}")
+    if weights is not None and torch.device(device or "cpu").type == "meta":
+        raise ValueError(f"{model_name}: weights cannot be loaded onto the meta device; build it there without "
+                         "pretrained=True or checkpoint=")
+    model = ARCHITECTURES[arch](num_classes=trained_classes, in_chans=in_chans, drop_rate=drop_rate,
+                                **{k: v for k, v in given.items() if v is not None})
+    convert(model, rule, seed=seed, **rule_options)
+    model.biotorch_config = dict(arch=arch, rule=rule, rule_options=dict(rule_options), num_classes=trained_classes,
+                                 in_chans=in_chans, seed=seed, input_size=list(model.default_input_size))
+    model.reset_classifier = types.MethodType(reset_classifier, model)
+    model.register_forward_pre_hook(_check_input)
+    if device is not None:
+        model.to(device)
+    _draw_direct_feedback(model)
+    if weights is not None and weights.in_chans not in (None, in_chans):
+        # as trained, loaded and checked; then its state dict adapted to these channels
+        trained = _instantiate(model_name, rule_options, weights, num_classes=trained_classes,
+                               in_chans=weights.in_chans, img_size=img_size, drop_rate=drop_rate, device=device,
+                               seed=seed)
+        state = model.state_dict()
+        adapted = merge_state(state, trained.state_dict(), first_conv=DEFAULT_CFGS[arch]["first_conv"],
+                              what=f"{weights.found.source.text}: the checkpoint does not fit {model_name} with "
+                                   f"in_chans={in_chans}")
+        model.load_state_dict(state, strict=True)  # re-derives seeded feedback for the new shapes
+        print(f"biotorch: {weights.found.source.name or weights.found.source.path} was trained on "
+              f"{weights.in_chans}-channel images; {', '.join(adapted)} adapted to {in_chans} "
+              "(timm's adapt_input_conv)", file=sys.stderr)
+    elif weights is not None:
+        load_checkpoint(model, weights.found.file, weights.found.sha256)
+    if weights is not None:
+        if weights.seed is not None:  # its feedback came from its own seed, and so will a new head's
+            model.biotorch_config["seed"] = weights.seed
+        if num_classes != trained_classes or global_pool not in (None, _pool_type(model)):
+            print(f"biotorch: {model_name} was trained with {trained_classes} classes; the head is re-initialised "
+                  f"for num_classes={num_classes}" + (f", global_pool={global_pool!r}" if global_pool is not None
+                                                      else ""), file=sys.stderr)
+            model.reset_classifier(num_classes, global_pool)
+    if dtype is not None:
+        model.to(dtype)
+    return model
+
+
+def merge_state(state: dict, taken: dict, *, first_conv: Optional[str], head: Optional[str] = None,
+                take_head: bool = True, take_feedback: bool = True, what: str) -> list[str]:
+    """timm's ``load_pretrained`` on state dicts: ``state`` (a model's, changed in place) takes ``taken``'s tensors,
+    but keeps its own head (the keys under ``head``) unless ``take_head`` and its own feedback state
+    (``feedback_*``) unless ``take_feedback``. Tensors of the first convolution (under ``first_conv``) shaped by
+    other input channels are adapted by timm's ``adapt_input_conv``; anything else that does not fit raises a
+    :class:`CheckpointError` that starts with ``what``. Returns the adapted keys."""
+    def own(key: str) -> bool:
+        return ((not take_head and head is not None and key.startswith(head + "."))
+                or (not take_feedback and key.rpartition(".")[2].startswith("feedback_")))
+
+    adapted, misfits = [], []
+    for key in [k for k in state if not own(k)]:
+        value, target = taken.get(key), state[key]
+        if value is None:
+            misfits.append(f"{key} missing")
+            continue
+        if value.shape != target.shape:
+            if (first_conv is not None and key.startswith(first_conv + ".") and value.ndim == target.ndim == 4
+                    and (value.shape[0], *value.shape[2:]) == (target.shape[0], *target.shape[2:])):
+                value = _adapt_input_conv(value, target.shape[1], value.shape[1])
+                adapted.append(key)
+            else:
+                misfits.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
+        state[key] = value
+    misfits += [f"{key} unexpected" for key in taken if key not in state and not own(key)]
+    if misfits:
+        raise CheckpointError(f"{what}: {'; '.join(misfits[:5])}{' …' if len(misfits) > 5 else ''}")
+    return adapted
+
+
+def _adapt_input_conv(weight: torch.Tensor, in_chans: int, base_chans: int) -> torch.Tensor:
+    try:
+        return adapt_input_conv(in_chans, weight, base_chans=base_chans)
+    except TypeError:  # before timm 1.0.31 the helper assumed 3-channel checkpoints
+        raise ValueError(f"adapting a {base_chans}-channel first layer to {in_chans} channels needs timm>=1.0.31 "
+                         "(adapt_input_conv's base_chans)") from None
+
+
+def _check_input(model, args: tuple[torch.Tensor]) -> None:
+    """A wrong input shape is named here, rather than as a matrix-multiply error deep inside the model (a
+    forward pre-hook; TorchScript compiles it to nothing, so scripted models check nothing)."""
+    if not torch.jit.is_scripting():
+        _check_shape(model, args[0])
+
+
+def _check_shape(model: nn.Module, x) -> None:
+    channels, height, width = model.default_input_size
+    if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != channels or (
+            model.fixed_input_size and tuple(x.shape[2:]) != (height, width))):
+        size = f"{height}, {width}" if model.fixed_input_size else "H, W"
+        raise ValueError(f"{model.biotorch_config['arch']} takes images of shape (N, {channels}, {size}), "
+                         f"got {tuple(x.shape)}")
+
+
+@torch.no_grad()
+def _draw_direct_feedback(model: nn.Module) -> None:
+    # Feedback shaped by each layer's input (dfa) is drawn by one dry forward, so that it exists (and is
+    # identical on every DDP rank) before training starts.
+    if any(layer.rule.drawn_at_first_forward for _, layer in rule_layers(model)):
+        was_training = model.training
+        param = next(model.parameters())
+        model.eval()(torch.zeros(1, *model.default_input_size, device=param.device, dtype=param.dtype))
+        model.train(was_training)
+
+
+def reset_classifier(model: nn.Module, num_classes: int, global_pool: Optional[str] = None) -> None:
+    """timm's ``reset_classifier``; the new head learns with the model's rule (dfa feedback is redrawn)."""
+    config = model.biotorch_config
+    type(model).reset_classifier(model, num_classes, global_pool)
+    head = model.get_classifier()
+    if type(head) in LAYERS:
+        name = next(n for n, m in model.named_modules() if m is head)
+        convert_layer(model, name, config["rule"], config["seed"] * 10007 + 9999, **config["rule_options"])
+    config["num_classes"] = num_classes
+    redraw_feedback(model, num_classes)  # no-op unless some layer learns by direct feedback
+    _draw_direct_feedback(model)
+
+
+def build_model(model_name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                cache_dir: Optional[PathLike] = None, checkpoint: Optional[PathLike] = None, **kwargs) -> nn.Module:
+    """One model through timm's ``build_model_with_cfg``: ``pretrained_cfg`` resolved as timm does (a tag, a
+    dict or timm's ``PretrainedCfg``, an overlay), features wrapped by timm's feature classes."""
+    arch, rule, _ = split_name(model_name)
+    rule_options = {k: kwargs.pop(k) for k in RULE_OPTIONS if k in kwargs}
+    if kwargs.get("features_only") and not DEFAULT_CFGS[arch]["feature_maps"]:
+        cnns = ", ".join(a for a, c in DEFAULT_CFGS.items() if c["feature_maps"])
+        raise ValueError(f"{model_name}: features_only needs spatial feature maps, and {arch} has none; "
+                         f"the architectures with feature maps (feature_info) are {cnns}")
+    if pretrained and not pretrained_cfg and checkpoint is None and not (pretrained_cfg_overlay or {}).get("file"):
+        pretrained_cfg = timm_cfg(model_name, get_pretrained_cfg(model_name))  # no tag: biotorch's default tag
+    cfg = resolve_pretrained_cfg(model_name, pretrained_cfg, pretrained_cfg_overlay)
+    weights = _find_pretrained(model_name, cfg, checkpoint, cache_dir) if pretrained or checkpoint is not None \
+        else None
+    build = functools.partial(_instantiate, model_name, rule_options, weights)
+    model = build_model_with_cfg(build, model_name, pretrained=False, pretrained_cfg=cfg,
+                                 feature_cfg=dict(out_indices=tuple(range(DEFAULT_CFGS[arch]["feature_maps"]))),
+                                 **kwargs)
+    _fit_channels(model.pretrained_cfg, kwargs.get("in_chans", cfg.input_size[0]))
+    return model
+
+
+def _fit_channels(cfg: dict, in_chans: int) -> None:
+    """Make a cfg describe ``in_chans``-channel input (a model built with other channels than its cfg's):
+    one value per channel repeated, several averaged, as ``adapt_input_conv`` treats the first layer."""
+    if cfg["input_size"][0] == in_chans:
+        return
+    cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
+    for key in ("mean", "std"):
+        values = tuple(cfg[key])
+        if len(values) != in_chans:
+            cfg[key] = (values[0] if len(values) == 1 else sum(values) / len(values),) * in_chans
