@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import functools
 import sys
-import types
 from typing import NamedTuple, Optional, Union
 
 import torch
 from timm.models import adapt_input_conv, build_model_with_cfg, resolve_pretrained_cfg
 from torch import nn
 
-from .convert import convert, convert_layer, redraw_feedback, rule_layers
+from .convert import convert, draw_feedback
 from .errors import CheckpointError
 from .hub import PathLike, load_checkpoint
 from .models import ARCHITECTURES, DEFAULT_CFGS
-from .nn import LAYERS
 from .registry import get_pretrained_cfg, split_name, timm_cfg
 from .rules import RULES
 from .weights import Fetched, Source, fetch, folder_source
@@ -90,14 +88,12 @@ def _instantiate(model_name: str, rule_options: dict, weights: Optional[_Pretrai
                          "pretrained=True or checkpoint=")
     model = ARCHITECTURES[arch](num_classes=trained_classes, in_chans=in_chans, drop_rate=drop_rate,
                                 **{k: v for k, v in given.items() if v is not None})
-    convert(model, rule, seed=seed, **rule_options)
-    model.biotorch_config = dict(arch=arch, rule=rule, rule_options=dict(rule_options), num_classes=trained_classes,
-                                 in_chans=in_chans, seed=seed, input_size=list(model.default_input_size))
-    model.reset_classifier = types.MethodType(reset_classifier, model)
-    model.register_forward_pre_hook(_check_input)
+    convert(model, rule, seed=seed, **rule_options)  # its config: rule, seed, rule_options
+    model.biotorch_config = dict(arch=arch, **model.biotorch_config, num_classes=trained_classes, in_chans=in_chans,
+                                 input_size=list(model.default_input_size))
     if device is not None:
         model.to(device)
-    _draw_direct_feedback(model)
+    draw_feedback(model)
     if weights is not None and weights.in_chans not in (None, in_chans):
         # as trained, loaded and checked; then its state dict adapted to these channels
         trained = _instantiate(model_name, rule_options, weights, num_classes=trained_classes,
@@ -163,46 +159,6 @@ def _adapt_input_conv(weight: torch.Tensor, in_chans: int, base_chans: int) -> t
     except TypeError:  # before timm 1.0.31 the helper assumed 3-channel checkpoints
         raise ValueError(f"adapting a {base_chans}-channel first layer to {in_chans} channels needs timm>=1.0.31 "
                          "(adapt_input_conv's base_chans)") from None
-
-
-def _check_input(model, args: tuple[torch.Tensor]) -> None:
-    """A wrong input shape is named here, rather than as a matrix-multiply error deep inside the model (a
-    forward pre-hook; TorchScript compiles it to nothing, so scripted models check nothing)."""
-    if not torch.jit.is_scripting():
-        _check_shape(model, args[0])
-
-
-def _check_shape(model: nn.Module, x) -> None:
-    channels, height, width = model.default_input_size
-    if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != channels or (
-            model.fixed_input_size and tuple(x.shape[2:]) != (height, width))):
-        size = f"{height}, {width}" if model.fixed_input_size else "H, W"
-        raise ValueError(f"{model.biotorch_config['arch']} takes images of shape (N, {channels}, {size}), "
-                         f"got {tuple(x.shape)}")
-
-
-@torch.no_grad()
-def _draw_direct_feedback(model: nn.Module) -> None:
-    # Feedback shaped by each layer's input (dfa) is drawn by one dry forward, so that it exists (and is
-    # identical on every DDP rank) before training starts.
-    if any(layer.rule.drawn_at_first_forward for _, layer in rule_layers(model)):
-        was_training = model.training
-        param = next(model.parameters())
-        model.eval()(torch.zeros(1, *model.default_input_size, device=param.device, dtype=param.dtype))
-        model.train(was_training)
-
-
-def reset_classifier(model: nn.Module, num_classes: int, global_pool: Optional[str] = None) -> None:
-    """timm's ``reset_classifier``; the new head learns with the model's rule (dfa feedback is redrawn)."""
-    config = model.biotorch_config
-    type(model).reset_classifier(model, num_classes, global_pool)
-    head = model.get_classifier()
-    if type(head) in LAYERS:
-        name = next(n for n, m in model.named_modules() if m is head)
-        convert_layer(model, name, config["rule"], config["seed"] * 10007 + 9999, **config["rule_options"])
-    config["num_classes"] = num_classes
-    redraw_feedback(model, num_classes)  # no-op unless some layer learns by direct feedback
-    _draw_direct_feedback(model)
 
 
 def build_model(model_name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,

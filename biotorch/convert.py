@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import functools
 import hashlib
 import warnings
 from typing import Iterable, Iterator, Optional, Union
@@ -50,7 +51,7 @@ def convert(model: nn.Module, rule: Union[str, Rule], *, exclude: Iterable[str] 
         exclude: module names or glob patterns to leave on exact backprop, e.g. ``["fc"]``.
         strict: raise if a module holds parameters that no rule covers (e.g. ``nn.MultiheadAttention``'s
             packed projections), instead of warning.
-        seed: feedback of the i-th converted layer is drawn from ``seed * 10007 + i``.
+        seed: feedback of the i-th converted layer is drawn from ``layer_seed(seed, i)``.
         num_classes: dfa only: size of the output error; default the outputs of the model's output layer
             (timm's ``get_classifier()``, else the last Linear), where the error is captured.
         **rule_options: options of the rule (``biotorch.RULES[rule].options``).
@@ -73,11 +74,64 @@ def convert(model: nn.Module, rule: Union[str, Rule], *, exclude: Iterable[str] 
     targets = [(name, m) for name, m in model.named_modules()
                if type(m) in LAYERS and not _excluded(name, exclude)]
     for index, (name, _) in enumerate(targets):
-        convert_layer(model, name, rule_obj, seed * 10007 + index)
+        convert_layer(model, name, rule_obj, layer_seed(seed, index))
     _attach_output_error(model, num_classes)
+    config = model.__dict__.setdefault("biotorch_config", {})
+    config.update(rule=rule if isinstance(rule, str) else rule_obj.name, seed=seed,
+                  rule_options=dict(rule_options) if isinstance(rule, str) else
+                  {k: getattr(rule_obj, k) for k in rule_obj.options})
+    if exclude:
+        config["exclude"] = exclude
+    if callable(getattr(model, "reset_classifier", None)) and not isinstance(model, _RuleHead):
+        model.__class__ = _with_rule_head(type(model))
     if verbose:
         print(summary(model))
     return model
+
+
+def layer_seed(seed: int, index: int) -> int:
+    """The seed of the feedback of a model's ``index``-th converted layer (:data:`NEW_HEAD`: a head made later by
+    ``reset_classifier``), for the model's ``seed``."""
+    return seed * 10007 + index
+
+
+NEW_HEAD = 9999  # layer_seed's index for a head made by reset_classifier
+
+
+class _RuleHead:
+    """Mixed into the class of a converted model that has timm's ``reset_classifier`` (as
+    ``torch.nn.utils.parametrize`` injects a class): the new head learns with the model's rule, and feedback
+    shaped by the number of classes (dfa) is redrawn for it."""
+
+    def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
+        super().reset_classifier(num_classes, *args, **kwargs)
+        config = self.biotorch_config
+        head = self.get_classifier()
+        name = next((n for n, m in self.named_modules() if m is head), None)
+        if type(head) in LAYERS and name and not _excluded(name, config.get("exclude", ())):
+            convert_layer(self, name, config["rule"], layer_seed(config["seed"], NEW_HEAD), **config["rule_options"])
+        config["num_classes"] = num_classes
+        redraw_feedback(self, num_classes)  # no-op unless some layer learns by direct feedback
+        draw_feedback(self)
+
+
+@functools.lru_cache(maxsize=None)
+def _with_rule_head(cls: type) -> type:
+    return type(cls.__name__, (_RuleHead, cls), {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                                  "__doc__": cls.__doc__})
+
+
+@torch.no_grad()
+def draw_feedback(model: nn.Module) -> None:
+    """Draw now the feedback that is shaped by each layer's input (dfa, drawn at the first forward), by one dry
+    forward of ``model.default_input_size``, so that it exists (and is identical on every DDP rank) before
+    training starts; a model without ``default_input_size`` draws it at its first forward."""
+    size = getattr(model, "default_input_size", None)
+    if size is not None and any(layer.rule.drawn_at_first_forward for _, layer in rule_layers(model)):
+        was_training = model.training
+        param = next(model.parameters())
+        model.eval()(torch.zeros(1, *size, device=param.device, dtype=param.dtype))
+        model.train(was_training)
 
 
 def convert_layer(model: nn.Module, name: str, rule: Union[str, Rule], seed: int, **rule_options) -> nn.Module:
@@ -137,11 +191,9 @@ def to_torch(model: nn.Module) -> nn.Module:
         >>> torch.onnx.export(plain, torch.randn(1, 3, 32, 32), "resnet20.onnx")
     """
     plain = copy.deepcopy(model)
-    for key in ("biotorch_config", "reset_classifier"):  # biotorch's: the rule, and a head that learns by it
-        plain.__dict__.pop(key, None)
-    for key, hook in list(plain._forward_pre_hooks.items()):  # and the builder's input check
-        if getattr(hook, "__module__", "").startswith("biotorch."):
-            del plain._forward_pre_hooks[key]
+    plain.__dict__.pop("biotorch_config", None)  # the rule, and
+    if isinstance(plain, _RuleHead):  # a head that learns by it
+        plain.__class__ = type(plain).__bases__[1]
     torch_types = {biotorch_type: torch_type for torch_type, biotorch_type in LAYERS.items()
                    if torch_type is not biotorch_type}
     for name, layer in list(rule_layers(plain)):

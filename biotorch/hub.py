@@ -86,7 +86,7 @@ def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional
 
     ``pretrained_cfg`` (a published record) goes into the config; without it, the data fields of the
     model's own timm cfg (normalisation, interpolation, crop, label names) do."""
-    if not hasattr(model, "biotorch_config"):
+    if "arch" not in getattr(model, "biotorch_config", {}):  # convert() alone records the rule, not the architecture
         raise ValueError("save_pretrained needs a model from biotorch.create_model (it records arch and rule)")
     folder = Path(folder)
     weights = save_weights(model, folder / WEIGHTS_NAME)

@@ -163,8 +163,8 @@ def init_from(model: nn.Module, source: PathLike, *, label_names: Optional[Seque
         >>> init_from(model, "lenet_fa.fashion_mnist", label_names=biotorch.data.DATASETS["cifar10"].label_names)
         {'source': 'lenet_fa.fashion_mnist', ..., 'head': 'new', 'adapted': [], 'feedback': 'fresh'}
     """
-    config = getattr(model, "biotorch_config", None)
-    if config is None:
+    config = getattr(model, "biotorch_config", {})
+    if "arch" not in config:
         raise ConfigError(f"init_from needs a model built by biotorch.create_model or timm.create_model, got a "
                           f"{type(model).__name__} (for features_only: start the model, then wrap it in timm's "
                           "FeatureListNet)")

@@ -213,6 +213,31 @@ def test_global_pool_types():
     assert tokens(torch.randn(2, 3, 32, 32)).shape == (2, 64, 128)
 
 
+@pytest.mark.parametrize("name", ["resnet20_fa", "resnet18_fa", "mixer_s4_fa"])
+def test_a_head_after_none_returns_to_the_default_pooling(name):
+    # timm's contract: reset_classifier(n) after reset_classifier(0, "") gives a pooled head again
+    model = timm.create_model(name, num_classes=10).eval()
+    x = image(model, 1)
+    model.reset_classifier(0, "")
+    assert model(x).dim() > 2  # the unpooled map (tokens for the mixer)
+    model.reset_classifier(3)
+    assert model(x).shape == (1, 3) and model.forward_head(model.forward_features(x), pre_logits=True).shape == (
+        1, model.head_hidden_size)
+    assert model.get_classifier().rule.name == "fa"
+
+
+def test_a_converted_model_resets_its_head_with_its_rule_unless_excluded():
+    for exclude, rule in (((), "kp"), (["head"], None)):
+        model = biotorch.convert(ARCHITECTURES["lenet"](num_classes=10), "kp", exclude=exclude, seed=3)
+        model.reset_classifier(0)
+        model.reset_classifier(4)  # no head in between: the model's rule, not the old head's, decides
+        head = model.get_classifier()
+        assert head.out_features == 4 and getattr(getattr(head, "rule", None), "name", None) == rule
+        assert "reset_classifier" not in vars(model) and not model._forward_pre_hooks
+    with pytest.raises(ValueError, match=r"lenet takes images of shape \(N, 3, 32, 32\)"):
+        model(torch.randn(1, 3, 28, 28))  # the architecture's own check, converted or not
+
+
 def test_rule_options_and_unknown_arguments():
     assert timm.create_model("lenet_wm", mirror_lr=0.1).conv1.rule.mirror_lr == 0.1
     with pytest.raises(ValueError, match="rule 'fa' takes no option mirror_lr"):
@@ -334,7 +359,8 @@ def test_model_interface_fx_torchscript_and_plain_torch(arch, rule):
         torch.testing.assert_close(torch.jit.script(model)(x), reference)
         plain = biotorch.to_torch(model)
         assert not list(biotorch.rule_layers(plain)) and not hasattr(plain, "biotorch_config")
-        assert model._forward_pre_hooks and not plain._forward_pre_hooks  # the factory's input check stays behind
+        assert not model._forward_pre_hooks and not plain._forward_pre_hooks  # the input check is the model's own
+        assert type(plain) is type(model).__bases__[1] and "reset_classifier" not in vars(model)  # no patching
         assert plain.state_dict().keys() == {k for k in model.state_dict() if "feedback" not in k}
         torch.testing.assert_close(plain(x), reference)
         torch.testing.assert_close(torch.jit.script(plain)(x), reference)

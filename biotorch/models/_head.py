@@ -4,8 +4,10 @@
 ``feature_info`` (the feature maps ``features_only`` returns)."""
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
+import torch
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
@@ -52,6 +54,18 @@ def pool_layer(global_pool: str, num_classes: int, arch: str) -> SelectAdaptiveP
     return SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
 
 
+def architecture(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """An architecture's factory (``resnet20``): the models it builds carry its name as ``arch_name``, which
+    their messages use."""
+    @functools.wraps(factory)
+    def build(**kwargs) -> nn.Module:
+        model = factory(**kwargs)
+        model.arch_name = factory.__name__
+        return model
+
+    return build
+
+
 class ClassifierMixin:
     """timm's classifier API for a model whose final layer is the attribute named ``classifier_attr`` and
     whose ``forward_head(x, pre_logits=True)`` returns ``head_hidden_size`` features.
@@ -65,7 +79,19 @@ class ClassifierMixin:
     feature_info = ()         # CNNs list their feature maps (timm's dicts: num_chs, reduction, module)
 
     def forward(self, x):
+        if not torch.jit.is_scripting():  # TorchScript compiles no check
+            self.check_input(x)
         return self.forward_head(self.forward_features(x))
+
+    @torch.jit.unused
+    def check_input(self, x) -> None:
+        """A wrong input shape is named here, rather than as a matrix-multiply error deep inside the model."""
+        channels, height, width = self.default_input_size
+        if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != channels or (
+                self.fixed_input_size and tuple(x.shape[2:]) != (height, width))):
+            size = f"{height}, {width}" if self.fixed_input_size else "H, W"
+            name = getattr(self, "arch_name", type(self).__name__)
+            raise ValueError(f"{name} takes images of shape (N, {channels}, {size}), got {tuple(x.shape)}")
 
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.classifier_attr)
@@ -87,7 +113,12 @@ class PooledClassifierMixin(ClassifierMixin):
     """:class:`ClassifierMixin` for a CNN whose head pools its ``num_features``-channel map with timm's
     ``SelectAdaptivePool2d`` (the attribute ``global_pool``): any of timm's pooling types."""
 
+    default_pool = "avg"
+
     def set_global_pool(self, global_pool: Optional[str], num_classes: int) -> None:
+        """``None`` keeps the current pooling, or returns to :attr:`default_pool` for a head after none (timm)."""
         pool_type = self.global_pool.pool_type if global_pool is None else global_pool
+        if global_pool is None and pool_type == "" and num_classes > 0:
+            pool_type = self.default_pool
         self.global_pool = pool_layer(pool_type, num_classes, type(self).__name__).train(self.training)
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._head import ClassifierMixin, new_classifier
+from ._head import ClassifierMixin, architecture, new_classifier
 
 __all__ = ["LeNet", "lenet"]
 
@@ -73,6 +73,7 @@ class LeNet(ClassifierMixin, nn.Module):
         return x if pre_logits else self.head(x)
 
 
+@architecture
 def lenet(**kwargs) -> LeNet:
     """LeNet-5 for 32×32 images, as in the BioTorch benchmarks (Sanfiz & Akrout 2021), 0.06M parameters.
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._head import ClassifierMixin, check_global_pool, new_classifier
+from ._head import ClassifierMixin, architecture, check_global_pool, new_classifier
 
 __all__ = ["MlpMixer", "mixer_s4"]
 
@@ -112,8 +112,10 @@ class MlpMixer(ClassifierMixin, nn.Module):
         return self.norm(self.blocks(x))
 
     def set_global_pool(self, global_pool: Optional[str], num_classes: int) -> None:
-        self.global_pool = check_global_pool(getattr(self, "global_pool", "avg") if global_pool is None
-                                             else global_pool, ("avg", ""), num_classes, "MlpMixer")
+        pool_type = getattr(self, "global_pool", "avg") if global_pool is None else global_pool
+        if global_pool is None and pool_type == "" and num_classes > 0:  # timm: back to the default pooling
+            pool_type = "avg"
+        self.global_pool = check_global_pool(pool_type, ("avg", ""), num_classes, "MlpMixer")
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
@@ -123,6 +125,7 @@ class MlpMixer(ClassifierMixin, nn.Module):
         return x if pre_logits else self.head(x)
 
 
+@architecture
 def mixer_s4(**kwargs) -> MlpMixer:
     """MLP-Mixer for 32×32 images (Tolstikhin et al. 2021), 4×4 patches, 6 blocks, 0.85M parameters.
 

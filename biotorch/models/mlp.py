@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._head import ClassifierMixin, new_classifier
+from ._head import ClassifierMixin, architecture, new_classifier
 
 __all__ = ["MLP", "mlp"]
 
@@ -73,6 +73,7 @@ class MLP(ClassifierMixin, nn.Module):
         return x if pre_logits else self.head(x)
 
 
+@architecture
 def mlp(**kwargs) -> MLP:
     """MLP on flattened 32×32 images, hidden layers of 512 and 256 units, 0.66M parameters for one channel.
 

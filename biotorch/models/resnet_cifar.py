@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._head import PooledClassifierMixin, new_classifier
+from ._head import PooledClassifierMixin, architecture, new_classifier
 
 __all__ = ["CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 
@@ -124,6 +124,7 @@ class CifarResNet(PooledClassifierMixin, nn.Module):
         return x if pre_logits else self.fc(x)
 
 
+@architecture
 def resnet20(**kwargs) -> CifarResNet:
     """ResNet-20 for 32×32 images (He et al. 2016), 0.27M parameters.
 
@@ -132,6 +133,7 @@ def resnet20(**kwargs) -> CifarResNet:
     return CifarResNet(depth=20, **kwargs)
 
 
+@architecture
 def resnet32(**kwargs) -> CifarResNet:
     """ResNet-32 for 32×32 images (He et al. 2016), 0.46M parameters.
 
@@ -140,6 +142,7 @@ def resnet32(**kwargs) -> CifarResNet:
     return CifarResNet(depth=32, **kwargs)
 
 
+@architecture
 def resnet44(**kwargs) -> CifarResNet:
     """ResNet-44 for 32×32 images (He et al. 2016), 0.66M parameters.
 
@@ -148,6 +151,7 @@ def resnet44(**kwargs) -> CifarResNet:
     return CifarResNet(depth=44, **kwargs)
 
 
+@architecture
 def resnet56(**kwargs) -> CifarResNet:
     """ResNet-56 for 32×32 images (He et al. 2016), 0.85M parameters.
 
@@ -156,6 +160,7 @@ def resnet56(**kwargs) -> CifarResNet:
     return CifarResNet(depth=56, **kwargs)
 
 
+@architecture
 def resnet110(**kwargs) -> CifarResNet:
     """ResNet-110 for 32×32 images (He et al. 2016), 1.7M parameters.
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from ._head import PooledClassifierMixin, new_classifier
+from ._head import PooledClassifierMixin, architecture, new_classifier
 
 __all__ = ["ImageNetResNet", "resnet18", "resnet34", "resnet50"]
 
@@ -80,6 +80,7 @@ class ImageNetResNet(PooledClassifierMixin, tv_resnet.ResNet):
         return x if pre_logits else self.fc(x)
 
 
+@architecture
 def resnet18(**kwargs) -> ImageNetResNet:
     """ResNet-18 for 224×224 images (He et al. 2016), 11.7M parameters with 1000 classes.
 
@@ -88,6 +89,7 @@ def resnet18(**kwargs) -> ImageNetResNet:
     return ImageNetResNet(tv_resnet.BasicBlock, [2, 2, 2, 2], **kwargs)
 
 
+@architecture
 def resnet34(**kwargs) -> ImageNetResNet:
     """ResNet-34 for 224×224 images (He et al. 2016), 21.8M parameters with 1000 classes.
 
@@ -96,6 +98,7 @@ def resnet34(**kwargs) -> ImageNetResNet:
     return ImageNetResNet(tv_resnet.BasicBlock, [3, 4, 6, 3], **kwargs)
 
 
+@architecture
 def resnet50(**kwargs) -> ImageNetResNet:
     """ResNet-50 for 224×224 images (He et al. 2016), 25.6M parameters with 1000 classes.
 
