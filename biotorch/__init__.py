@@ -1,9 +1,10 @@
 """biotorch: learning rules beyond backprop as drop-in layers, a model registry and pretrained weights.
 
-The package is a ladder, each floor importing only from below: ``functional`` (the mathematics) → ``rules``
-→ ``nn`` → ``convert`` → ``metrics``, ``models``, ``data`` → ``registry`` → ``hub`` → ``weights`` (where
-weights come from) → ``builder`` (architecture × rule with its weights) → ``entrypoints`` (timm's names) →
-``factory`` (``create_model``) → ``pretrained`` (models from checkpoints) → ``card`` → ``training`` → ``publish`` → ``cli``.
+The package is a ladder, each floor importing only from below: ``functional`` (the mathematics), ``models``
+(architectures that know no rule), ``files``, ``errors`` → ``rules``, ``data``, ``card`` → ``nn``, ``registry``
+→ ``convert`` → ``hub``, ``metrics`` → ``weights`` (where weights come from), ``factory`` (``create_model``) →
+``builder`` (architecture × rule with its weights) → ``entrypoints`` (timm's names), ``pretrained`` (models from
+checkpoints) → ``training`` → ``robustness`` → ``publish`` → ``cli``.
 
 Example::
 

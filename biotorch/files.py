@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -48,6 +49,23 @@ def atomic_write(path: PathLike, write: Callable[[str], None], mode: Optional[in
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def previous_folder(folder: Path) -> Path:
+    """Where :func:`replace_folder` keeps ``folder``'s previous version while it swaps: ``.<name>.old`` beside it."""
+    return folder.with_name(f".{folder.name}.old")
+
+
+def replace_folder(staging: Path, folder: Path) -> Path:
+    """Put the complete folder ``staging`` at ``folder`` by renames; returns ``folder``. The previous ``folder`` is
+    moved to :func:`previous_folder` first and removed last, so a crash leaves one of the two whole."""
+    old = previous_folder(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def write_bytes(path: PathLike, data: bytes) -> Path:

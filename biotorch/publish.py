@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import statistics
 import tempfile
@@ -37,9 +36,9 @@ from .card import RECIPE_PER_RUN, card_body, card_data, markdown_table, pct, see
 from .data import SPLIT_SEED, dataset_info
 from .errors import ConfigError
 from .factory import create_model
-from .files import REPO_ROOT, sha256, write_text
+from .files import REPO_ROOT, replace_folder, sha256, write_text
 from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, file_record, folder_sha256,
-                  load_checkpoint, read_checkpoint, save_pretrained, upload_folder)
+                  load_checkpoint, read_checkpoint, recorded_sha256, save_pretrained, upload_folder)
 from .metrics import count_parameters
 from .registry import PRETRAINED_INDEX, PretrainedCfg, finetune_tag
 from .training import records
@@ -274,7 +273,7 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
         weights = staging / WEIGHTS_NAME
         cfg["files"] = {WEIGHTS_NAME: file_record(weights)}
         config = json.loads((staging / CONFIG_NAME).read_text())
-        cfg["metrics"].update(robustness.carried_over(out_dir, cfg["files"][WEIGHTS_NAME]["sha256"]))  # same weights
+        cfg["metrics"].update(robustness.carried_over(out_dir, recorded_sha256(cfg)))  # same weights
         config["files"], config["pretrained_cfg"] = cfg["files"], cfg
         write_text(staging / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
@@ -290,12 +289,7 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
                    + card_body(cfg, best.recipe, baseline, has_alignment, owner, section))
         for path in staging.iterdir():
             path.chmod(0o644)  # atomic writes create private temporary files; a published repo is readable
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
@@ -319,7 +313,7 @@ def build_index(cards_dir: Path = MIRROR, index_path: Path = PRETRAINED_INDEX) -
             raise ValueError(f"{config_path} has no pretrained_cfg: rebuild the folder with scripts/publish.py")
         if cfg["name"] != folder.name:
             raise ValueError(f"{folder} holds {cfg['name']}: folder and checkpoint names must match")
-        expected = cfg["files"][WEIGHTS_NAME]["sha256"]
+        expected = recorded_sha256(cfg)
         if sha256(folder / WEIGHTS_NAME) != expected:
             raise ValueError(f"{folder / WEIGHTS_NAME} does not match the sha256 in its config.json: rebuild it")
         cfgs.append(cfg)

@@ -47,7 +47,7 @@ from .convert import exact_gradients
 from .data import DATASETS, load_samples
 from .factory import create_model
 from .files import SAMPLES, atomic_write
-from .hub import CONFIG_NAME, MIRROR, WEIGHTS_NAME, folder_sha256
+from .hub import CONFIG_NAME, MIRROR, folder_sha256, recorded_sha256
 from .registry import get_pretrained_cfg, list_models
 from .training import datasets
 from .training.records import save_figure
@@ -500,7 +500,7 @@ def _load(name: str, device: torch.device) -> nn.Module:
 
 def _card_folder(cards_dir: str, cfg) -> Path:
     folder = Path(cards_dir) / cfg.name
-    if folder_sha256(folder) != cfg.files.get(WEIGHTS_NAME, {}).get("sha256"):
+    if folder_sha256(folder) != recorded_sha256({"files": cfg.files}):
         raise ValueError(f"{folder} does not hold the published weights of {cfg.name}: --write takes the folder "
                          "holding the card folders (e.g. model_cards)")
     return folder

@@ -146,7 +146,7 @@ def fetch(source: Union[Source, PathLike], revision: Optional[str] = None, local
     if source.kind == "name":
         record = get_pretrained_cfg(source.name)
         return Fetched(source, _published_file(record, revision, local_files_only, cache_dir),
-                       record.files.get(WEIGHTS_NAME, {}).get("sha256"), {}, record)
+                       recorded_sha256({"files": record.files}), {}, record)
     folder = source.path if source.kind == "folder" else _download_repo(source.repo_id, revision, local_files_only,
                                                                         cache_dir)
     if folder.is_dir() and config_required:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from biotorch import cli
 from conftest import kill_and_resume, load_script
 from biotorch.training import Trainer, load_recipe, make_recipe
-from biotorch.training.trainer import lr_factor
+from biotorch.training.optim import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": "lenet", "data": "synthetic", "epochs": 2, "batch_size": 32, "limit_train": 128,

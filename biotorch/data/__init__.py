@@ -17,10 +17,10 @@ Example::
     ...     loader.set_epoch(epoch)
     ...     for x, y in loader: ...
 """
-from .catalog import CROP_PCT, DATASETS, SPLIT_SEED, SYNTHETIC, DatasetInfo
+from .catalog import AUGMENTS, CROP_PCT, DATASETS, SPLIT_SEED, SYNTHETIC, DatasetInfo
 from .loader import DeviceLoader
 from .sources import dataset_info, holdout, imagefolder_info, load_samples, load_split
 from .transforms import eval_transform, transforms
 
-__all__ = ["CROP_PCT", "DATASETS", "SPLIT_SEED", "SYNTHETIC", "DatasetInfo", "DeviceLoader", "dataset_info",
+__all__ = ["AUGMENTS", "CROP_PCT", "DATASETS", "SPLIT_SEED", "SYNTHETIC", "DatasetInfo", "DeviceLoader", "dataset_info",
            "eval_transform", "holdout", "imagefolder_info", "load_samples", "load_split", "transforms"]

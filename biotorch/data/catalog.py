@@ -10,10 +10,11 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 Split = Literal["train", "val", "test"]
 Augment = Literal["none", "crop_flip", "crop"]
+AUGMENTS: tuple[str, ...] = get_args(Augment)  # the training augmentations: DeviceLoader's, a recipe's
 
 SYNTHETIC = "synthetic"  # a tiny generated dataset for tests and smoke runs (no files)
 CROP_PCT = 0.875  # images that are resized are resized to size / CROP_PCT, then centre-cropped to size

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .catalog import Augment
+from .catalog import AUGMENTS, Augment
 
 class DeviceLoader:
     """Batches of normalised (optionally augmented) images from uint8 tensors kept on ``device``.
@@ -57,8 +57,8 @@ class DeviceLoader:
         channels = images_u8.shape[1]
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean and std need {channels} values, got {len(mean)} and {len(std)}")
-        if augment not in ("none", "crop_flip", "crop"):
-            raise ValueError(f"augment must be 'none', 'crop_flip' or 'crop', not {augment!r}")
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(map(repr, AUGMENTS))}, not {augment!r}")
         if augment != "none" and not train:
             raise ValueError("augmentation is for training: pass augment='none' when train=False")
         if batch_size < 1 or not 0 <= rank < world_size:

@@ -1,7 +1,8 @@
 """The trainer: recipes, the training loop, checkpoints, records and evaluation.
 
 Files: ``recipe.py`` (YAML → validated Recipe), ``trainer.py`` (one run; several runs together),
-``checkpoint.py`` (resumable, atomic, safetensors + JSON), ``records.py`` (history, plots),
+``optim.py`` (optimizer and schedule), ``checkpoint.py`` (resumable, atomic, safetensors + JSON),
+``records.py`` (history, plots),
 ``evaluate.py`` (top-1/top-5, ``biotorch eval``), ``datasets.py`` (splits on the device, ``synthetic``).
 
 Example::

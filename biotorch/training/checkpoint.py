@@ -28,12 +28,12 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, RunLockedError
-from ..files import sha256, write_json
+from ..files import previous_folder, replace_folder, sha256, write_json
 from ..hub import load_checkpoint as load_weights_file
 from ..hub import read_checkpoint, save_weights
 
 CHECKPOINT = "checkpoint"
-_OLD = ".checkpoint.old"
+_OLD = previous_folder(Path(CHECKPOINT)).name  # the checkpoint being replaced
 _FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
 LOCK = ".lock"
 
@@ -83,7 +83,7 @@ def save_checkpoint(run_dir, *, model: nn.Module, optimizer: torch.optim.Optimiz
                     scaler=None, state: dict) -> Path:
     """Write ``run_dir/checkpoint`` atomically; ``state`` holds the JSON-ready run state (epoch, ...)."""
     run_dir = Path(run_dir)
-    final, old = run_dir / CHECKPOINT, run_dir / _OLD
+    final = run_dir / CHECKPOINT
     tmp = run_dir / f".{CHECKPOINT}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -97,12 +97,7 @@ def save_checkpoint(run_dir, *, model: nn.Module, optimizer: torch.optim.Optimiz
                       python_rng=_python_rng())
     full_state["files"] = {name: sha256(tmp / name) for name in _FILES}  # checked on resume
     write_json(tmp / "state.json", full_state)  # last: its presence marks a complete checkpoint
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    return replace_folder(tmp, final)
 
 
 def find_checkpoint(run_dir) -> Optional[Path]:

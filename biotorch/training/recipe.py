@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ..data import DATASETS
+from ..data import AUGMENTS, DATASETS
 from ..errors import ConfigError
 from ..files import write_text
 from ..models import ARCHITECTURES
@@ -33,7 +33,6 @@ from ..weights import kind, resolve
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
-AUGMENTS = ("none", "crop_flip", "crop")
 AMP = ("none", "bf16", "fp16")
 COMPILE = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

@@ -48,6 +48,7 @@ from ..weights import resolve
 from . import checkpoint as ckpt
 from . import datasets
 from .evaluate import evaluate
+from .optim import create_optimizer, create_scheduler
 from .recipe import Recipe, save_recipe
 from .records import TensorBoard, plot_alignment, plot_curves, write_history
 from .runtime import Distributed, configure_determinism, resolve_device
@@ -64,29 +65,6 @@ def graph_memory(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[in
                *(v for state in optimizer.state.values() for v in state.values() if isinstance(v, Tensor)),
                *(g["lr"] for g in optimizer.param_groups if isinstance(g["lr"], Tensor))]
     return tuple(t.data_ptr() for t in tensors)
-
-
-def lr_factor(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
-    """Multiplier of the base lr at optimizer step ``s`` (0-based); schedules are stepped every batch."""
-    total = max(1, recipe.epochs * steps_per_epoch)
-    warmup = int(recipe.warmup_epochs * steps_per_epoch)
-    milestones = sorted(m * steps_per_epoch for m in recipe.milestones)
-
-    def factor(step: int) -> float:
-        if recipe.schedule == "onecycle":  # triangle: 1/25 → 1 over the rise, then down to 0
-            rise = warmup or max(1, int(0.3 * total))
-            if step < rise:
-                return 1 / 25 + (1 - 1 / 25) * step / rise
-            return max(0.0, (total - step) / max(1, total - rise))
-        scale = (step + 1) / warmup if step < warmup else 1.0
-        if recipe.schedule == "cosine":
-            t = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
-            return scale * 0.5 * (1 + math.cos(math.pi * t))
-        if recipe.schedule == "step":
-            return scale * recipe.gamma ** sum(step >= m for m in milestones)
-        return scale
-
-    return factor
 
 
 def build_model(recipe: Recipe, info, device: torch.device) -> nn.Module:
@@ -204,9 +182,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._head = {id(p) for p in self.model.get_classifier().parameters()}
         self.params_forward, self.params_feedback = count_parameters(self.model)
-        self.optimizer = self._make_optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lr_factor(recipe, len(self.train_loader)))
+        self.optimizer = create_optimizer(self.model, recipe, self.device, head=self._head)
+        self.scheduler = create_scheduler(self.optimizer, recipe, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type) if recipe.amp == "fp16" else None
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp)
 
@@ -253,25 +230,6 @@ class Trainer:
         if self.recipe.compile != "none":
             net = torch.compile(net, mode=None if self.recipe.compile == "default" else self.recipe.compile)
         return net
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        r = self.recipe
-        params = list(self.model.parameters())
-        groups = [(params, 1.0)]  # one group unless the backbone learns at another lr (the head's is last)
-        if r.backbone_lr_scale != 1:
-            groups = [([p for p in params if id(p) not in self._head], r.backbone_lr_scale),
-                      ([p for p in params if id(p) in self._head], 1.0)]
-        # A CUDA graph reads lr from device memory, so the schedule can change it between replays; the
-        # fused CUDA optimizers take such a tensor lr without a host sync (foreach would call .item()).
-        # The schedule computes floats from initial_lr: no device reads per step.
-        groups = [{"params": group, "lr": torch.tensor(r.lr * scale, device=self.device) if r.cuda_graph
-                   else r.lr * scale, "initial_lr": r.lr * scale} for group, scale in groups]
-        fused = True if self.device.type == "cuda" else None
-        if r.optimizer == "sgd":
-            return torch.optim.SGD(groups, momentum=r.momentum, nesterov=r.nesterov, weight_decay=r.weight_decay,
-                                   fused=fused)
-        cls = torch.optim.Adam if r.optimizer == "adam" else torch.optim.AdamW
-        return cls(groups, betas=tuple(r.betas), weight_decay=r.weight_decay, capturable=r.cuda_graph, fused=fused)
 
     @property
     def backbone_frozen(self) -> bool:
