@@ -56,20 +56,6 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 # timm's cfg fields of each architecture at its defaults, plus how many feature maps ``feature_info`` lists
-# and whether it takes an ``img_size`` (the image size is built into its layers: mlp, mixer).
-# Stated, not computed: computing them at import would build every architecture. tests/test_models.py
-# checks each value against an instance.
-_CIFAR = dict(input_size=(3, 32, 32), num_classes=10, fixed_input_size=False, first_conv="conv1",
-              classifier="fc", pool_size=(8, 8), feature_maps=4, img_size=False)
-_IMAGENET = dict(input_size=(3, 224, 224), num_classes=1000, fixed_input_size=False, first_conv="conv1",
-                 classifier="fc", pool_size=(7, 7), feature_maps=5, img_size=False)
-DEFAULT_CFGS: dict[str, dict] = {
-    "lenet": dict(input_size=(3, 32, 32), num_classes=10, fixed_input_size=True, first_conv="conv1",
-                  classifier="head", pool_size=(5, 5), feature_maps=2, img_size=False),
-    "mlp": dict(input_size=(1, 32, 32), num_classes=10, fixed_input_size=True, first_conv=None,
-                classifier="head", pool_size=None, feature_maps=0, img_size=True),
-    "mixer_s4": dict(input_size=(3, 32, 32), num_classes=10, fixed_input_size=True, first_conv="patch_embed",
-                     classifier="head", pool_size=None, feature_maps=0, img_size=True),
-    **{name: _CIFAR for name in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")},
-    **{name: _IMAGENET for name in ("resnet18", "resnet34", "resnet50")},
-}
+# and whether it takes an ``img_size`` (the image size is built into its layers: mlp, mixer): each declared
+# beside its model (``@architecture``).
+DEFAULT_CFGS: dict[str, dict] = {name: factory.default_cfg for name, factory in ARCHITECTURES.items()}

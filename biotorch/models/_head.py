@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable, Optional
 
 import torch
@@ -54,16 +55,32 @@ def pool_layer(global_pool: str, num_classes: int, arch: str) -> SelectAdaptiveP
     return SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
 
 
-def architecture(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """An architecture's factory (``resnet20``): the models it builds carry its name as ``arch_name``, which
-    their messages use."""
-    @functools.wraps(factory)
-    def build(**kwargs) -> nn.Module:
-        model = factory(**kwargs)
-        model.arch_name = factory.__name__
-        return model
+def architecture(model_class: type, *, input_size: tuple[int, int, int], pool_size: Optional[tuple[int, int]] = None,
+                 first_conv: Optional[str] = None, feature_maps: int = 0):
+    """Declare an architecture's factory (``resnet20``) beside its model, with what timm's ``pretrained_cfg`` says of
+    it at its defaults (timm's ``_cfg``): the factory gets ``default_cfg``, and the models it builds carry its name
+    as ``arch_name``, which their messages use.
 
-    return build
+    ``input_size``, ``pool_size`` (the last feature map's size), ``first_conv`` and ``feature_maps`` (how many
+    ``feature_info`` lists) are stated; the classifier, ``fixed_input_size``, the default ``num_classes`` and whether
+    it takes an ``img_size`` are read from ``model_class``. tests/test_models.py checks each against an instance.
+    """
+    params = inspect.signature(model_class).parameters
+
+    def declare(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        @functools.wraps(factory)
+        def build(**kwargs) -> nn.Module:
+            model = factory(**kwargs)
+            model.arch_name = factory.__name__
+            return model
+
+        build.default_cfg = dict(input_size=input_size, num_classes=params["num_classes"].default,
+                                 fixed_input_size=model_class.fixed_input_size, first_conv=first_conv,
+                                 classifier=model_class.classifier_attr, pool_size=pool_size,
+                                 feature_maps=feature_maps, img_size="img_size" in params)
+        return build
+
+    return declare
 
 
 class ClassifierMixin:

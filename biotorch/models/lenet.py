@@ -73,7 +73,7 @@ class LeNet(ClassifierMixin, nn.Module):
         return x if pre_logits else self.head(x)
 
 
-@architecture
+@architecture(LeNet, input_size=(3, 32, 32), pool_size=(5, 5), first_conv="conv1", feature_maps=2)
 def lenet(**kwargs) -> LeNet:
     """LeNet-5 for 32×32 images, as in the BioTorch benchmarks (Sanfiz & Akrout 2021), 0.06M parameters.
 

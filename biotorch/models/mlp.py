@@ -73,7 +73,7 @@ class MLP(ClassifierMixin, nn.Module):
         return x if pre_logits else self.head(x)
 
 
-@architecture
+@architecture(MLP, input_size=(1, 32, 32))
 def mlp(**kwargs) -> MLP:
     """MLP on flattened 32×32 images, hidden layers of 512 and 256 units, 0.66M parameters for one channel.
 

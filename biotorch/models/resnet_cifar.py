@@ -124,7 +124,7 @@ class CifarResNet(PooledClassifierMixin, nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-@architecture
+@architecture(CifarResNet, input_size=(3, 32, 32), pool_size=(8, 8), first_conv="conv1", feature_maps=4)
 def resnet20(**kwargs) -> CifarResNet:
     """ResNet-20 for 32×32 images (He et al. 2016), 0.27M parameters.
 
@@ -133,7 +133,7 @@ def resnet20(**kwargs) -> CifarResNet:
     return CifarResNet(depth=20, **kwargs)
 
 
-@architecture
+@architecture(CifarResNet, input_size=(3, 32, 32), pool_size=(8, 8), first_conv="conv1", feature_maps=4)
 def resnet32(**kwargs) -> CifarResNet:
     """ResNet-32 for 32×32 images (He et al. 2016), 0.46M parameters.
 
@@ -142,7 +142,7 @@ def resnet32(**kwargs) -> CifarResNet:
     return CifarResNet(depth=32, **kwargs)
 
 
-@architecture
+@architecture(CifarResNet, input_size=(3, 32, 32), pool_size=(8, 8), first_conv="conv1", feature_maps=4)
 def resnet44(**kwargs) -> CifarResNet:
     """ResNet-44 for 32×32 images (He et al. 2016), 0.66M parameters.
 
@@ -151,7 +151,7 @@ def resnet44(**kwargs) -> CifarResNet:
     return CifarResNet(depth=44, **kwargs)
 
 
-@architecture
+@architecture(CifarResNet, input_size=(3, 32, 32), pool_size=(8, 8), first_conv="conv1", feature_maps=4)
 def resnet56(**kwargs) -> CifarResNet:
     """ResNet-56 for 32×32 images (He et al. 2016), 0.85M parameters.
 
@@ -160,7 +160,7 @@ def resnet56(**kwargs) -> CifarResNet:
     return CifarResNet(depth=56, **kwargs)
 
 
-@architecture
+@architecture(CifarResNet, input_size=(3, 32, 32), pool_size=(8, 8), first_conv="conv1", feature_maps=4)
 def resnet110(**kwargs) -> CifarResNet:
     """ResNet-110 for 32×32 images (He et al. 2016), 1.7M parameters.
 
