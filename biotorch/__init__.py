@@ -21,13 +21,13 @@ from .hub import save_pretrained
 from .metrics import alignment, gradient_alignment
 from .pretrained import from_pretrained, init_from
 from .publish import push_to_hub
-from .registry import PretrainedCfg, get_pretrained_cfg, list_models
+from .registry import CheckpointRecord, PretrainedCfg, get_pretrained_cfg, list_models
 from .rules import RULES
 from .version import __version__
 
 register_with_timm()  # timm.create_model("resnet20_fa") works after `import biotorch`
 
-__all__ = ["RULES", "PretrainedCfg", "__version__", "alignment", "convert", "create_model", "data",
+__all__ = ["RULES", "CheckpointRecord", "PretrainedCfg", "__version__", "alignment", "convert", "create_model", "data",
            "exact_gradients", "feedback_step", "from_pretrained", "get_pretrained_cfg", "gradient_alignment", "hub",
            "init_from",
            "list_models", "nn", "push_to_hub", "redraw_feedback", "registry", "rule_layers", "rules",

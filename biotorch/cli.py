@@ -31,7 +31,7 @@ from .pretrained import from_checkpoint
 from .files import REPO_ROOT, SAMPLES
 from .hub import HUB_ORG, MIRROR
 from .publish import publish
-from .registry import PRETRAINED_INDEX, PretrainedCfg, describe, get_pretrained_cfg, list_models, split_name
+from .registry import PRETRAINED_INDEX, CheckpointRecord, describe, get_pretrained_cfg, list_models, split_name
 from .training import datasets, evaluate
 from .training.recipe import _TYPES, FIELDS, load_recipe, parse_set
 from .training.runtime import resolve_device
@@ -47,7 +47,7 @@ def _format_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _accuracy(cfg: PretrainedCfg) -> str:
+def _accuracy(cfg: CheckpointRecord) -> str:
     m = cfg.metrics
     text = f"{m['test_top1']:.2f}"
     if "test_top1_std" in m and m.get("seeds", 1) > 1:

@@ -221,16 +221,6 @@ def file_record(path: Path) -> dict:
     return {"sha256": sha256(path), "size": path.stat().st_size}
 
 
-def weights_file(path: PathLike) -> tuple[Path, Optional[str]]:
-    """(the weights file, its recorded sha256 or None) of a checkpoint folder, a run folder or a file.
-
-    The record is the ``files`` entry of the ``config.json`` beside the weights (card folders, and run folders,
-    whose trainer records ``best.safetensors`` there); nothing above the weights' own folder is read.
-    """
-    file = find_weights(path)
-    return file, recorded_sha256(config_beside(file), file.name)
-
-
 def config_beside(weights: Path, require_model: bool = False) -> dict:
     """The checked ``config.json`` in the weights file's own folder (:func:`read_config`), ``{}`` if none."""
     return read_config(weights.parent, require_model) if (weights.parent / CONFIG_NAME).is_file() else {}

@@ -25,7 +25,7 @@ from .factory import create_model
 from .hub import (CONFIG_NAME, DATA_FIELDS, PathLike, describe_mismatch, load_checkpoint, read_header, recorded_sha256,
                   verify_sha256)
 from .models import DEFAULT_CFGS
-from .registry import PretrainedCfg, split_name, timm_cfg
+from .registry import CheckpointRecord, split_name, timm_cfg
 from .rules import make_rule
 from .weights import Fetched, Source, fetch, folder_source
 
@@ -46,7 +46,7 @@ def _checkpoint_args(model_name: str, config: dict, num_classes: Optional[int], 
         raise ConfigError(f"the checkpoint's {CONFIG_NAME}: 'pretrained_cfg' must be an object, got "
                           f"{type(record).__name__}")
     try:  # a published checkpoint: its data, classes and Hub repo
-        args["pretrained_cfg"] = timm_cfg(model_name, PretrainedCfg.from_dict(record))
+        args["pretrained_cfg"] = timm_cfg(model_name, CheckpointRecord.from_dict(record))
         return args
     except (KeyError, TypeError):  # a run's folder, or a few fields (save_pretrained's, or its argument)
         pass

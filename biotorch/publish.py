@@ -40,7 +40,7 @@ from .files import REPO_ROOT, replace_folder, sha256, write_text
 from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, file_record, folder_sha256,
                   load_checkpoint, read_checkpoint, recorded_sha256, save_pretrained, upload_folder)
 from .metrics import count_parameters
-from .registry import PRETRAINED_INDEX, PretrainedCfg, finetune_tag
+from .registry import PRETRAINED_INDEX, CheckpointRecord, finetune_tag
 from .training import records
 
 
@@ -143,7 +143,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(runs: Sequence[Run]) -> dict:
-    """The published checkpoint's numbers plus mean ± std over seeds (the ``metrics`` of PretrainedCfg)."""
+    """The published checkpoint's numbers plus mean ± std over seeds (the ``metrics`` of CheckpointRecord)."""
     best = select_best(runs).metrics
     out = {"val_top1": best["val_top1"], "test_top1": best["test_top1"], "test_top5": best.get("test_top5"),
            "seed": best["seed"], "best_epoch": best.get("best_epoch"), "epochs": best.get("epochs"),
@@ -261,8 +261,8 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
                metrics=aggregate(runs), params_forward=params_forward, params_feedback=params_feedback,
                files={}, hub_id=f"{hub_org}/{name}", rule_options=rule_options,
                default=tag == default_dataset(arch), init_from=best.metrics.get("init_from"))
-    missing = {f.name for f in dataclasses.fields(PretrainedCfg)} - cfg.keys()
-    assert not missing, missing  # every PretrainedCfg field, so the index loads into the dataclass
+    missing = {f.name for f in dataclasses.fields(CheckpointRecord)} - cfg.keys()
+    assert not missing, missing  # every CheckpointRecord field, so the index loads into the dataclass
 
     staging = out_dir.with_name(f".{out_dir.name}.building")
     shutil.rmtree(staging, ignore_errors=True)

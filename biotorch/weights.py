@@ -35,7 +35,7 @@ from .errors import ConfigError
 from . import hub
 from .hub import (CONFIG_NAME, WEIGHTS_NAME, PathLike, config_beside, find_weights, read_config,
                   recorded_sha256)
-from .registry import PretrainedCfg, get_pretrained_cfg
+from .registry import CheckpointRecord, get_pretrained_cfg
 
 HUB_PREFIX = "hf-hub:"
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -71,7 +71,7 @@ class Fetched:
     file: Path
     sha256: Optional[str]
     config: dict
-    record: Optional[PretrainedCfg]
+    record: Optional[CheckpointRecord]
 
     @property
     def record_dict(self) -> dict:
@@ -158,13 +158,13 @@ def fetch(source: Union[Source, PathLike], revision: Optional[str] = None, local
     expected = recorded_sha256(config, file.name)  # the config is read once: the sha256 and the model's facts
     record = config.get("pretrained_cfg")
     try:
-        record = PretrainedCfg.from_dict(record) if isinstance(record, dict) else None
+        record = CheckpointRecord.from_dict(record) if isinstance(record, dict) else None
     except (KeyError, TypeError):  # a few fields (save_pretrained's), not a published record
         record = None
     return Fetched(source, file, expected, config, record)
 
 
-def _published_file(record: PretrainedCfg, revision: Optional[str], local_files_only: bool,
+def _published_file(record: CheckpointRecord, revision: Optional[str], local_files_only: bool,
                     cache_dir: Optional[PathLike]) -> Path:
     mirror = hub.MIRROR / record.name / WEIGHTS_NAME  # looked up at each call: a test may point it elsewhere
     if mirror.is_file() and revision is None:

@@ -63,7 +63,7 @@ def test_card_folder_publishes_the_best_validation_seed(card, two_seeds):
 def test_config_records_every_pretrained_field_and_the_file_hash(card):
     config = json.loads((card / "config.json").read_text())
     cfg = config["pretrained_cfg"]
-    registry.PretrainedCfg(**cfg)  # every field present, none unknown
+    registry.CheckpointRecord(**cfg)  # every field present, none unknown
     info = biotorch.data.DATASETS["fashion_mnist"]
     assert cfg["name"] == NAME and cfg["tag"] == "fashion_mnist" and cfg["hub_id"] == f"biotorch/{NAME}"
     assert cfg["label_names"] == list(info.label_names) and cfg["num_classes"] == 10
@@ -145,7 +145,7 @@ def test_fine_tuned_card_names_its_parent_the_hub_way(make_run, tmp_path):
     assert parsed.data.base_model == "biotorch/lenet_fa.fashion_mnist"
     assert parsed.data.to_dict()["base_model_relation"] == "finetune"
     assert parsed.data.datasets == ["cifar10"] and parsed.data.model_name == name
-    cfg = registry.PretrainedCfg(**json.loads((folder / "config.json").read_text())["pretrained_cfg"])
+    cfg = registry.CheckpointRecord(**json.loads((folder / "config.json").read_text())["pretrained_cfg"])
     assert (cfg.name, cfg.tag, cfg.dataset, cfg.default) == (name, "cifar10_jpeg_gray-ft-fashion_mnist", data, False)
     assert cfg.init_from == parent["fa"] and cfg.input_size == [1, 32, 32]
     text = parsed.text

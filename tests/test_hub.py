@@ -112,7 +112,7 @@ def published(tmp_path, monkeypatch):
                       files={}, hub_id="biotorch/lenet_fa.tiny", default=True)
     folder = hub.save_pretrained(model, tmp_path / "model_cards" / name)
     files = json.loads((folder / "config.json").read_text())["files"]
-    cfg = registry.PretrainedCfg(**{**cfg_fields, "files": files})
+    cfg = registry.CheckpointRecord(**{**cfg_fields, "files": files})
     monkeypatch.setattr(hub, "MIRROR", tmp_path / "model_cards")
     monkeypatch.setattr(registry, "_pretrained", lambda: {name: cfg})
     return model, x, folder
@@ -173,7 +173,7 @@ def test_from_pretrained_bad_folder_messages(tmp_path):
 
 
 def test_pretrained_cfg_is_typed_and_complete():
-    fields = {f.name for f in dataclasses.fields(registry.PretrainedCfg)}
+    fields = {f.name for f in dataclasses.fields(registry.CheckpointRecord)}
     assert {"dataset", "split", "num_classes", "label_names", "input_size", "mean", "std", "interpolation",
             "recipe", "metrics", "params_forward", "params_feedback", "files", "hub_id"} <= fields
 

@@ -198,7 +198,7 @@ def test_the_block_is_carried_into_the_card_when_the_weights_are_unchanged(make_
 
 def test_info_shows_one_line_per_attack(monkeypatch, capsys):
     cfg = registry.get_pretrained_cfg("lenet_fa.fashion_mnist")
-    cfg = registry.PretrainedCfg(**{**cfg.__dict__, "metrics": {**cfg.metrics, "robustness": BLOCK}})
+    cfg = registry.CheckpointRecord(**{**cfg.__dict__, "metrics": {**cfg.metrics, "robustness": BLOCK}})
     monkeypatch.setattr(registry, "_pretrained", lambda: {cfg.name: cfg})
     assert cli.main(["info", "lenet_fa.fashion_mnist"]) == 0
     lines = [l.strip() for l in capsys.readouterr().out.splitlines() if "robustness:" in l]

@@ -45,7 +45,7 @@ def eval_transform(info_or_name: DatasetInfo | str) -> v2.Compose:
 
 def transforms(model_or_cfg) -> v2.Compose:
     """The eval transform a model's metadata describes: a model (its ``pretrained_cfg``, timm's dict, which
-    every biotorch model carries), timm's ``PretrainedCfg`` or its dict, or a ``biotorch.PretrainedCfg``.
+    every biotorch model carries), timm's ``PretrainedCfg`` or its dict, or a ``biotorch.CheckpointRecord``.
     On images of the cfg's input size it is timm's ``create_transform(**resolve_data_config(model=...))``
     (which resizes every image; this one resizes only where crop_pct < 1). For a name use
     ``biotorch.transforms("lenet_fa.fashion_mnist")``.
@@ -55,7 +55,7 @@ def transforms(model_or_cfg) -> v2.Compose:
         >>> tf = biotorch.data.transforms(biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True))
     """
     if isinstance(model_or_cfg, str):
-        raise TypeError(f"biotorch.data.transforms takes a model or a PretrainedCfg; for a name use "
+        raise TypeError(f"biotorch.data.transforms takes a model or a CheckpointRecord; for a name use "
                         f"biotorch.transforms({model_or_cfg!r})")
     cfg = getattr(model_or_cfg, "pretrained_cfg", model_or_cfg)
     if cfg is None or isinstance(cfg, torch.nn.Module):
@@ -63,7 +63,7 @@ def transforms(model_or_cfg) -> v2.Compose:
                          "timm.create_model); use biotorch.data.eval_transform(dataset_name) instead")
     cfg = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
     input_size, mean, std = tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"])
-    if "dataset" in cfg:  # a biotorch.PretrainedCfg: its dataset says how images are brought to size
+    if "dataset" in cfg:  # a biotorch.CheckpointRecord: its dataset says how images are brought to size
         info = dataclasses.replace(DATASETS[cfg["dataset"]], mean=mean, std=std, input_size=input_size)
     else:  # timm's cfg says it with crop_pct
         info = DatasetInfo("", cfg.get("num_classes"), tuple(cfg.get("label_names") or ()), input_size[0],

@@ -29,8 +29,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, RunLockedError
 from ..files import previous_folder, replace_folder, sha256, write_json
-from ..hub import load_checkpoint as load_weights_file
-from ..hub import read_checkpoint, save_weights
+from ..hub import load_checkpoint, read_checkpoint, save_weights
 
 CHECKPOINT = "checkpoint"
 _OLD = previous_folder(Path(CHECKPOINT)).name  # the checkpoint being replaced
@@ -137,7 +136,7 @@ def restore_checkpoint(folder, *, model: nn.Module, optimizer: torch.optim.Optim
     folder = Path(folder)
     state = _read_state(folder, epochs)
     files = state["files"]
-    load_weights_file(model, folder / "model.safetensors", files["model.safetensors"])
+    load_checkpoint(model, folder / "model.safetensors", files["model.safetensors"])
     opt_tensors, _ = read_checkpoint(folder / "optimizer.safetensors", files["optimizer.safetensors"], device)
     rng, _ = read_checkpoint(folder / "rng.safetensors", files["rng.safetensors"])
     per_param: dict[int, dict] = {}

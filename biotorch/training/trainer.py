@@ -41,10 +41,10 @@ from ..factory import create_model
 from ..pretrained import init_from
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..files import write_json
-from ..hub import RUN_WEIGHTS, file_record, load_checkpoint, save_weights, weights_file
+from ..hub import RUN_WEIGHTS, file_record, load_checkpoint, save_weights
 from ..metrics import alignment, count_parameters, gradient_alignment
 from ..version import __version__
-from ..weights import resolve
+from ..weights import fetch, folder_source, resolve
 from . import checkpoint as ckpt
 from . import datasets
 from .evaluate import evaluate
@@ -67,7 +67,7 @@ def graph_memory(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[in
     return tuple(t.data_ptr() for t in tensors)
 
 
-def build_model(recipe: Recipe, info, device: torch.device) -> nn.Module:
+def seeded_model(recipe: Recipe, info, device: torch.device) -> nn.Module:
     """The run's model as initialised from its seed; ``init_from`` then starts it from a checkpoint."""
     torch.manual_seed(recipe.seed)
     return create_model(recipe.model_name, num_classes=info.num_classes, in_chans=info.in_chans,
@@ -172,7 +172,7 @@ class Trainer:
 
         # model (started from a checkpoint unless resuming: the run's checkpoint then holds everything)
         found = ckpt.find_checkpoint(self.run_dir) if resume else None
-        self.model = build_model(recipe, self.info, self.device)
+        self.model = seeded_model(recipe, self.info, self.device)
         self.started_from: Optional[dict] = None
         if recipe.init_from and found is None:
             self.started_from = init_from(self.model, recipe.init_from, label_names=self.info.label_names)
@@ -455,7 +455,8 @@ class Trainer:
         return metrics
 
     def _test_metrics(self) -> dict:
-        load_checkpoint(self.model, *weights_file(self.run_dir / RUN_WEIGHTS))  # its sha256 is in config.json
+        best = fetch(folder_source(self.run_dir / RUN_WEIGHTS), require_model=False, config_required=False)
+        load_checkpoint(self.model, best.file, best.sha256)  # its sha256 is in the run's config.json
         test_x, test_y = datasets.load(self.recipe.data, "test", self.recipe.data_dir,
                                        download=self.recipe.download, device=self.device)
         loader = DeviceLoader(test_x, test_y, self.recipe.eval_batch_size, train=False, **self._norm)
