@@ -229,7 +229,7 @@ def test_each_block_is_written_when_its_model_is_done(no_dataset, tmp_path, monk
             raise KeyboardInterrupt  # the timeout's signal, as it reaches the second model
         return attack(model, *args, **kwargs)
 
-    monkeypatch.setattr(robustness, "evaluate_robustness", cut_after_the_first)
+    monkeypatch.setattr(robustness.cli, "evaluate_robustness", cut_after_the_first)  # what the command calls
     with pytest.raises(KeyboardInterrupt):
         robustness.run_robustness(cli.build_parser().parse_args(
             ["robustness", *names, "--limit", "2", "--eps", "0.05", "--write", str(cards), "--json"]))

@@ -1,0 +1,42 @@
+"""Adversarial robustness of a checkpoint: FGSM and PGD-10 in pixel space, with three gradient sources.
+
+The attacks come from the Adversarial Robustness Toolbox (``art``); they run in pixel space ([0, 1], ``eps``
+in pixel units, L∞) on the model with the checkpoint's normalisation inside it, in eval mode, from a fixed
+seed. What differs is whose gradient crafts the examples:
+
+* ``exact``: the target's true input gradient (white box, inside :func:`biotorch.exact_gradients`);
+* ``rule``: the gradient the target's own learning rule sends to the input (the model as it trains). For fa,
+  usf, frsf, brsf, wm and kp it is backprop with each layer's feedback B in place of W. For dfa it is the
+  first layer's direct signal e·B₁: the output error e projected to image shape by a fixed random B₁. It
+  depends on the image only through e, never on the weights: a class-dependent random pattern;
+* ``transfer``: examples crafted on the bp checkpoint of the same architecture and data
+  (``{arch}_bp.{tag}``) with its exact gradient, then shown to the target, whose gradient is never used.
+
+For a bp target the three are the same attack. ``metrics.json`` of a card holds the results under
+``"robustness"``: a list of ``{attack, eps, gradient, top1, images, seed, split}``.
+
+Example::
+
+    >>> from biotorch import robustness
+    >>> model = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True)
+    >>> bp = biotorch.create_model("lenet_bp.fashion_mnist", pretrained=True)
+    >>> images, labels, split = robustness.load_images("fashion_mnist", limit=1000)   # floats in [0, 1]
+    >>> block = robustness.evaluate_robustness(model, images, labels, transfer_model=bp, split=split)
+    >>> len(block), sorted(block[0])                 # 2 attacks × 4 eps × 3 gradient sources
+    (24, ['attack', 'eps', 'gradient', 'images', 'seed', 'split', 'top1'])
+    >>> robustness.write_block("model_cards/lenet_fa.fashion_mnist", block)
+
+    $ biotorch robustness lenet_fa.fashion_mnist --attack pgd --eps 0.05 --limit 1000 --json
+
+Files: ``attacks.py`` (the attacks and the block they give), ``report.py`` (the block in a card: ``metrics.json``,
+model index, plot, the card's section), ``cli.py`` (the images, the checkpoints, ``biotorch robustness``).
+"""
+
+from .attacks import (ATTACKS, DEFAULT_EPS, GRADIENTS, HEADLINE_EPS, Pixels, accuracy, check_attacks, check_eps,
+                      check_gradients, craft, evaluate_robustness, normalisation)
+from .cli import add_commands, load_images, run_robustness
+from .report import card_section, carried_over, info_lines, model_index, plot, write_block
+
+__all__ = ["ATTACKS", "DEFAULT_EPS", "GRADIENTS", "HEADLINE_EPS", "Pixels", "accuracy", "add_commands", "card_section",
+           "carried_over", "check_attacks", "check_eps", "check_gradients", "craft", "evaluate_robustness",
+           "info_lines", "load_images", "model_index", "normalisation", "plot", "run_robustness", "write_block"]

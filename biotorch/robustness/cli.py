@@ -1,0 +1,205 @@
+"""``biotorch robustness``: the images to attack, the checkpoints, the attacks run in worker processes, and
+the command line."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..data import load_samples
+from ..factory import create_model
+from ..files import SAMPLES
+from ..hub import folder_sha256, recorded_sha256
+from ..registry import get_pretrained_cfg, list_models
+from ..training import datasets
+from ..training.runtime import resolve_device
+from .attacks import (ATTACK_TITLES, ATTACKS, DEFAULT_EPS, GRADIENTS, SUBSET_SEED, accuracy, check_attacks, check_eps,
+                      check_gradients, evaluate_robustness)
+from .report import find_row, write_block
+
+def load_images(dataset: str, data_dir=None, *, limit: Optional[int] = None, samples: bool = False,
+                device=None, log=None) -> tuple[Tensor, Tensor, str]:
+    """(images as floats in [0, 1], labels, split) of the test set, found as ``biotorch eval`` finds it
+    (``data_dir``, ``$BIOTORCH_DATA``, the cache, system folders), else the sample images in ``samples/``.
+
+    ``limit``: a fixed random sample of that many images (seed ``SUBSET_SEED``, in file order), the same for every
+    model; the first N would be one class where the files are sorted by class (cifar10_jpeg's are).
+
+    Example::
+
+        >>> images, labels, split = load_images("fashion_mnist", limit=100)
+        >>> images.shape, split
+        (torch.Size([100, 1, 32, 32]), 'test')
+    """
+
+    folder = SAMPLES / dataset
+    try:
+        if samples:
+            raise FileNotFoundError("--samples")
+        images, labels = datasets.load(dataset, "test", data_dir)
+        split = "test"
+    except FileNotFoundError as error:
+        if not (folder / "labels.csv").is_file():
+            raise
+        if not samples and log is not None:
+            log(f"no {dataset} test set found ({' '.join(str(error).split())[:200]}); attacking the sample "
+                f"images in {folder} instead")
+        images, labels = load_samples(folder, dataset)
+        split = "samples"
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be a positive number of images, got {limit}")
+        if limit < len(labels):  # a fixed sample of every class: test files may come sorted by class
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SUBSET_SEED))
+            keep = order[:limit].sort().values
+            images, labels = images[keep], labels[keep]
+    return images.to(device).float().div_(255), labels.to(device), split
+
+
+# --------------------------------------------------------------------------------------------------------
+# the card: metrics.json, model-index, README section, `biotorch info`
+
+
+def _names(patterns: Sequence[str]) -> list[str]:
+
+    names = []
+    for pattern in patterns:
+        matches = list_models(pattern, pretrained=True) if any(c in pattern for c in "*?[") else None
+        if matches == []:
+            raise ValueError(f"no pretrained model matches {pattern!r}; see `biotorch list --pretrained`")
+        names += matches or [get_pretrained_cfg(pattern).name]
+    return list(dict.fromkeys(names))
+
+
+def _load(name: str, device: torch.device) -> nn.Module:
+
+    model = create_model(name, pretrained=True, device=device)
+    # channels_last lets oneDNN run the convolutions' input gradients ~1.7x faster on CPU (LeNet, torch 2.14)
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+
+
+def _card_folder(cards_dir: str, cfg) -> Path:
+    folder = Path(cards_dir) / cfg.name
+    if folder_sha256(folder) != recorded_sha256({"files": cfg.files}):
+        raise ValueError(f"{folder} does not hold the published weights of {cfg.name}: --write takes the folder "
+                         "holding the card folders (e.g. model_cards)")
+    return folder
+
+
+def _attack_all(names: list[str], args, worker: int = 0) -> list[dict]:
+    """One process: the targets in turn, sharing each bp model and the examples crafted on it. With
+    ``--write`` each block is written as soon as its model is done, so a run cut short keeps what it did."""
+
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        # LeNet-sized attacks gain nothing from a second intra-op thread and lose up to 6x when the cores are
+        # shared (measured on 2 cores, torch 2.14): --jobs uses the cores with one process each.
+        torch.set_num_threads(args.threads)
+    log = lambda message: print(f"biotorch robustness: {message}", file=sys.stderr)  # noqa: E731
+    attacks, eps, gradients = check_attacks(args.attack), check_eps(args.eps), check_gradients(args.gradient)
+    sources: dict[str, tuple[nn.Module, dict]] = {}  # the bp model of each target, and its crafted examples
+    data: dict[str, tuple[Tensor, Tensor, str]] = {}  # loaded once per dataset
+    outputs = []
+    for name in names:
+        cfg = get_pretrained_cfg(name)
+        model = sources[cfg.name][0] if cfg.name in sources else _load(cfg.name, device)
+        if cfg.dataset not in data:
+            data[cfg.dataset] = load_images(cfg.dataset, args.data_dir, limit=args.limit, samples=args.samples,
+                                            device=device, log=log)
+        images, labels, split = data[cfg.dataset]
+        transfer = None
+        if "transfer" in gradients:
+            bp_name = f"{cfg.arch}_bp.{cfg.tag}"
+            if bp_name not in sources:  # a bp target is its own transfer source: one attack, crafted once
+                try:
+                    bp = model if cfg.name == bp_name else _load(get_pretrained_cfg(bp_name).name, device)
+                except ValueError:
+                    raise ValueError(f"the transfer gradient needs the bp checkpoint {bp_name}, which is not "
+                                     "published; choose --gradient exact,rule") from None
+                sources[bp_name] = (bp, {})
+            transfer = sources[bp_name]
+        clean = accuracy(model, images, labels, batch_size=args.batch_size)
+        block = evaluate_robustness(model, images, labels, transfer_model=transfer and transfer[0],
+                                    attacks=attacks, eps=eps, gradients=gradients, seed=args.seed,
+                                    batch_size=args.batch_size, split=split,
+                                    transfer_cache=transfer and transfer[1],
+                                    progress=False if args.json else {"desc": cfg.name, "position": worker})
+        outputs.append({"model": cfg.name, "dataset": cfg.dataset, "split": split, "images": len(labels),
+                        "clean_top1": clean, "robustness": block})
+        if args.write:
+            log(f"wrote {write_block(_card_folder(args.write, cfg), block)}")
+    return outputs
+
+
+def run_robustness(args) -> int:
+
+    check_attacks(args.attack), check_eps(args.eps), check_gradients(args.gradient)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
+    names = _names(args.name)
+    for name in names if args.write else ():  # every card folder checked before any attack
+        _card_folder(args.write, get_pretrained_cfg(name))
+    jobs = max(1, min(args.jobs, len(names)))
+    if jobs > 1 and resolve_device(args.device).type != "cpu":
+        raise ValueError("--jobs runs several CPU processes; on a GPU use one (drop --jobs)")
+    if jobs == 1:
+        outputs = _attack_all(names, args)
+    else:  # each process attacks every jobs-th target (and crafts its own transfer examples once)
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = pool.map(_attack_all, [names[i::jobs] for i in range(jobs)], [args] * jobs, range(jobs))
+            by_name = {output["model"]: output for part in parts for output in part}
+        outputs = [by_name[name] for name in names]
+    for output in outputs:
+        if not args.json:
+            _print_table(output)
+    if args.json:
+        print(json.dumps(outputs[0] if len(outputs) == 1 else outputs, indent=2))
+    return 0
+
+
+def _print_table(result: dict) -> None:
+    block = result["robustness"]
+    gradients = [g for g in GRADIENTS if any(r["gradient"] == g for r in block)]
+    print(f"{result['model']} on {result['dataset']} {result['split']} ({result['images']:,} images): "
+          f"clean top-1 {result['clean_top1']:.2f}%")
+    print(f"  {'attack':<8} {'eps':>6}  " + "  ".join(f"{g:>8}" for g in gradients))
+    for attack, eps in dict.fromkeys((r["attack"], r["eps"]) for r in block):
+        cells = [find_row(block, attack, eps, g) for g in gradients]
+        print(f"  {ATTACK_TITLES[attack]:<8} {eps:>6g}  " + "  ".join(f"{c['top1']:>7.2f}%" for c in cells))
+
+
+def add_commands(subparsers) -> None:
+    """Register ``biotorch robustness`` on the ``biotorch`` command line."""
+    parser = subparsers.add_parser(
+        "robustness", help="top-1 of a pretrained model under FGSM/PGD with exact, rule or transfer gradients",
+        description=__doc__.splitlines()[0])
+    parser.add_argument("name", nargs="+", help="pretrained name(s) or glob(s), e.g. lenet_fa.fashion_mnist or "
+                        "'lenet_*.fashion_mnist' (transfer examples are crafted once for all)")
+    parser.add_argument("--attack", default=",".join(ATTACKS), help="comma-separated: fgsm,pgd (PGD-10)")
+    parser.add_argument("--eps", default=",".join(map(str, DEFAULT_EPS)),
+                        help="L∞ radii in pixel units (pixels in [0, 1]), comma-separated")
+    parser.add_argument("--gradient", default=",".join(GRADIENTS),
+                        help="comma-separated gradient sources: exact, rule, transfer (from the bp model)")
+    parser.add_argument("--limit", type=int, help="attack N images only: a fixed random sample of the test set, the "
+                                                   "same for every model")
+    parser.add_argument("--data-dir", help="folder holding the dataset files (else $BIOTORCH_DATA, the cache, "
+                        "system folders; the sample images in samples/ when none has the test set)")
+    parser.add_argument("--samples", action="store_true", help="attack the sample images in samples/<dataset>")
+    parser.add_argument("--seed", type=int, default=0, help="seed of PGD's random start (default 0)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per process (default 1: as fast for "
+                        "small models, and far faster on shared cores)")
+    parser.add_argument("--jobs", type=int, default=1, help="CPU processes, each attacking a share of the models "
+                        "(e.g. 2 on a 2-core machine)")
+    parser.add_argument("--write", metavar="CARDS_DIR", help="also write each block into "
+                        "CARDS_DIR/<name>/metrics.json (e.g. model_cards; the card must hold the same weights)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON (no progress bar)")
+    parser.set_defaults(handler=run_robustness)

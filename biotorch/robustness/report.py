@@ -1,0 +1,170 @@
+"""The robustness block of a card: ``metrics.json``'s ``"robustness"``, the model index, ``biotorch info``'s
+lines, the plot and the card's section."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from ..data import DATASETS
+from ..files import atomic_write
+from ..hub import CONFIG_NAME, MIRROR, folder_sha256
+from ..training.records import save_figure
+from .attacks import (ATTACK_TITLES, ATTACKS, GRADIENT_TITLES, GRADIENTS, HEADLINE_EPS, PGD_STEP_SIZE, PGD_STEPS,
+                      SUBSET_SEED)
+
+def write_block(card_dir: Union[str, Path], block: list[dict]) -> Path:
+    """Put ``block`` under ``"robustness"`` in ``card_dir/metrics.json`` (atomically); returns the file.
+
+    ``scripts/publish.py`` keeps the block when it rebuilds the card with the same weights, and renders it.
+
+    Example::
+
+        >>> write_block("model_cards/lenet_fa.fashion_mnist", block)
+    """
+    path = Path(card_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: write robustness into a card folder built by scripts/publish.py")
+    metrics = json.loads(path.read_text())
+    metrics["robustness"] = block
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
+
+
+def carried_over(card_dir: Path, weights_sha256: str) -> dict:
+    """``{"robustness": block}`` from the card now in ``card_dir`` if it holds the same weights, else ``{}``:
+    results measured on other weights are dropped when a card is rebuilt."""
+    config, metrics = Path(card_dir) / CONFIG_NAME, Path(card_dir) / "metrics.json"
+    if not config.is_file() or not metrics.is_file():
+        return {}
+    block = json.loads(metrics.read_text()).get("robustness")
+    return {"robustness": block} if block and folder_sha256(card_dir) == weights_sha256 else {}
+
+
+def find_row(block: list[dict], attack: str, eps: float, gradient: str) -> Optional[dict]:
+    """The row of ``block`` for one attack, radius and gradient source; None if it was not run."""
+    return next((r for r in block if r["attack"] == attack and r["gradient"] == gradient
+                 and abs(r["eps"] - eps) < 1e-12), None)
+
+
+def _images(row: dict) -> str:
+    return f"{row['images']:,} {row.get('split', 'test')} images"
+
+
+def model_index(block: Optional[list[dict]], eps: float = HEADLINE_EPS) -> list[dict]:
+    """EvalResult fields (without task and dataset) for the card's model-index: white-box top-1 under each
+    attack at ``eps``, on the test set only (sample-image results stay in the card's table).
+
+    Example::
+
+        >>> [EvalResult(task_type=..., dataset_type=..., dataset_name=..., **r) for r in model_index(block)]
+    """
+    results = []
+    for attack in ATTACKS:
+        row = find_row(block or [], attack, eps, "exact")
+        if row is None or row.get("split", "test") != "test":
+            continue
+        results.append(dict(dataset_split="test", metric_type="accuracy", metric_value=row["top1"],
+                            metric_name=f"top-1 accuracy under {ATTACK_TITLES[attack]}, L∞ ε={eps:g} (test, %)",
+                            metric_config=f"{attack}-linf-eps{eps:g}",
+                            metric_args={"attack": attack, "eps": eps, "norm": "Linf", "gradient": "exact",
+                                         "steps": PGD_STEPS if attack == "pgd" else 1, "seed": row["seed"],
+                                         "images": row["images"]}))
+    return results
+
+
+def info_lines(block: Optional[list[dict]], eps: float = HEADLINE_EPS) -> list[str]:
+    """One line per attack at ``eps`` for ``biotorch info``."""
+    lines = []
+    for attack in ATTACKS:
+        rows = [(g, find_row(block or [], attack, eps, g)) for g in GRADIENTS]
+        rows = [(g, r) for g, r in rows if r is not None]
+        if rows:
+            numbers = ", ".join(f"{g} {r['top1']:.2f}" for g, r in rows)
+            lines.append(f"{ATTACK_TITLES[attack]} ε={eps:g} top-1 %: {numbers} ({_images(rows[0][1])})")
+    return lines
+
+
+def _bp_block(cfg: dict, cards_dirs: Sequence[Path]) -> Optional[list[dict]]:
+    for cards_dir in cards_dirs:
+        path = Path(cards_dir) / f"{cfg['arch']}_bp.{cfg['tag']}" / "metrics.json"
+        if path.is_file():
+            return json.loads(path.read_text()).get("robustness")
+    return None
+
+
+def plot(path: Union[str, Path], block: list[dict], bp_block: Optional[list[dict]], title: str) -> None:
+    """Top-1 against eps, one panel per attack: a line per gradient source, and the bp model's own
+    exact-gradient curve for comparison."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+
+    attacks = [a for a in ATTACKS if any(r["attack"] == a for r in block)]
+    fig, axes = plt.subplots(1, len(attacks), figsize=(5 * len(attacks), 4), squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        for gradient, style in zip(GRADIENTS, ("o-", "s--", "^:")):
+            rows = sorted((r for r in block if r["attack"] == attack and r["gradient"] == gradient),
+                          key=lambda r: r["eps"])
+            if rows:
+                ax.plot([r["eps"] for r in rows], [r["top1"] for r in rows], style, label=GRADIENT_TITLES[gradient])
+        bp_rows = sorted((r for r in bp_block or [] if r["attack"] == attack and r["gradient"] == "exact"),
+                         key=lambda r: r["eps"])
+        if bp_rows:
+            ax.plot([r["eps"] for r in bp_rows], [r["top1"] for r in bp_rows], "x-", color="grey",
+                    label="bp model, exact gradient")
+        ax.set(xlabel="ε (L∞, pixels in [0, 1])", ylabel="top-1 (%)", title=ATTACK_TITLES[attack], ylim=(0, 100))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, path, title)
+
+
+def card_section(cfg: dict, folder: Union[str, Path], cards_dirs: Sequence[Path] = (MIRROR,)) -> str:
+    """The card's "Adversarial robustness" section (markdown) from ``cfg["metrics"]["robustness"]``; draws
+    ``folder/robustness.png``. Empty without a block. The bp curve comes from ``{arch}_bp.{tag}`` in
+    ``cards_dirs``.
+    """
+    block = cfg["metrics"].get("robustness")
+    if not block:
+        return ""
+    is_bp = cfg["rule"] == "bp"
+    bp_block = None if is_bp else _bp_block(cfg, cards_dirs)
+    plot(Path(folder) / "robustness.png", block, bp_block, f"{cfg['name']}: adversarial robustness")
+    gradients = [g for g in GRADIENTS if any(r["gradient"] == g for r in block)]
+    header = ["attack", "ε"] + [f"{GRADIENT_TITLES[g]} top-1 %" for g in gradients]
+    if bp_block:
+        header.append(f"{cfg['arch']}_bp, exact gradient top-1 %")
+    keys = sorted({(r["attack"], r["eps"]) for r in block}, key=lambda k: (ATTACKS.index(k[0]), k[1]))
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    for attack, eps in keys:
+        cells = [ATTACK_TITLES[attack], f"{eps:g}"]
+        for source, gradient in [(block, g) for g in gradients] + ([(bp_block, "exact")] if bp_block else []):
+            row = find_row(source, attack, eps, gradient)
+            cells.append("–" if row is None else f"{row['top1']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    same = " For this bp model the three are one attack." if is_bp else ""
+    bp_note = (f"The grey curve is `{cfg['arch']}_bp.{cfg['tag']}` under its own exact gradient "
+               f"({_images(bp_block[0])}). " if bp_block else "")
+    test_size = DATASETS[cfg["dataset"]].test_size if cfg.get("dataset") in DATASETS else None
+    sample = (f" (a fixed sample of the {test_size:,}, every class: seed {SUBSET_SEED})"
+              if block[0].get("split", "test") == "test" and test_size and block[0]["images"] < test_size else "")
+    return f"""
+## Adversarial robustness
+
+Top-1 on {_images(block[0])}{sample} under L∞ attacks in pixel space (pixels in [0, 1], ε in pixel units, the
+checkpoint's normalisation inside the attacked model; seed {block[0]['seed']}): FGSM, and PGD with {PGD_STEPS}
+steps of {PGD_STEP_SIZE:g}·ε from a random start, from the Adversarial Robustness Toolbox. Gradient sources:
+*exact*, the true gradient of this model (white box); *the rule's gradient*, what this model's learning rule
+sends back to its input; *transfer*, examples crafted on `{cfg['arch']}_bp.{cfg['tag']}` with its exact gradient.{same}
+
+{chr(10).join(lines)}
+
+![top-1 against ε per gradient source](robustness.png)
+
+{bp_note}Reproduce: `biotorch robustness {cfg['name']}`.
+"""
+
+
+# --------------------------------------------------------------------------------------------------------
+# command line: `biotorch robustness`
