@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from . import registry, robustness
-from .card import RECIPE_PER_RUN, card_body, card_data, markdown_table, pct, seeds_text, spread
+from .card import RECIPE_PER_RUN, markdown_table, model_card, pct, seeds_text, spread
 from .data import SPLIT_SEED, dataset_info
 from .errors import ConfigError
 from .factory import create_model
@@ -283,10 +283,9 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
         write_text(staging / "metrics.json", json.dumps(metrics_file, indent=2) + "\n")
         baseline = None if rule == "bp" else _baseline(arch, tag, baseline_runs, out_dir)
         attacks = robustness.model_index(cfg["metrics"].get("robustness"))
-        card = card_data(cfg, best.recipe, hub_org, extra_results=attacks).to_yaml()
         section = robustness.card_section(cfg, staging, cards_dirs=(out_dir.parent, MIRROR))  # draws robustness.png
-        write_text(staging / "README.md", f"---\n{card}\n---\n"
-                   + card_body(cfg, best.recipe, baseline, has_alignment, owner, section))
+        card = model_card(cfg, best.recipe, baseline, has_alignment, owner, hub_org, section, extra_results=attacks)
+        write_text(staging / "README.md", str(card))
         for path in staging.iterdir():
             path.chmod(0o644)  # atomic writes create private temporary files; a published repo is readable
         replace_folder(staging, out_dir)
