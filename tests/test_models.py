@@ -115,6 +115,7 @@ def test_reset_classifier(name):
     model = ARCHITECTURES[name](num_classes=10, in_chans=3).eval()
     old_head = model.get_classifier()
     assert isinstance(old_head, nn.Linear) and old_head.out_features == 10
+    assert model.get_submodule(model.get_classifier(name_only=True)) is old_head  # timm's name_only
     x = small_input(model)
 
     model.reset_classifier(5)

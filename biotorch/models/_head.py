@@ -110,8 +110,9 @@ class ClassifierMixin:
             name = getattr(self, "arch_name", type(self).__name__)
             raise ValueError(f"{name} takes images of shape (N, {channels}, {size}), got {tuple(x.shape)}")
 
-    def get_classifier(self) -> nn.Module:
-        return getattr(self, self.classifier_attr)
+    def get_classifier(self, name_only: bool = False) -> nn.Module | str:
+        """The final layer, or with ``name_only`` its attribute name (timm's)."""
+        return self.classifier_attr if name_only else getattr(self, self.classifier_attr)
 
     def set_global_pool(self, global_pool: Optional[str], num_classes: int) -> None:
         """Set the pooling before a head for ``num_classes`` (``None`` keeps the current one, checked)."""

@@ -148,45 +148,10 @@ class Trainer:
     def _setup(self, recipe: Recipe, resume: bool, tensorboard: bool) -> None:
         configure_determinism(recipe.deterministic)
         random.seed(recipe.seed)
-
-        # data, resident on the device
-        self.info = dataset_info(recipe.data, recipe.data_dir)
-        load = dict(data_dir=recipe.data_dir, download=recipe.download, val_size=recipe.val_size,
-                    device=self.device)
-        train_x, train_y = datasets.load(recipe.data, "train", **load)
-        if recipe.limit_train:
-            train_x, train_y = train_x[:recipe.limit_train], train_y[:recipe.limit_train]
-        self.val_x, self.val_y = datasets.load(recipe.data, "val", **load)
-        self.has_val = len(self.val_y) > 0
-        norm = dict(mean=self.info.mean, std=self.info.std, device=self.device, channels_last=recipe.channels_last)
-        self.train_loader = DeviceLoader(
-            train_x, train_y, recipe.batch_size // self.dist.world_size, train=True, augment=recipe.augment,
-            seed=recipe.seed, drop_last=recipe.cuda_graph, rank=self.dist.rank,
-            world_size=self.dist.world_size, **norm)
-        if len(self.train_loader) == 0:
-            raise ValueError(f"recipe key 'batch_size' ({recipe.batch_size}) is larger than the "
-                             f"{len(train_y)} training images")
-        self.val_loader = DeviceLoader(self.val_x, self.val_y, recipe.eval_batch_size, train=False,
-                                       rank=self.dist.rank, world_size=self.dist.world_size, **norm)
-        self._norm = norm
-
-        # model (started from a checkpoint unless resuming: the run's checkpoint then holds everything)
+        self._setup_data(recipe)
         found = ckpt.find_checkpoint(self.run_dir) if resume else None
-        self.model = seeded_model(recipe, self.info, self.device)
-        self.started_from: Optional[dict] = None
-        if recipe.init_from and found is None:
-            self.started_from = init_from(self.model, recipe.init_from, label_names=self.info.label_names)
-            start = describe_start(self.started_from, recipe.rule, recipe.rule_options, recipe.data)
-            self.log(f"[{self.name}] {start}")
-        if recipe.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self._head = {id(p) for p in self.model.get_classifier().parameters()}
-        self.params_forward, self.params_feedback = count_parameters(self.model)
-        self.optimizer = create_optimizer(self.model, recipe, self.device, head=self._head)
-        self.scheduler = create_scheduler(self.optimizer, recipe, len(self.train_loader))
-        self.scaler = torch.amp.GradScaler(self.device.type) if recipe.amp == "fp16" else None
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp)
-
+        self._setup_model(recipe, start=found is None)
+        self._setup_optimization(recipe)
         self.epoch, self.global_step = 0, 0
         self.best_val, self.best_epoch = -1.0, None
         self.history: list[dict] = []
@@ -216,6 +181,47 @@ class Trainer:
         self._alignment_batch = self._fixed_batch()
 
     # -- setup helpers ------------------------------------------------------------------------------
+
+    def _setup_data(self, recipe: Recipe) -> None:
+        """The splits, resident on the device, and their loaders."""
+        self.info = dataset_info(recipe.data, recipe.data_dir)
+        load = dict(data_dir=recipe.data_dir, download=recipe.download, val_size=recipe.val_size,
+                    device=self.device)
+        train_x, train_y = datasets.load(recipe.data, "train", **load)
+        if recipe.limit_train:
+            train_x, train_y = train_x[:recipe.limit_train], train_y[:recipe.limit_train]
+        self.val_x, self.val_y = datasets.load(recipe.data, "val", **load)
+        self.has_val = len(self.val_y) > 0
+        norm = dict(mean=self.info.mean, std=self.info.std, device=self.device, channels_last=recipe.channels_last)
+        self.train_loader = DeviceLoader(
+            train_x, train_y, recipe.batch_size // self.dist.world_size, train=True, augment=recipe.augment,
+            seed=recipe.seed, drop_last=recipe.cuda_graph, rank=self.dist.rank,
+            world_size=self.dist.world_size, **norm)
+        if len(self.train_loader) == 0:
+            raise ValueError(f"recipe key 'batch_size' ({recipe.batch_size}) is larger than the "
+                             f"{len(train_y)} training images")
+        self.val_loader = DeviceLoader(self.val_x, self.val_y, recipe.eval_batch_size, train=False,
+                                       rank=self.dist.rank, world_size=self.dist.world_size, **norm)
+        self._norm = norm
+
+    def _setup_model(self, recipe: Recipe, start: bool) -> None:
+        """The model from its seed, started from ``init_from`` when ``start`` (a resumed run's checkpoint holds
+        everything)."""
+        self.model = seeded_model(recipe, self.info, self.device)
+        self.started_from: Optional[dict] = None
+        if recipe.init_from and start:
+            self.started_from = init_from(self.model, recipe.init_from, label_names=self.info.label_names)
+            self.log(f"[{self.name}] {describe_start(self.started_from, recipe.rule, recipe.rule_options, recipe.data)}")
+        if recipe.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._head = {id(p) for p in self.model.get_classifier().parameters()}
+        self.params_forward, self.params_feedback = count_parameters(self.model)
+
+    def _setup_optimization(self, recipe: Recipe) -> None:
+        self.optimizer = create_optimizer(self.model, recipe, self.device, head=self._head)
+        self.scheduler = create_scheduler(self.optimizer, recipe, len(self.train_loader))
+        self.scaler = torch.amp.GradScaler(self.device.type) if recipe.amp == "fp16" else None
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp)
 
     def _wrap(self) -> nn.Module:
         """The module the step calls: the model, in DDP across processes, compiled when the recipe asks."""
