@@ -20,7 +20,7 @@ from .convert import convert, draw_feedback
 from .errors import CheckpointError
 from .hub import PathLike, load_checkpoint
 from .models import ARCHITECTURES, DEFAULT_CFGS
-from .registry import get_pretrained_cfg, split_name, timm_cfg
+from .registry import fit_channels, get_pretrained_cfg, split_name, timm_cfg
 from .rules import RULES
 from .weights import Fetched, Source, fetch, folder_source
 
@@ -180,17 +180,5 @@ def build_model(model_name: str, pretrained: bool = False, pretrained_cfg=None, 
     model = build_model_with_cfg(build, model_name, pretrained=False, pretrained_cfg=cfg,
                                  feature_cfg=dict(out_indices=tuple(range(DEFAULT_CFGS[arch]["feature_maps"]))),
                                  **kwargs)
-    _fit_channels(model.pretrained_cfg, kwargs.get("in_chans", cfg.input_size[0]))
+    fit_channels(model.pretrained_cfg, kwargs.get("in_chans", cfg.input_size[0]))
     return model
-
-
-def _fit_channels(cfg: dict, in_chans: int) -> None:
-    """Make a cfg describe ``in_chans``-channel input (a model built with other channels than its cfg's):
-    one value per channel repeated, several averaged, as ``adapt_input_conv`` treats the first layer."""
-    if cfg["input_size"][0] == in_chans:
-        return
-    cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
-    for key in ("mean", "std"):
-        values = tuple(cfg[key])
-        if len(values) != in_chans:
-            cfg[key] = (values[0] if len(values) == 1 else sum(values) / len(values),) * in_chans

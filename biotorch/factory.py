@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import functools
+from os import PathLike
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -25,7 +26,9 @@ from torchvision.transforms import v2
 
 from . import data
 from .metrics import count_parameters
-from .registry import get_pretrained_cfg, split_name, timm_cfg
+from .hub import DATA_FIELDS
+from .registry import fit_channels, get_pretrained_cfg, list_models, split_name, timm_cfg
+from .weights import Source, fetch, kind, resolve
 
 __all__ = ["create_model", "model_parameters", "transforms"]
 
@@ -68,14 +71,35 @@ def model_parameters(name: str) -> tuple[int, int]:
         return count_parameters(create_model(name))
 
 
-def transforms(name_or_model) -> v2.Compose:
-    """The eval transform (PIL image or uint8 tensor → normalised tensor) of a pretrained checkpoint, such as
-    ``"lenet_fa.fashion_mnist"``, or of a model (its ``pretrained_cfg``).
+def transforms(source, training: bool = False) -> v2.Compose:
+    """The transform (PIL image or uint8 tensor of any size → normalised tensor the model takes) of a pretrained
+    name (``"lenet_fa.fashion_mnist"``), a checkpoint folder, ``hf-hub:<org>/<repo>`` or a model (its
+    ``pretrained_cfg``): timm's ``crop_pct`` semantics (resize to size / crop_pct, centre-crop), channels
+    converted to the model's. With ``training``: the augmentation of the checkpoint's recipe (for a model, of
+    its published tag's; none where no recipe is known).
 
     Example::
 
         >>> tf = biotorch.transforms("lenet_fa.fashion_mnist")
+        >>> tf_train = biotorch.transforms("out/lenet_fa-finetuned", training=True)
     """
-    if isinstance(name_or_model, str):
-        return data.transforms(get_pretrained_cfg(name_or_model))
-    return data.transforms(name_or_model)
+    if isinstance(source, nn.Module):
+        cfg = dict(getattr(source, "pretrained_cfg", None) or {})
+        name = f"{cfg.get('architecture')}.{cfg.get('tag')}"
+        if training and cfg.get("tag") and name in list_models(pretrained=True):
+            cfg["recipe"] = get_pretrained_cfg(name).recipe
+        return data.transforms(cfg or source, training)
+    if not isinstance(source, (str, PathLike, Source)):  # timm's cfg, a CheckpointRecord
+        return data.transforms(source, training)
+    if kind(source) == "name":
+        return data.transforms(get_pretrained_cfg(resolve(source).name), training)
+    config = fetch(source, require_model=True).config
+    record = config.get("pretrained_cfg") or {}
+    if "dataset" in record:  # a published card's record
+        return data.transforms({**record, "input_size": tuple(config["input_size"])}, training)
+    cfg = {**timm_cfg(f"{config['arch']}_{config['rule']}").to_dict(),  # the architecture's, then the folder's
+           **{k: record[k] for k in DATA_FIELDS if record.get(k) is not None},
+           "recipe": record.get("recipe")}
+    fit_channels(cfg, config["input_size"][0])  # the architecture's normalisation, for the folder's channels
+    cfg["input_size"] = tuple(config["input_size"])
+    return data.transforms(cfg, training)

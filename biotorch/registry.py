@@ -189,6 +189,18 @@ def timm_cfg(model_name: str, record: Optional[CheckpointRecord] = None) -> timm
         classifier=info["classifier"], pool_size=info["pool_size"], license=LICENSE, description=describe(model_name))
 
 
+def fit_channels(cfg: dict, in_chans: int) -> None:
+    """Make a cfg describe ``in_chans``-channel input (a model built with other channels than its cfg's):
+    one value per channel repeated, several averaged, as ``adapt_input_conv`` treats the first layer."""
+    if cfg["input_size"][0] == in_chans:
+        return
+    cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
+    for key in ("mean", "std"):
+        values = tuple(cfg[key])
+        if len(values) != in_chans:
+            cfg[key] = (values[0] if len(values) == 1 else sum(values) / len(values),) * in_chans
+
+
 def timm_default_cfgs() -> dict[str, timm.models.DefaultCfg]:
     """timm's ``DefaultCfg`` of every name: the architecture's defaults first (the untagged name builds the
     same model in biotorch and timm), then the pretrained tags, biotorch's default tag leading them."""

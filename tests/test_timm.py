@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import functools
+import re
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,39 @@ def test_timm_transform_is_biotorch_transform_for_the_checkpoint():
         image_ = Image.open(path)
         torch.testing.assert_close(timm_tf(image_), ours(image_), rtol=0, atol=1e-6)
     torch.testing.assert_close(biotorch.data.transforms(model)(Image.open(SAMPLES[0])), ours(Image.open(SAMPLES[0])))
+
+
+def test_transforms_resize_any_size_then_crop_as_timm_does():
+    # the same images at 28 px (Fashion-MNIST's own) and at 64 px: the 64-px copies are resized to 28, then
+    # padded to 32 (crop_pct 32/28), so the model sees them as the originals (it used to crop their middle)
+    model = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True).eval()
+    tf = biotorch.transforms("lenet_fa.fashion_mnist")
+    labels = [re.sub(r"[^a-z]+", "_", name.lower()) for name in model.pretrained_cfg["label_names"]]
+    files = sorted((REPO_ROOT / "samples" / "fashion_mnist").glob("*.png"))  # 100 images: a point is one image
+    y = torch.tensor([labels.index(path.stem.split("_", 1)[1]) for path in files])
+    with torch.no_grad():
+        small = model(torch.stack([tf(Image.open(path)) for path in files])).argmax(1)
+        large = model(torch.stack([tf(Image.open(path).resize((64, 64), Image.BICUBIC)) for path in files])).argmax(1)
+    accuracy = lambda predicted: 100 * (predicted == y).float().mean().item()  # noqa: E731
+    assert abs(accuracy(small) - accuracy(large)) <= 1 and (small == large).float().mean() >= 0.85
+    assert tuple(tf(Image.new("RGB", (200, 120))).shape) == (1, 32, 32)  # any size, any mode
+
+
+def test_transforms_of_a_folder_and_for_training(tmp_path):
+    model = biotorch.create_model("resnet20_bp.cifar10_jpeg", pretrained=True)
+    folder = biotorch.save_pretrained(model, tmp_path / "mine")
+    image_ = Image.new("RGB", (48, 40), (200, 30, 90))
+    expected = biotorch.transforms("resnet20_bp.cifar10_jpeg")(image_)
+    for source in (folder, str(folder), model):
+        torch.testing.assert_close(biotorch.transforms(source)(image_), expected)
+    train = biotorch.transforms("resnet20_bp.cifar10_jpeg", training=True)  # its recipe: augment crop_flip
+    assert [type(t).__name__ for t in train.transforms if "Random" in type(t).__name__] == \
+        ["RandomCrop", "RandomHorizontalFlip"]
+    assert [type(t).__name__ for t in biotorch.transforms(model, training=True).transforms
+            if "Random" in type(t).__name__] == ["RandomCrop", "RandomHorizontalFlip"]
+    torch.manual_seed(0)
+    assert train(image_).shape == expected.shape and not any(
+        "Random" in type(t).__name__ for t in biotorch.transforms(folder, training=True).transforms)  # no recipe
 
 
 # --- timm's factory arguments -----------------------------------------------------------------------------------

@@ -14,41 +14,68 @@ import dataclasses
 import torch
 from torchvision.transforms import v2
 
-from .catalog import DATASETS, DatasetInfo
+from .catalog import AUGMENTS, DATASETS, DatasetInfo
 
 
-def fit(info: DatasetInfo) -> v2.Compose:
-    """Bring an image (C, H, W) to ``info.input_size``: resize to size / crop_pct where the dataset's
-    images vary in size (imagefolder, crop_pct < 1), then centre-crop (which zero-pads smaller images:
-    MNIST 28 → 32)."""
-    size = list(info.input_size[1:])
-    steps: list[v2.Transform] = []
-    if info.crop_pct < 1:
-        steps.append(v2.Resize(round(size[0] / info.crop_pct), antialias=True,
-                               interpolation=v2.InterpolationMode(info.interpolation)))
-    return v2.Compose([*steps, v2.CenterCrop(size)])
+class Fit:
+    """Bring an image tensor (C, H, W) of any size to ``size`` as timm does with ``crop_pct``: resize the shorter
+    side to size / crop_pct, then centre-crop (which zero-pads where crop_pct > 1: MNIST's 28 → 32). An image at
+    size / crop_pct is left as it is (28×28 MNIST, 32×32 CIFAR), so a 64×64 copy of an image is seen as the
+    image itself; where crop_pct > 1 an image already at ``size`` is taken as padded (what ``load_split``
+    returns) and passes unchanged."""
+
+    def __init__(self, size: tuple[int, int], crop_pct: float, interpolation: str) -> None:
+        self.size, self.padded = tuple(size), crop_pct > 1
+        self.resize = v2.Resize(int(size[0] / crop_pct + 1e-9), antialias=True,
+                                interpolation=v2.InterpolationMode(interpolation))
+        self.crop = v2.CenterCrop(list(size))
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if not (self.padded and tuple(image.shape[-2:]) == self.size):
+            image = self.resize(image)
+        return self.crop(image)
+
+    def __repr__(self) -> str:
+        return f"Fit(resize={self.resize.size}, crop={list(self.size)}, padded_input_kept={self.padded})"
 
 
-def eval_transform(info_or_name: DatasetInfo | str) -> v2.Compose:
-    """The evaluation preprocessing of a dataset: PIL image or uint8 tensor -> normalised float.
+def fit(info: DatasetInfo) -> Fit:
+    """:class:`Fit` for ``info.input_size``, its ``crop_pct`` and interpolation."""
+    return Fit(info.input_size[1:], info.crop_pct, info.interpolation)
 
-    Handles the raw inputs a user has (a 28x28 PIL image for Fashion-MNIST is padded to 32x32;
-    colour and grayscale are converted to the model's channel count) as well as what
+
+def eval_transform(info_or_name: DatasetInfo | str, training: bool = False, augment: str = "none",
+                   padding: int = 4) -> v2.Compose:
+    """The preprocessing of a dataset: PIL image or uint8 tensor (any size, colour or grayscale) -> normalised
+    float of ``input_size``. With ``training``, ``augment`` adds what :class:`DeviceLoader` draws for that
+    augmentation (``crop``: a random crop of the image zero-padded by ``padding``; ``crop_flip``: also a random
+    horizontal flip), after the fit to size.
+
+    Handles the raw inputs a user has (a 28x28 PIL image for Fashion-MNIST is padded to 32x32; a 64x64 one is
+    resized to 28 first; colour and grayscale are converted to the model's channel count) as well as what
     :func:`biotorch.data.load_split` returns.
     """
     info = DATASETS[info_or_name] if isinstance(info_or_name, str) else info_or_name
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {', '.join(map(repr, AUGMENTS))}, not {augment!r}")
+    random = []
+    if training and augment != "none":
+        random.append(v2.RandomCrop(list(info.input_size[1:]), padding=padding))
+        if augment == "crop_flip":
+            random.append(v2.RandomHorizontalFlip())
     return v2.Compose([
-        v2.ToImage(), v2.Grayscale(1) if info.in_chans == 1 else v2.RGB(), fit(info),
+        v2.ToImage(), v2.Grayscale(1) if info.in_chans == 1 else v2.RGB(), fit(info), *random,
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(info.mean), list(info.std)),
     ])
 
 
-def transforms(model_or_cfg) -> v2.Compose:
-    """The eval transform a model's metadata describes: a model (its ``pretrained_cfg``, timm's dict, which
-    every biotorch model carries), timm's ``PretrainedCfg`` or its dict, or a ``biotorch.CheckpointRecord``.
-    On images of the cfg's input size it is timm's ``create_transform(**resolve_data_config(model=...))``
-    (which resizes every image; this one resizes only where crop_pct < 1). For a name use
-    ``biotorch.transforms("lenet_fa.fashion_mnist")``.
+def transforms(model_or_cfg, training: bool = False) -> v2.Compose:
+    """The transform a model's metadata describes: a model (its ``pretrained_cfg``, timm's dict, which every
+    biotorch model carries), timm's ``PretrainedCfg`` or its dict, or a ``biotorch.CheckpointRecord``. It is
+    timm's ``create_transform(**resolve_data_config(model=...))`` for the cfg's size, ``crop_pct`` and
+    interpolation, with the channels converted to the model's. With ``training``: the augmentation of the
+    record's recipe (``augment``; none for a cfg that names no recipe). For a name or a checkpoint folder use
+    ``biotorch.transforms(...)``.
 
     Example::
 
@@ -63,9 +90,11 @@ def transforms(model_or_cfg) -> v2.Compose:
                          "timm.create_model); use biotorch.data.eval_transform(dataset_name) instead")
     cfg = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
     input_size, mean, std = tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"])
-    if "dataset" in cfg:  # a biotorch.CheckpointRecord: its dataset says how images are brought to size
-        info = dataclasses.replace(DATASETS[cfg["dataset"]], mean=mean, std=std, input_size=input_size)
+    if cfg.get("dataset") in DATASETS:  # a biotorch.CheckpointRecord: its dataset says how images come to size
+        info = dataclasses.replace(DATASETS[cfg["dataset"]], mean=mean, std=std, input_size=input_size,
+                                   in_chans=input_size[0])
     else:  # timm's cfg says it with crop_pct
         info = DatasetInfo("", cfg.get("num_classes"), tuple(cfg.get("label_names") or ()), input_size[0],
                            input_size, mean, std, None, None, None, cfg["interpolation"], "", cfg["crop_pct"])
-    return eval_transform(info)
+    augment = (cfg.get("recipe") or {}).get("augment", "none") if training else "none"
+    return eval_transform(info, training, augment)
