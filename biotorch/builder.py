@@ -8,6 +8,7 @@ from the architecture's ``first_conv`` and ``classifier`` (:func:`merge_state`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from typing import NamedTuple, Optional, Union
@@ -18,7 +19,7 @@ from torch import nn
 
 from .convert import convert, draw_feedback
 from .errors import CheckpointError
-from .hub import PathLike, load_checkpoint
+from .hub import DATA_FIELDS, PathLike, load_checkpoint
 from .models import ARCHITECTURES, DEFAULT_CFGS
 from .registry import fit_channels, get_pretrained_cfg, split_name, timm_cfg
 from .rules import RULES
@@ -176,6 +177,13 @@ def build_model(model_name: str, pretrained: bool = False, pretrained_cfg=None, 
     cfg = resolve_pretrained_cfg(model_name, pretrained_cfg, pretrained_cfg_overlay)
     weights = _find_pretrained(model_name, cfg, checkpoint, cache_dir) if pretrained or checkpoint is not None \
         else None
+    if checkpoint is not None:  # the folder as saved: its classes, channels and data unless others are asked for
+        for key, value in (("num_classes", weights.num_classes), ("in_chans", weights.in_chans)):
+            if kwargs.get(key) is None and value is not None:
+                kwargs[key] = value
+        record = weights.found.config.get("pretrained_cfg") or {}
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in DATA_FIELDS and v}
+        cfg = dataclasses.replace(cfg, **data, num_classes=weights.num_classes or cfg.num_classes)
     build = functools.partial(_instantiate, model_name, rule_options, weights)
     model = build_model_with_cfg(build, model_name, pretrained=False, pretrained_cfg=cfg,
                                  feature_cfg=dict(out_indices=tuple(range(DEFAULT_CFGS[arch]["feature_maps"]))),

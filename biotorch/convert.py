@@ -16,7 +16,7 @@ import fnmatch
 import functools
 import hashlib
 import warnings
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -103,9 +103,15 @@ class _RuleHead:
     ``torch.nn.utils.parametrize`` injects a class): the new head learns with the model's rule, and feedback
     shaped by the number of classes (dfa) is redrawn for it."""
 
-    def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
+    def reset_classifier(self, num_classes: int, *args, label_names: Optional[Sequence[str]] = None,
+                         **kwargs) -> None:
+        """timm's ``reset_classifier``; ``label_names`` names the new head's classes (``biotorch_config``, which
+        ``save_pretrained`` writes; ``pretrained_cfg`` stays the checkpoint's, as in timm)."""
+        if label_names is not None and len(label_names) != num_classes:
+            raise ValueError(f"reset_classifier: {len(label_names)} label_names for num_classes={num_classes}")
         super().reset_classifier(num_classes, *args, **kwargs)
         config = self.biotorch_config
+        config["label_names"] = list(label_names) if label_names is not None else None
         head = self.get_classifier()
         name = next((n for n, m in self.named_modules() if m is head), None)
         if type(head) in LAYERS and name and not _excluded(name, config.get("exclude", ())):

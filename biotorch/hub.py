@@ -91,9 +91,14 @@ def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional
     folder = Path(folder)
     weights = save_weights(model, folder / WEIGHTS_NAME)
     config = dict(model.biotorch_config)
+    head_labels = config.pop("label_names", ())  # reset_classifier's (None: a head without names)
     config["files"] = {WEIGHTS_NAME: file_record(weights)}
     if pretrained_cfg is None and isinstance(getattr(model, "pretrained_cfg", None), dict):
         pretrained_cfg = {k: model.pretrained_cfg[k] for k in DATA_FIELDS if model.pretrained_cfg.get(k) is not None}
+        labels = pretrained_cfg.pop("label_names", None)
+        labels = labels if head_labels == () else head_labels
+        if labels is not None and len(labels) == config["num_classes"]:  # never another head's names
+            pretrained_cfg["label_names"] = list(labels)
     if pretrained_cfg:
         config["pretrained_cfg"] = pretrained_cfg
     write_json(folder / CONFIG_NAME, config)
@@ -226,10 +231,12 @@ def config_beside(weights: Path, require_model: bool = False) -> dict:
     return read_config(weights.parent, require_model) if (weights.parent / CONFIG_NAME).is_file() else {}
 
 
-def _positive_int(config: dict, key: str, where) -> None:
+def _positive_int(config: dict, key: str, where, zero: str = "") -> None:
+    """``config[key]`` is a positive integer (or 0 where ``zero`` says what 0 means)."""
     value = config.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{where}: {key!r} must be a positive integer, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero else 1):
+        raise ConfigError(f"{where}: {key!r} must be a positive integer{f', or 0 ({zero})' if zero else ''}, "
+                          f"got {value!r}")
 
 
 def read_config(folder: PathLike, require_model: bool = True) -> dict:
@@ -254,8 +261,8 @@ def read_config(folder: PathLike, require_model: bool = True) -> dict:
         raise ConfigError(f"{path}: 'arch' is {arch!r}; known architectures: {', '.join(ARCHITECTURES)}")
     if rule not in RULES:
         raise ConfigError(f"{path}: 'rule' is {rule!r}; known rules: {', '.join(RULES)}")
-    for key in ("num_classes", "in_chans"):
-        _positive_int(config, key, path)
+    _positive_int(config, "num_classes", path, zero="no classifier: a headless model")
+    _positive_int(config, "in_chans", path)
     if not isinstance(config.get("seed", 0), int) or isinstance(config.get("seed", 0), bool):
         raise ConfigError(f"{path}: 'seed' must be an integer, got {config.get('seed')!r}")
     options = config.get("rule_options", {})

@@ -3,6 +3,7 @@ arguments, data config and transforms, features, the model interface, torch.fx, 
 from __future__ import annotations
 
 import copy
+import json
 import importlib.util
 import functools
 import re
@@ -473,6 +474,30 @@ def test_a_checkpoint_folder_adapts_its_channels_and_head(tmp_path):
     # the weights file alone adapts the same way: the checkpoint is loaded and checked as trained, then adapted
     bare = biotorch.create_model("lenet_fa", checkpoint=folder / "model.safetensors", in_chans=3, num_classes=5)
     assert torch.equal(bare.conv1.weight, model.conv1.weight) and torch.equal(bare.conv2.weight, model.conv2.weight)
+
+
+def test_a_head_knows_its_classes_through_save_and_load(tmp_path):
+    model = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True)
+    model.reset_classifier(3)  # the ten Fashion-MNIST names are not this head's
+    assert model.pretrained_cfg["num_classes"] == 10  # the checkpoint's, as in timm
+    saved = json.loads((biotorch.save_pretrained(model, tmp_path / "three") / "config.json").read_text())
+    assert saved["num_classes"] == 3 and "label_names" not in saved.get("pretrained_cfg", {})
+    with pytest.raises(ValueError, match="2 label_names for num_classes=3"):
+        model.reset_classifier(3, label_names=["cat", "dog"])
+    model.reset_classifier(3, label_names=["cat", "dog", "owl"])
+    folder = biotorch.save_pretrained(model, tmp_path / "named")
+    # checkpoint=FOLDER is the folder as saved: its head, channels and labels (not the architecture's defaults)
+    back = biotorch.create_model("lenet_fa", checkpoint=folder).eval()
+    assert back.num_classes == 3 and back.in_chans == 1 and back.pretrained_cfg["label_names"] == ("cat", "dog", "owl")
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(back(x), model.eval()(x))
+    four = biotorch.create_model("lenet_fa", checkpoint=folder, num_classes=4)
+    assert "label_names" not in json.loads((biotorch.save_pretrained(four, tmp_path / "four") / "config.json")
+                                          .read_text()).get("pretrained_cfg", {})
+    # a headless model (num_classes=0, the README's feature extractor) saves and loads
+    headless = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True, num_classes=0).eval()
+    again = biotorch.from_pretrained(biotorch.save_pretrained(headless, tmp_path / "headless")).eval()
+    assert again.num_classes == 0 and torch.equal(again(x), headless(x)) and again(x).shape == (2, 84)
 
 
 def test_the_trained_head_is_kept_for_its_own_pooling():
