@@ -28,6 +28,7 @@ from .errors import BiotorchError, ConfigError
 from .data import DATASETS, DeviceLoader, dataset_info, load_samples
 from .factory import create_model, model_parameters
 from .pretrained import from_checkpoint
+from .version import __version__
 from .files import REPO_ROOT, SAMPLES
 from .hub import HUB_ORG, MIRROR
 from .publish import publish
@@ -233,6 +234,7 @@ def _cmd_push(args) -> int:
 # --- the parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="biotorch", description=__doc__.splitlines()[0])
+    root.add_argument("--version", action="version", version=f"biotorch {__version__}")
     subparsers = commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="list models (or pretrained checkpoints)")

@@ -367,3 +367,12 @@ def test_committed_samples_load(name, channels):
         assert images[:, :, :2].sum() == 0 and images[:, :, :, -2:].sum() == 0  # padded like the dataset
     else:
         assert torch.bincount(labels).tolist() == [10] * 10
+
+
+def test_limit_train_takes_every_class_in_turn():
+    labels = torch.tensor([0] * 40 + [1] * 30 + [2] * 30)  # files sorted by class: the first 16 are all 0s
+    keep = data.balanced_subset(labels, 16)
+    assert keep.tolist() == sorted(keep.tolist()) and len(set(keep.tolist())) == 16
+    assert torch.bincount(labels[keep]).tolist() == [6, 5, 5]  # each class its first files, in file order
+    assert keep[labels[keep] == 1].tolist() == [40, 41, 42, 43, 44]
+    assert data.balanced_subset(labels, 500).tolist() == list(range(100))

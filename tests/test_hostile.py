@@ -311,3 +311,9 @@ def test_a_wrong_input_size_is_named():
     with pytest.raises(ValueError, match=r"resnet20 takes images of shape \(N, 3, H, W\), got \(2, 1, 32, 32\)"):
         biotorch.create_model("resnet20_fa")(torch.randn(2, 1, 32, 32))
     assert biotorch.create_model("resnet20_fa")(torch.randn(2, 3, 40, 40)).shape == (2, 10)  # any size: pooled
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"biotorch {biotorch.__version__}"

@@ -19,8 +19,9 @@ Example::
 """
 from .catalog import AUGMENTS, CROP_PCT, DATASETS, SPLIT_SEED, SYNTHETIC, DatasetInfo
 from .loader import DeviceLoader
-from .sources import dataset_info, holdout, imagefolder_info, load_samples, load_split
+from .sources import balanced_subset, dataset_info, holdout, imagefolder_info, load_samples, load_split
 from .transforms import eval_transform, transforms
 
-__all__ = ["AUGMENTS", "CROP_PCT", "DATASETS", "SPLIT_SEED", "SYNTHETIC", "DatasetInfo", "DeviceLoader", "dataset_info",
-           "eval_transform", "holdout", "imagefolder_info", "load_samples", "load_split", "transforms"]
+__all__ = ["AUGMENTS", "CROP_PCT", "DATASETS", "SPLIT_SEED", "SYNTHETIC", "DatasetInfo", "DeviceLoader",
+           "balanced_subset", "dataset_info", "eval_transform", "holdout", "imagefolder_info", "load_samples",
+           "load_split", "transforms"]

@@ -326,6 +326,16 @@ def holdout(n: int, val_size: int) -> tuple[Tensor, Tensor]:
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
+def balanced_subset(labels: Tensor, n: int) -> Tensor:
+    """The indices (sorted) of ``n`` samples taken class by class in turn, each class in its own order: the
+    first of every class, then the second of every class, ... (``--limit-train``: every class is seen)."""
+    order = torch.argsort(labels, stable=True)
+    grouped = labels[order]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(labels), device=labels.device) - torch.searchsorted(grouped, grouped)
+    return torch.argsort(rank * (int(labels.max()) + 1 if len(labels) else 1) + labels, stable=True)[:n].sort().values
+
+
 def load_split(
     name: str,
     split: Split,

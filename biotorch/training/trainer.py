@@ -34,9 +34,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..card import describe_start
+from ..card import describe_start, pct
 from ..convert import feedback_step
-from ..data import DeviceLoader, dataset_info
+from ..data import DeviceLoader, balanced_subset, dataset_info
 from ..factory import create_model
 from ..pretrained import init_from
 from ..errors import CheckpointError, ConfigError, NonFiniteError
@@ -188,8 +188,9 @@ class Trainer:
         load = dict(data_dir=recipe.data_dir, download=recipe.download, val_size=recipe.val_size,
                     device=self.device)
         train_x, train_y = datasets.load(recipe.data, "train", **load)
-        if recipe.limit_train:
-            train_x, train_y = train_x[:recipe.limit_train], train_y[:recipe.limit_train]
+        if recipe.limit_train:  # the first images of every class in turn, not the first files (one class)
+            keep = balanced_subset(train_y, recipe.limit_train)
+            train_x, train_y = train_x[keep], train_y[keep]
         self.val_x, self.val_y = datasets.load(recipe.data, "val", **load)
         self.has_val = len(self.val_y) > 0
         norm = dict(mean=self.info.mean, std=self.info.std, device=self.device, channels_last=recipe.channels_last)
@@ -453,7 +454,7 @@ class Trainer:
             plot_curves(self.run_dir / "curves.png", self.history, title)
             if self.alignment_records:
                 plot_alignment(self.run_dir / "alignment.png", self.alignment_records, title)
-            self.log(f"[{self.name}] best epoch {metrics['best_epoch']}: val top1 {metrics['val_top1']}, "
+            self.log(f"[{self.name}] best epoch {metrics['best_epoch']}: val top1 {pct(metrics['val_top1'])}, "
                      f"test top1 {metrics['test_top1']:.2f} top5 {metrics['test_top5']:.2f} → {self.run_dir}")
         self.tensorboard.close()
         self.dist.barrier()
