@@ -18,7 +18,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
 
 PathLike = Union[str, os.PathLike]
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a clone's root (model_cards/, recipes/, samples/)
@@ -97,3 +101,27 @@ def sha256(path: PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class _NoAliases(yaml.SafeLoader):
+    """yaml's safe loader without aliases: no YAML of ours needs them, and a few nested aliases expand
+    exponentially (a 289-byte "billion laughs" exhausts memory)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"{self.where} may not use YAML aliases (*name), found one at line {mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, where: str = "a YAML file") -> Any:
+    """YAML text as plain data, the one way every YAML file of the project is read (recipes, run folders, the
+    campaign's queue): the safe loader, aliases refused with a :class:`ConfigError` naming ``where``; a syntax
+    error is a ``yaml.YAMLError``."""
+    loader = _NoAliases(text)
+    loader.where = where
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+

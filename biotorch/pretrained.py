@@ -25,7 +25,7 @@ from .factory import create_model
 from .hub import (CONFIG_NAME, DATA_FIELDS, PathLike, describe_mismatch, load_checkpoint, read_header, recorded_sha256,
                   verify_sha256)
 from .models import DEFAULT_CFGS
-from .registry import CheckpointRecord, split_name, timm_cfg
+from .registry import CheckpointRecord, check_name_part, split_name, timm_cfg
 from .rules import make_rule
 from .weights import Fetched, Source, fetch, folder_source
 
@@ -186,11 +186,18 @@ def init_from(model: nn.Module, source: PathLike, *, label_names: Optional[Seque
                           take_feedback=same_rule,
                           what=f"init_from {text}: the checkpoint does not fit {config['arch']}_{config['rule']}")
     model.load_state_dict(state, strict=True)  # re-derives seeded feedback for this model's shapes
-    tag = meta.get("tag") or found.source.label(keep_dots=False)
+    # Provenance from the bytes: the sha256 recorded is the one the load above verified, and a folder whose record
+    # claims other weights (a published checkpoint's name over swapped weights) is refused.
+    claimed = recorded_sha256(meta) if meta else None
+    if found.source.kind != "name" and claimed is not None and claimed != found.sha256:
+        raise CheckpointError(f"init_from {text}: its config.json says it is {meta.get('name') or 'a checkpoint'} "
+                              f"with sha256 {str(claimed)[:12]}…, but its weights are {str(found.sha256)[:12]}…: "
+                              "refused")
+    tag = check_name_part(meta.get("tag") or found.source.label(keep_dots=False), f"init_from {text}: the tag")
     return {"source": text, "name": meta.get("name"),
             "hub_id": found.source.repo_id or meta.get("hub_id"),
             "arch": origin["arch"], "rule": origin["rule"], "rule_options": origin["rule_options"], "tag": tag,
             "dataset": meta.get("dataset"), "num_classes": origin["num_classes"], "in_chans": origin["in_chans"],
-            "sha256": recorded_sha256(meta),
+            "sha256": found.sha256,
             "head": "kept" if same_classes else "new", "adapted": adapted,
             "feedback": "kept" if same_rule else "fresh"}

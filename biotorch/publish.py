@@ -36,11 +36,11 @@ from .card import RECIPE_PER_RUN, markdown_table, model_card, pct, seeds_text, s
 from .data import SPLIT_SEED, dataset_info
 from .errors import ConfigError
 from .factory import create_model
-from .files import REPO_ROOT, replace_folder, sha256, write_text
+from .files import REPO_ROOT, load_yaml, replace_folder, sha256, write_text
 from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, file_record, folder_sha256,
                   load_checkpoint, read_checkpoint, recorded_sha256, save_pretrained, upload_folder)
 from .metrics import count_parameters
-from .registry import PRETRAINED_INDEX, CheckpointRecord, finetune_tag
+from .registry import PRETRAINED_INDEX, CheckpointRecord, check_name_part, finetune_tag
 from .training import records
 
 
@@ -83,7 +83,7 @@ class Run:
             raise ValueError(f"{self.folder} has no validation top-1 (val_size 0?): a checkpoint is chosen on "
                              "validation, never on test, so this run cannot be published")
         recipe_path = self.folder / "recipe.yaml"
-        self.recipe = (yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file()
+        self.recipe = (load_yaml(recipe_path.read_text(), str(recipe_path)) if recipe_path.is_file()
                        else dict(self.metrics.get("recipe") or {}))
         if self.recipe.get("data_dir"):  # where the data lay on the training machine: not part of the recipe
             self.recipe["data_dir"] = None
@@ -97,7 +97,8 @@ class Run:
         """The dataset; for a fine-tuned run, also where it started (``registry.finetune_tag``)."""
         _, rule, dataset = self.key
         started = self.metrics.get("init_from")
-        return finetune_tag(dataset, rule, started) if started else dataset
+        tag = finetune_tag(dataset, rule, started) if started else dataset
+        return check_name_part(tag, f"{self.folder}: the run's tag")  # it becomes a card folder's name
 
     @property
     def name(self) -> str:

@@ -26,6 +26,7 @@ import difflib
 import fnmatch
 import functools
 import json
+import re
 from collections import deque
 from pathlib import Path
 from typing import Optional
@@ -134,7 +135,19 @@ def finetune_tag(dataset: str, rule: str, parent: dict) -> str:
         'cifar10_jpeg_gray-ft-fa-fashion_mnist'
     """
     origin = parent["tag"] if parent["rule"] == rule else f"{parent['rule']}-{parent['tag']}"
-    return f"{dataset}-ft-{origin}"
+    return check_name_part(f"{dataset}-ft-{origin}", "a fine-tuned checkpoint's tag")
+
+
+# A tag, dataset or name part that becomes a folder or file name: letters, digits, _ . - ; no "..", no "/".
+NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_name_part(value, what: str) -> str:
+    """``value`` if it is safe as one path component (:data:`NAME_PART`, no ``..``), else a ValueError naming
+    ``what``: names, tags and org parts from a config, a run or the Hub are checked where they enter."""
+    if not isinstance(value, str) or not NAME_PART.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} must be letters, digits, '_', '.' or '-' (no '..', no '/'), got {value!r}")
+    return value
 
 
 def get_pretrained_cfg(name: str) -> CheckpointRecord:

@@ -44,6 +44,7 @@ import yaml
 from biotorch import cli
 from biotorch.data.catalog import DATASETS
 from biotorch.errors import NonFiniteError, RunLockedError
+from biotorch.files import load_yaml
 from biotorch.publish import MIRROR, PRETRAINED_INDEX, REPO_ROOT, Run, build_card_folder, build_index, \
     update_readme_table
 from biotorch.rules import make_rule
@@ -119,7 +120,7 @@ def _retry_recipe(path: str, overrides: dict, retry: dict) -> Recipe:
 
 def read_queue(path) -> list[Job]:
     """Every run of the queue file, in order; every recipe checked before anything starts."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = load_yaml(Path(path).read_text(), str(path)) or {}
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise ValueError(f"{path}: a queue holds `runs:`, a list of {{recipe, rules, seeds, set, ...}}")
     defaults = data.get("defaults") or {}

@@ -43,6 +43,7 @@ import torch
 import yaml
 
 from bench_train import synthetic_train_size
+from biotorch.files import load_yaml
 from biotorch.rules import RULES, make_rule
 from biotorch.training import evaluate
 from biotorch.training.recipe import Recipe, load_recipe, make_recipe, parse_set
@@ -90,7 +91,7 @@ def _rules(value) -> list[str]:
 
 def read_zoo(path) -> list[Entry]:
     """The entries of a zoo file, every key and recipe checked before anything starts."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = load_yaml(Path(path).read_text(), str(path)) or {}
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise ValueError(f"{path}: a zoo file holds `runs:`, a list of {{recipe, rules, seeds, ...}}")
     entries = []

@@ -202,8 +202,9 @@ def test_frozen_backbone_stays_bit_identical_then_learns(tmp_path):
                           "freeze_backbone_epochs": 1, "backbone_lr_scale": 0.5})
     lines = []
     trainer = Trainer(recipe, tmp_path / "run", log=lines.append)
-    assert "init_from resnet20_fa.parent_resnet20_fa: new head for synthetic's classes; input layer kept; " \
-           "feedback state kept (the same rule, fa)" in lines[0]
+    sha = hub.recorded_sha256(hub.read_config(folder))[:12]  # the verified file's, recorded since issue 22
+    assert f"init_from resnet20_fa.parent_resnet20_fa (sha256 {sha}…): new head for synthetic's classes; input " \
+           "layer kept; feedback state kept (the same rule, fa)" in lines[0]
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.025, 0.05]  # backbone, then the head
     start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     backbone = [k for k in start if not k.startswith("fc.")]

@@ -317,3 +317,72 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"biotorch {biotorch.__version__}"
+
+
+# issue 22: names, provenance, locks, stale files, YAML ------------------------------------------------------
+
+def _claiming_folder(tmp_path, folder_name: str, **claim) -> Path:
+    """A checkpoint folder of fresh lenet_fa weights whose config.json claims to be ``claim`` (a record)."""
+    folder = biotorch.save_pretrained(biotorch.create_model("lenet_fa", in_chans=1, seed=5), tmp_path / folder_name)
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"] = {**config.get("pretrained_cfg", {}), **claim}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_tag_never_becomes_a_path_outside_its_folder(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    folder = _claiming_folder(tmp_path, "evil", tag="x/../../../../" + str(victim))
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"]["files"] = config["files"]  # a claim that matches its file: trusted, then checked
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="the tag must be letters"):
+        biotorch.init_from(biotorch.create_model("lenet_fa", in_chans=1), folder)
+    assert (victim / "keep.txt").read_text() == "mine"
+    for bad in ("..", "a/b", "", ".hidden", "x" * 200, None):
+        with pytest.raises(ValueError):
+            biotorch.registry.check_name_part(bad, "a tag")
+    assert biotorch.registry.check_name_part("cifar10_jpeg-ft-fa-fashion_mnist", "a tag")
+
+
+def test_provenance_comes_from_the_verified_bytes(tmp_path):
+    official = biotorch.get_pretrained_cfg("lenet_fa.fashion_mnist")
+    claim = dict(name=official.name, hub_id=official.hub_id, tag=official.tag, files=official.files)
+    folder = _claiming_folder(tmp_path, "swapped", **claim)  # other weights under the official record
+    with pytest.raises(CheckpointError, match="its weights are"):
+        biotorch.init_from(biotorch.create_model("lenet_fa", in_chans=1), folder)
+    plain = _claiming_folder(tmp_path, "plain")  # no claim: its own file, its own name
+    taken = biotorch.init_from(biotorch.create_model("lenet_fa", in_chans=1), plain)
+    assert taken["name"] is None and taken["hub_id"] is None and taken["tag"] == "plain"
+    assert taken["sha256"] == sha256(plain / "model.safetensors")
+    published = biotorch.init_from(biotorch.create_model("lenet_fa", in_chans=1), "lenet_fa.fashion_mnist")
+    assert published["name"] == official.name and published["sha256"] == hub.recorded_sha256({"files": official.files})
+
+
+def test_the_run_lock_never_follows_a_link(tmp_path, capsys):
+    Trainer(make_recipe({**TINY, "epochs": 1}), tmp_path / "run", log=None, progress=False).fit()
+    target = tmp_path / "precious.txt"
+    target.write_text("do not truncate")
+    (tmp_path / "run" / ".lock").unlink()
+    (tmp_path / "run" / ".lock").symlink_to(target)
+    err = one_line_error(capsys, ["train", "--resume", str(tmp_path / "run"), "--no-progress"])
+    assert "is a link or not a file" in err and target.read_text() == "do not truncate"
+
+
+def test_out_on_a_folder_that_is_not_a_run_leaves_it_alone(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    (folder / ".album.tmp").mkdir(parents=True)
+    (folder / ".album.tmp" / "a.jpg").write_bytes(b"jpeg")
+    (folder / "notes.txt").write_text("mine")
+    assert "not a run" in one_line_error(capsys, train_argv(folder))
+    assert (folder / ".album.tmp" / "a.jpg").read_bytes() == b"jpeg" and sorted(p.name for p in folder.iterdir()) == \
+        [".album.tmp", "notes.txt"]
+
+
+def test_every_yaml_goes_through_the_one_safe_loader(make_run):
+    run = make_run()
+    (run / "recipe.yaml").write_text("a: &a [x, x]\nb: [*a, *a]\n")
+    with pytest.raises(ConfigError, match="may not use YAML aliases"):
+        biotorch.publish.Run(run)

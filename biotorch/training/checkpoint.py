@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import socket
+import stat
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, RunLockedError
+from ..errors import CheckpointError, ConfigError, RunLockedError
 from ..files import previous_folder, replace_folder, sha256, write_json
 from ..hub import load_checkpoint, read_checkpoint, save_weights
 
@@ -190,7 +191,15 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
+        try:  # never through a link: the lock file is truncated and written below
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            raise ConfigError(f"{self.path} is a link or not a file ({error.strerror}): a run folder's lock is "
+                              "biotorch's own file; remove it, or choose another --out") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"{self.path} is not a file: choose another --out")
+        self.file = os.fdopen(fd, "r+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

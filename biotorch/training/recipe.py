@@ -25,7 +25,7 @@ import yaml
 
 from ..data import AUGMENTS, DATASETS
 from ..errors import ConfigError
-from ..files import write_text
+from ..files import load_yaml, write_text
 from ..models import ARCHITECTURES
 from ..registry import get_pretrained_cfg, split_name
 from ..rules import RULES, make_rule
@@ -103,16 +103,6 @@ def _unknown_key(key: str, where: str) -> ConfigError:
     close = difflib.get_close_matches(key, FIELDS, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"{where}: unknown recipe key {key!r}.{hint} Known keys: {', '.join(FIELDS)}")
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """YAML without aliases: a recipe never needs them, and a few nested aliases expand exponentially."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise ConfigError(f"a recipe may not use YAML aliases (*name), found one at line {mark.line + 1}")
-        return super().compose_node(parent, index)
 
 
 def _short(value: Any) -> str:
@@ -366,7 +356,7 @@ def load_recipe(path=None, overrides: Optional[dict] = None, *, resolved: bool =
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} not found")
         try:
-            values = yaml.load(path.read_text(), Loader=_RecipeLoader) or {}
+            values = load_yaml(path.read_text(), "a recipe") or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from None
         if not isinstance(values, dict):
@@ -387,7 +377,7 @@ def parse_set(pairs) -> dict:
         if not sep or not key.strip():
             raise ConfigError(f"--set takes key=value, got {pair!r}")
         try:
-            out[key.strip()] = yaml.load(text, Loader=_RecipeLoader) if text.strip() else None
+            out[key.strip()] = load_yaml(text, "a recipe") if text.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = text
     return out

@@ -128,6 +128,11 @@ class Trainer:
         refuse to mix two runs in one folder or to resume from an incomplete checkpoint."""
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"the run folder {self.run_dir} is a file: choose another --out")
+        ours = {ckpt.LOCK, "recipe.yaml", "metrics.json", "config.json", ckpt.CHECKPOINT}
+        if self.run_dir.is_dir() and not any((self.run_dir / n).exists() for n in ours - {ckpt.LOCK}) and any(
+                p.name not in ours for p in self.run_dir.iterdir()):
+            raise ConfigError(f"{self.run_dir} is a folder of other files, not a run: --out takes a new or empty "
+                              "folder (or a run, with --resume)")
         lock = ckpt.RunLock(self.run_dir).acquire() if self.dist.main else None
         if lock is not None:
             for path in ckpt.remove_stale_files(self.run_dir):
