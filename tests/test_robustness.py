@@ -222,6 +222,9 @@ def test_each_block_is_written_when_its_model_is_done(no_dataset, tmp_path, monk
     names = ["lenet_bp.fashion_mnist", "lenet_fa.fashion_mnist"]
     for name in names:
         shutil.copytree(MIRROR / name, cards / name)
+    first = json.loads((cards / names[0] / "metrics.json").read_text())
+    first.pop("robustness")  # a card without a block, so that the one written is the run's own
+    (cards / names[0] / "metrics.json").write_text(json.dumps(first))
     attack = robustness.evaluate_robustness
 
     def cut_after_the_first(model, *args, **kwargs):
@@ -246,3 +249,23 @@ def test_limit_attacks_a_fixed_sample_of_every_class_not_the_first_files():
     assert torch.equal(images, again)  # the same images for every model and run
     rows = [next(i for i in range(len(every)) if torch.equal(every[i], image)) for image in images]
     assert rows == sorted(rows) and torch.equal(every_labels[rows], labels)  # a subset, in file order
+
+
+def test_a_narrower_run_merges_into_a_wider_block_and_bad_numbers_are_refused(no_dataset, tmp_path, capsys):
+    card = tmp_path / "cards" / "lenet_fa.fashion_mnist"
+    shutil.copytree(MIRROR / card.name, card)
+    wide = json.loads((card / "metrics.json").read_text())["robustness"]
+    narrow = [dict(row, top1=1.0, images=20) for row in wide if row["attack"] == "fgsm" and row["eps"] == 0.05]
+    robustness.write_block(card, narrow)
+    assert json.loads((card / "metrics.json").read_text())["robustness"] == wide  # fewer images: nothing replaced
+    new_cell = dict(wide[0], eps=0.3, top1=2.0)  # a radius not measured before: added, in order
+    more = [dict(row, top1=3.0, images=row["images"]) for row in wide[:2]]  # as many images: replaced
+    robustness.write_block(card, [new_cell, *more])
+    merged = json.loads((card / "metrics.json").read_text())["robustness"]
+    assert len(merged) == len(wide) + 1 and merged[:2] == more and new_cell in merged
+    for flag in (["--batch-size", "-5"], ["--limit", "0"]):
+        assert cli.main(["robustness", card.name, "--write", str(card.parent), *flag]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "must be a positive number" in err, err
+    assert json.loads((card / "metrics.json").read_text())["robustness"] == merged
+

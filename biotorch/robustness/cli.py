@@ -142,6 +142,8 @@ def run_robustness(args) -> int:
     check_attacks(args.attack), check_eps(args.eps), check_gradients(args.gradient)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive number of images, got {args.batch_size}")
     names = _names(args.name)
     for name in names if args.write else ():  # every card folder checked before any attack
         _card_folder(args.write, get_pretrained_cfg(name))

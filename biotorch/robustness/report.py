@@ -13,8 +13,23 @@ from ..training.records import save_figure
 from .attacks import (ATTACK_TITLES, ATTACKS, GRADIENT_TITLES, GRADIENTS, HEADLINE_EPS, PGD_STEP_SIZE, PGD_STEPS,
                       SUBSET_SEED)
 
+def merge_blocks(old: Optional[list[dict]], new: list[dict]) -> list[dict]:
+    """``old`` with ``new``'s cells added: a cell (attack, radius, gradient) already there is replaced only by one
+    measured on at least as many images, so a narrower run (one attack, ``--limit 20``) never drops or degrades
+    a wider block. Cells in the order the attacks, radii and gradient sources are listed."""
+    cells = {(r["attack"], round(r["eps"], 12), r["gradient"]): r for r in old or ()}
+    for row in new:
+        key = (row["attack"], round(row["eps"], 12), row["gradient"])
+        if key not in cells or row.get("images", 0) >= cells[key].get("images", 0):
+            cells[key] = row
+    order = lambda key: (ATTACKS.index(key[0]) if key[0] in ATTACKS else len(ATTACKS), key[1],  # noqa: E731
+                         GRADIENTS.index(key[2]) if key[2] in GRADIENTS else len(GRADIENTS))
+    return [cells[key] for key in sorted(cells, key=order)]
+
+
 def write_block(card_dir: Union[str, Path], block: list[dict]) -> Path:
-    """Put ``block`` under ``"robustness"`` in ``card_dir/metrics.json`` (atomically); returns the file.
+    """Merge ``block`` into ``"robustness"`` of ``card_dir/metrics.json`` (:func:`merge_blocks`, atomically);
+    returns the file.
 
     ``scripts/publish.py`` keeps the block when it rebuilds the card with the same weights, and renders it.
 
@@ -26,7 +41,7 @@ def write_block(card_dir: Union[str, Path], block: list[dict]) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: write robustness into a card folder built by scripts/publish.py")
     metrics = json.loads(path.read_text())
-    metrics["robustness"] = block
+    metrics["robustness"] = merge_blocks(metrics.get("robustness"), block)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
 
 
