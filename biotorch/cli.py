@@ -216,6 +216,9 @@ def _push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--cards-dir", default=str(MIRROR), help="where card folders go (default: model_cards/)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; write and push nothing")
     parser.add_argument("--no-push", dest="push", action="store_false", help="build only, never push")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a published card even with worse runs (lower val top-1, fewer seeds or "
+                             "epochs); the card records it")
     parser.add_argument("--org", default=HUB_ORG, help=f"Hub organisation of the repos (default: {HUB_ORG})")
     parser.add_argument("--token", default=None, help="Hub token (default: huggingface_hub.get_token())")
     parser.add_argument("--index", default=str(PRETRAINED_INDEX), help="the registry index to regenerate "
@@ -227,7 +230,7 @@ def _push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _cmd_push(args) -> int:
     publish(Path(args.runs), cards_dir=Path(args.cards_dir), dry_run=args.dry_run, push=args.push, org=args.org,
-            token=args.token, readme=Path(args.readme), index_path=Path(args.index))
+            token=args.token, readme=Path(args.readme), index_path=Path(args.index), force=args.force)
     return 0
 
 

@@ -38,10 +38,12 @@ from .errors import ConfigError
 from .factory import create_model
 from .files import REPO_ROOT, load_yaml, replace_folder, sha256, write_text
 from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, file_record, folder_sha256,
-                  load_checkpoint, read_checkpoint, recorded_sha256, save_pretrained, upload_folder)
+                  load_checkpoint, read_checkpoint, read_config, recorded_sha256, save_pretrained, upload_folder,
+                  verify_sha256)
 from .metrics import count_parameters
 from .registry import PRETRAINED_INDEX, CheckpointRecord, check_name_part, finetune_tag
 from .training import records
+from .weights import fetch, folder_source
 
 
 RUN_METRICS = "metrics.json"
@@ -222,7 +224,7 @@ def _copy_records(run: Run, out: Path) -> bool:
 
 
 def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Optional[Sequence[Path]] = None,
-                      hub_org: str = HUB_ORG, owner: str = HUB_ORG) -> Path:
+                      hub_org: str = HUB_ORG, owner: str = HUB_ORG, forced_over: Optional[str] = None) -> Path:
     """Build one Hub repo folder from the seeds of one (arch, rule, dataset); returns ``out_dir``.
 
     The seed with the best validation top-1 is published. ``baseline_runs`` are the bp runs of the same
@@ -253,13 +255,15 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
 
     model = create_model(f"{arch}_{rule}", num_classes=info.num_classes, in_chans=info.in_chans,
                          seed=best.metrics["seed"], **rule_options)
-    load_checkpoint(model, best.folder / RUN_WEIGHTS)
+    found = fetch(folder_source(best.folder / RUN_WEIGHTS), require_model=False, config_required=False)
+    load_checkpoint(model, found.file, found.sha256)  # the weights published: checked against the run's record
     params_forward, params_feedback = count_parameters(model)
     name = f"{arch}_{rule}.{tag}"
     cfg = dict(name=name, arch=arch, rule=rule, tag=tag, dataset=dataset, split=_split_text(info, best.recipe),
                num_classes=info.num_classes, label_names=list(info.label_names), input_size=list(info.input_size),
                mean=list(info.mean), std=list(info.std), interpolation=info.interpolation, recipe=best.recipe,
-               metrics=aggregate(runs), params_forward=params_forward, params_feedback=params_feedback,
+               metrics=dict(aggregate(runs), **({"forced_over": forced_over} if forced_over else {})),
+               params_forward=params_forward, params_feedback=params_feedback,
                files={}, hub_id=f"{hub_org}/{name}", rule_options=rule_options,
                default=tag == default_dataset(arch), init_from=best.metrics.get("init_from"))
     missing = {f.name for f in dataclasses.fields(CheckpointRecord)} - cfg.keys()
@@ -367,19 +371,73 @@ def _same_weights(run: Run, folder: Path) -> bool:
     return new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
 
 
+def _verify_runs(runs: Sequence[Run]) -> None:
+    """Each run's ``best.safetensors`` against the sha256 its ``config.json`` records (the trainer writes it at the
+    end of a run): a swapped or damaged file is refused before anything is built."""
+    for run in runs:
+        found = fetch(folder_source(run.folder / RUN_WEIGHTS), require_model=False, config_required=False)
+        if found.sha256 is None:
+            raise ValueError(f"{run.folder}: its config.json records no sha256 for {RUN_WEIGHTS}: not a finished run "
+                             "of biotorch train; nothing published")
+        verify_sha256(found.file, found.sha256)
+
+
+def _worse_than_published(runs: Sequence[Run], folder: Path) -> Optional[str]:
+    """Why ``runs`` would be a worse card than the one published in ``folder`` (lower validation top-1, fewer
+    seeds or fewer epochs), or None."""
+    if not (folder / CONFIG_NAME).is_file():
+        return None
+    old = (read_config(folder, require_model=False).get("pretrained_cfg") or {}).get("metrics") or {}
+    new = aggregate(runs)
+    reasons = [f"{what} {new[key]} < {old[key]}" for key, what in (("val_top1", "validation top-1"),
+                                                                   ("seeds", "seeds"), ("epochs", "epochs"))
+               if isinstance(old.get(key), (int, float)) and isinstance(new.get(key), (int, float))
+               and new[key] < old[key]]
+    return "; ".join(reasons) or None
+
+
+def _to_push(cards_dir: Path, names: Optional[set] = None) -> set:
+    """The cards whose push has not succeeded yet (``cards_dir/.to_push.json``, on this machine only); with
+    ``names``, that set is written."""
+    path = cards_dir / TO_PUSH
+    if names is None:
+        return set(json.loads(path.read_text())) if path.is_file() else set()
+    if names:
+        write_text(path, json.dumps(sorted(names)) + "\n")
+    else:
+        path.unlink(missing_ok=True)
+    return names
+
+
+TO_PUSH = ".to_push.json"
+
+
 def publish(runs_root: Path, cards_dir: Path = MIRROR, dry_run: bool = False, push: bool = True,
             org: str = HUB_ORG, token: Optional[str] = None, readme: Optional[Path] = REPO_ROOT / "README.md",
-            index_path: Path = PRETRAINED_INDEX, log=print) -> list[dict]:
+            index_path: Path = PRETRAINED_INDEX, log=print, force: bool = False) -> list[dict]:
     """Build every card folder from the runs under ``runs_root``, rebuild the index and README table, and
-    push the folders whose weights changed when a Hub token is available. Returns the plan (one dict per card).
+    push the folders whose weights changed (or whose last push failed) when a Hub token is available. Returns
+    the plan (one dict per card).
 
-    ``dry_run`` only prints the plan and writes nothing.
+    Checked first, for every card, before anything is written: each run's weights against their sha256, and
+    that no published card is replaced by a worse one (lower validation top-1, fewer seeds or epochs) unless
+    ``force`` (the card then records what it replaced). ``dry_run`` only prints the plan and writes nothing.
     """
     from huggingface_hub import get_token
 
     cards_dir = Path(cards_dir)
     groups = group_runs(find_runs(runs_root))
     token = token or get_token()
+    replaced = {}
+    for name, runs in groups.items():
+        _verify_runs(runs)
+        worse = _worse_than_published(runs, cards_dir / name)
+        if worse and not force:
+            raise ValueError(f"{name}: the runs would replace a better published card ({worse}); nothing "
+                             "published (--force replaces it, and the card records it)")
+        if worse:
+            replaced[name] = worse
+    pending = _to_push(cards_dir)
     plan = []
     for name, runs in groups.items():
         folder, best = cards_dir / name, select_best(runs)
@@ -389,8 +447,8 @@ def publish(runs_root: Path, cards_dir: Path = MIRROR, dry_run: bool = False, pu
         else:
             before = folder_sha256(folder)
             baseline = groups.get(f"{arch}_bp.{tag}")
-            build_card_folder(runs, folder, baseline_runs=baseline, hub_org=org)
-            changed = folder_sha256(folder) != before
+            build_card_folder(runs, folder, baseline_runs=baseline, hub_org=org, forced_over=replaced.get(name))
+            changed = folder_sha256(folder) != before or name in pending  # a failed push is retried
         plan.append({"name": name, "folder": folder, "repo_id": f"{org}/{name}", "seeds": len(runs),
                      "seed": best.metrics["seed"], "changed": changed, "push": bool(push and token and changed)})
     for item in plan:
@@ -409,10 +467,12 @@ def publish(runs_root: Path, cards_dir: Path = MIRROR, dry_run: bool = False, pu
         update_readme_table(readme, index_path)
     elif readme is not None:
         log(f"no README at {readme}: results table not written")
+    pending = _to_push(cards_dir, pending | {item["name"] for item in plan if item["push"]})
     for item in plan:
         if item["push"]:
             upload_folder(item["folder"], item["repo_id"], token=token,
-                        commit_message=f"Publish {item['name']} (seed {item['seed']} of {item['seeds']})")
+                          commit_message=f"Publish {item['name']} (seed {item['seed']} of {item['seeds']})")
+            pending = _to_push(cards_dir, pending - {item["name"]})
             log(f"pushed {item['folder']} → {item['repo_id']}")
     return plan
 

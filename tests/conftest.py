@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import biotorch
-from biotorch.hub import save_weights
+from biotorch.hub import file_record, save_weights
 
 # The smallest valid PNG (1×1, grey): stands in for a run's plots where the test does not look at them.
 TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108000000003a7e9b55"
@@ -45,7 +45,8 @@ def write_run(folder: Path, arch: str = "lenet", rule: str = "fa", dataset: str 
                "device": "cpu", "world_size": 1, "biotorch_version": biotorch.__version__, "recipe": recipe,
                "init_from": started_from}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (folder / "config.json").write_text(json.dumps(model.biotorch_config, indent=2))  # as the trainer does
+    (folder / "config.json").write_text(json.dumps(  # as the trainer does at the end of a run
+        {**model.biotorch_config, "files": {"best.safetensors": file_record(folder / "best.safetensors")}}, indent=2))
     history = [{"epoch": e, "train_loss": 1.0 / e, "train_top1": 50.0 + e, "val_loss": 1.1 / e, "lr": 0.05 / e,
                 "val_top1": None if val_top1 is None else val_top1 - 2 + e, "epoch_time_s": 1.5} for e in (1, 2)]
     (folder / "history.json").write_text(json.dumps(history))

@@ -15,6 +15,7 @@ import biotorch
 from biotorch import cli, hub, publish, registry
 from biotorch.metrics import count_parameters
 from biotorch.hub import MIRROR, WEIGHTS_NAME, sha256
+from conftest import write_run
 
 NAME = "lenet_fa.fashion_mnist"
 
@@ -310,3 +311,42 @@ def test_a_published_resnet20_card_loads_through_torch_hub_offline_on_the_cpu(mo
     # 101 images: within 4 binomial standard deviations of the card's test top-1
     p = cfg.metrics["test_top1"] / 100
     assert abs(top1 / 100 - p) <= 4 * (p * (1 - p) / len(labels)) ** 0.5 + 0.01, (top1, cfg.metrics["test_top1"])
+
+
+def test_publish_checks_before_it_writes_and_retries_a_failed_push(make_run, tmp_path, monkeypatch):
+    runs, cards, index = tmp_path / "runs", tmp_path / "cards", tmp_path / "pretrained.json"
+    monkeypatch.setattr(registry, "PRETRAINED_INDEX", index)
+    options = dict(org="me", token="hf_test", readme=None, index_path=index)
+    try:
+        for seed in (0, 1, 2):
+            make_run(seed=seed, val_top1=80.0 + seed, epochs=10)
+        monkeypatch.setattr(publish, "upload_folder", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+        with pytest.raises(OSError, match="offline"):
+            publish.publish(runs, cards, **options)
+        assert json.loads((cards / publish.TO_PUSH).read_text()) == [NAME]  # the failed push is remembered
+        pushed = []
+        monkeypatch.setattr(publish, "upload_folder", lambda folder, repo_id, **kw: pushed.append(repo_id))
+        plan = publish.publish(runs, cards, **options)  # same weights, but the last push failed: pushed now
+        assert plan[0]["push"] and pushed == [f"me/{NAME}"] and not (cards / publish.TO_PUSH).exists()
+        published = (cards / NAME / "config.json").read_bytes()
+
+        # a worse run (a 2-epoch smoke run of one seed) never replaces the 3-seed card silently
+        smoke = tmp_path / "smoke"
+        write_run(smoke / f"{NAME}-seed0", seed=0, val_top1=10.0)
+        with pytest.raises(ValueError, match=r"better published card \(validation top-1 10.0 < 82.0; seeds 1 < 3"):
+            publish.publish(smoke, cards, **options)
+        assert (cards / NAME / "config.json").read_bytes() == published and len(pushed) == 1
+        publish.publish(smoke, cards, force=True, **options)  # asked for: done, and the card says so
+        metrics = json.loads((cards / NAME / "metrics.json").read_text())
+        assert metrics["seeds"] == 1 and "validation top-1 10.0 < 82.0" in metrics["forced_over"]
+
+        # a run whose weights were swapped after training is refused before anything is built
+        swapped = tmp_path / "swapped"
+        run = write_run(swapped / f"{NAME}-seed0", seed=0, val_top1=99.0, epochs=10)
+        hub.save_weights(biotorch.create_model("lenet_fa", in_chans=1), run / "best.safetensors")
+        before = (cards / NAME / "config.json").read_bytes()
+        with pytest.raises(biotorch.errors.CheckpointError, match="sha256"):
+            publish.publish(swapped, cards, **options)
+        assert (cards / NAME / "config.json").read_bytes() == before
+    finally:
+        registry._pretrained.cache_clear()
