@@ -75,6 +75,7 @@ def _instantiate(model_name: str, rule_options: dict, weights: Optional[_Pretrai
     mixer) when it is not their default.
     """
     arch, rule, _ = split_name(model_name)
+    _check_arguments(model_name, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, seed=seed)
     trained_classes = weights.num_classes if weights is not None and weights.num_classes is not None else num_classes
     size = (img_size, img_size) if isinstance(img_size, int) else img_size
     given = dict(global_pool=None if weights is not None else global_pool,
@@ -121,6 +122,17 @@ def _instantiate(model_name: str, rule_options: dict, weights: Optional[_Pretrai
     if dtype is not None:
         model.to(dtype)
     return model
+
+
+def _check_arguments(model_name: str, *, num_classes, in_chans, drop_rate, seed) -> None:
+    """timm's factory arguments, checked before anything is built (a bad value named, not a ZeroDivisionError
+    deep in an initialiser or a NaN dropout that builds)."""
+    integers = {"num_classes": (num_classes, 0), "in_chans": (in_chans, 1), "seed": (seed, 0)}
+    for key, (value, lowest) in integers.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value < 2 ** 32:
+            raise ValueError(f"{model_name}: {key} must be an integer in [{lowest}, 2**32), got {value!r}")
+    if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0 <= drop_rate < 1:
+        raise ValueError(f"{model_name}: drop_rate must be a number in [0, 1), got {drop_rate!r}")
 
 
 def merge_state(state: dict, taken: dict, *, first_conv: Optional[str], head: Optional[str] = None,

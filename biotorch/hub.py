@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -239,6 +240,26 @@ def _positive_int(config: dict, key: str, where, zero: str = "") -> None:
                           f"got {value!r}")
 
 
+def _check_record(record, path) -> None:
+    """The types of the data fields of a ``config.json``'s ``pretrained_cfg`` (a published record or
+    save_pretrained's data fields), so that a wrong one is named here rather than as a TypeError later."""
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path}: 'pretrained_cfg' must be an object, got {type(record).__name__}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    checks = {"label_names": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of names"),
+              "mean": (lambda v: isinstance(v, list) and v and all(map(number, v)), "a list of numbers"),
+              "std": (lambda v: isinstance(v, list) and v and all(number(x) and x > 0 for x in v),
+                      "a list of positive numbers"),
+              "crop_pct": (lambda v: number(v) and v > 0, "a positive number"),
+              "interpolation": (lambda v: v in ("bilinear", "bicubic", "nearest"), "bilinear, bicubic or nearest"),
+              "files": (lambda v: isinstance(v, dict) and all(isinstance(r, dict) for r in v.values()),
+                        "an object of file records"),
+              **{key: (lambda v: isinstance(v, str), "a string") for key in ("name", "tag", "hub_id", "dataset")}}
+    for key, (valid, what) in checks.items():
+        if record.get(key) is not None and not valid(record[key]):
+            raise ConfigError(f"{path}: 'pretrained_cfg.{key}' must be {what}, got {record[key]!r}"[:300])
+
+
 def read_config(folder: PathLike, require_model: bool = True) -> dict:
     """A checkpoint folder's ``config.json``, every value checked before anything is built from it."""
     path = Path(folder) / CONFIG_NAME
@@ -254,8 +275,13 @@ def read_config(folder: PathLike, require_model: bool = True) -> dict:
     if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256", ""), str)
                                               for v in files.values()):
         raise ConfigError(f"{path}: 'files' must map file names to {{\"sha256\": ...}}")
+    _check_record(config.get("pretrained_cfg", {}), path)
     if not require_model:
         return config
+    size = config.get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ConfigError(f"{path}: 'input_size' must be [channels, height, width] (positive integers), got {size!r}")
     arch, rule = config.get("arch"), config.get("rule")
     if arch not in ARCHITECTURES:
         raise ConfigError(f"{path}: 'arch' is {arch!r}; known architectures: {', '.join(ARCHITECTURES)}")

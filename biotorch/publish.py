@@ -36,7 +36,7 @@ from .card import RECIPE_PER_RUN, markdown_table, model_card, pct, seeds_text, s
 from .data import SPLIT_SEED, dataset_info
 from .errors import ConfigError
 from .factory import create_model
-from .files import REPO_ROOT, load_yaml, replace_folder, sha256, write_text
+from .files import REPO_ROOT, load_yaml, replace_folder, sha256, write_json, write_text
 from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, file_record, folder_sha256,
                   load_checkpoint, read_checkpoint, read_config, recorded_sha256, save_pretrained, upload_folder,
                   verify_sha256)
@@ -81,9 +81,22 @@ class Run:
         missing = [k for k in ("arch", "rule", "dataset", "seed", "val_top1", "test_top1") if k not in self.metrics]
         if missing:
             raise ValueError(f"{self.folder / RUN_METRICS} lacks {', '.join(missing)}")
-        if self.metrics["val_top1"] is None:
+        if not isinstance(self.metrics, dict):
+            raise ValueError(f"{self.folder / RUN_METRICS} must hold a JSON object")
+        if self.metrics.get("val_top1") is None and "val_top1" in self.metrics:
             raise ValueError(f"{self.folder} has no validation top-1 (val_size 0?): a checkpoint is chosen on "
                              "validation, never on test, so this run cannot be published")
+        for key in ("val_top1", "test_top1"):
+            value = self.metrics.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                raise ValueError(f"{self.folder / RUN_METRICS}: {key!r} must be a percentage, got {value!r}")
+        for key in ("epochs_trained", "best_epoch"):
+            value = self.metrics.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{self.folder / RUN_METRICS}: {key!r} must be a positive number of epochs, "
+                                 f"got {value!r}: an untrained run is not published")
+        for key in ("arch", "rule", "dataset"):
+            check_name_part(self.metrics.get(key), f"{self.folder / RUN_METRICS}: {key!r}")
         recipe_path = self.folder / "recipe.yaml"
         self.recipe = (load_yaml(recipe_path.read_text(), str(recipe_path)) if recipe_path.is_file()
                        else dict(self.metrics.get("recipe") or {}))
@@ -280,12 +293,12 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
         config = json.loads((staging / CONFIG_NAME).read_text())
         cfg["metrics"].update(robustness.carried_over(out_dir, recorded_sha256(cfg)))  # same weights
         config["files"], config["pretrained_cfg"] = cfg["files"], cfg
-        write_text(staging / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        write_json(staging / CONFIG_NAME, config)  # JSON without NaN
 
         has_alignment = _copy_records(best, staging)
         metrics_file = {"name": name, "arch": arch, "rule": rule, "dataset": dataset, **cfg["metrics"],
                         "runs": [r.metrics for r in runs]}
-        write_text(staging / "metrics.json", json.dumps(metrics_file, indent=2) + "\n")
+        write_json(staging / "metrics.json", metrics_file)
         baseline = None if rule == "bp" else _baseline(arch, tag, baseline_runs, out_dir)
         attacks = robustness.model_index(cfg["metrics"].get("robustness"))
         section = robustness.card_section(cfg, staging, cards_dirs=(out_dir.parent, MIRROR))  # draws robustness.png
@@ -322,7 +335,7 @@ def build_index(cards_dir: Path = MIRROR, index_path: Path = PRETRAINED_INDEX) -
             raise ValueError(f"{folder / WEIGHTS_NAME} does not match the sha256 in its config.json: rebuild it")
         cfgs.append(cfg)
     cfgs.sort(key=lambda c: c["name"])
-    write_text(Path(index_path), json.dumps(cfgs, indent=2) + "\n")
+    write_json(Path(index_path), cfgs)
     registry._pretrained.cache_clear()
     return cfgs
 

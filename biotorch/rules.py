@@ -232,8 +232,9 @@ class WM(FA):
         super().__init__(feedback_init)
         if not 0 < mirror_lr <= 1:
             raise ValueError(f"wm: mirror_lr must be in (0, 1], got {mirror_lr!r}")
-        if int(mirror_samples) < 1:
-            raise ValueError(f"wm: mirror_samples must be a positive integer, got {mirror_samples!r}")
+        if isinstance(mirror_samples, bool) or not isinstance(mirror_samples, int) or not 1 <= mirror_samples <= 65536:
+            raise ValueError(f"wm: mirror_samples must be an integer in [1, 65536] (noise samples per layer and "
+                             f"step), got {mirror_samples!r}")
         self.mirror_lr, self.mirror_samples = float(mirror_lr), int(mirror_samples)
 
     def setup(self, layer, seed):

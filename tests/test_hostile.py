@@ -3,6 +3,7 @@
 Every hostile file is built here, in the test; none is committed.
 """
 import json
+import re
 import os
 import shutil
 import signal
@@ -385,4 +386,61 @@ def test_every_yaml_goes_through_the_one_safe_loader(make_run):
     run = make_run()
     (run / "recipe.yaml").write_text("a: &a [x, x]\nb: [*a, *a]\n")
     with pytest.raises(ConfigError, match="may not use YAML aliases"):
+        biotorch.publish.Run(run)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("pretrained_cfg", {"label_names": 7}, "'pretrained_cfg.label_names' must be a list of names"),
+    ("pretrained_cfg", {"files": "x"}, "'pretrained_cfg.files' must be an object of file records"),
+    ("pretrained_cfg", {"mean": "x"}, "'pretrained_cfg.mean' must be a list of numbers"),
+    ("pretrained_cfg", [1], "'pretrained_cfg' must be an object"),
+    ("input_size", [1, "a", 32], "'input_size' must be [channels, height, width]"),
+])
+def test_a_folders_config_types_are_named_on_every_path(key, value, message, tmp_path):
+    folder = biotorch.save_pretrained(biotorch.create_model("lenet_fa", in_chans=1), tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    paths = [lambda: biotorch.from_pretrained(folder), lambda: biotorch.transforms(folder)]
+    if key == "pretrained_cfg":
+        paths.append(lambda: biotorch.create_model("lenet_fa", checkpoint=folder))
+    for load in paths:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(in_chans=0), "in_chans must be an integer in [1, 2**32)"),
+    (dict(drop_rate=float("nan")), "drop_rate must be a number in [0, 1)"),
+    (dict(num_classes=-1), "num_classes must be an integer in [0, 2**32)"),
+    (dict(seed=2 ** 40), "seed must be an integer in [0, 2**32)"),
+])
+def test_factory_arguments_are_checked_before_building(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        biotorch.create_model("lenet_fa", **kwargs)
+    with pytest.raises(ValueError, match=r"mirror_samples must be an integer in \[1, 65536\]"):
+        biotorch.create_model("lenet_wm", mirror_samples=10 ** 9)  # refused, not an allocation of 10^9 samples
+
+
+@pytest.mark.parametrize("flag, message", [
+    (["--warmup-epochs", "1e308"], "'warmup_epochs' (1e+308) must be at most 'epochs'"),
+    (["--seed", str(10 ** 23)], "'seed' must be in [0, 2**32)"),
+    (["--lr", "1e308"], "'lr' is 1e+308: beyond float32's range"),
+])
+def test_huge_flag_values_are_one_line(flag, message, tmp_path, capsys):
+    assert message in one_line_error(capsys, train_argv(tmp_path / "run", *flag))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"test_top1": float("nan")}, "'test_top1' must be a percentage"),
+    ({"val_top1": 250.0}, "'val_top1' must be a percentage"),
+    ({"epochs_trained": 0}, "'epochs_trained' must be a positive number of epochs"),
+    ({"dataset": "../../etc"}, "'dataset' must be letters"),
+])
+def test_a_run_with_impossible_metrics_is_not_published(change, message, make_run):
+    run = make_run()
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, **change}))  # json writes NaN as a bare NaN
+    with pytest.raises(ValueError, match=re.escape(message)):
         biotorch.publish.Run(run)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 import yaml
 
 from ..data import AUGMENTS, DATASETS
@@ -261,6 +262,15 @@ def _validate(recipe: Recipe) -> None:
     for key, value in nonnegative.items():
         if value < 0:
             raise ConfigError(f"recipe key {key!r} must be >= 0, got {value!r}")
+    if recipe.warmup_epochs > recipe.epochs:
+        raise ConfigError(f"recipe key 'warmup_epochs' ({recipe.warmup_epochs}) must be at most 'epochs' "
+                          f"({recipe.epochs})")
+    largest = float(torch.finfo(torch.float32).max)  # learning rates and decays live in float32 tensors too
+    for key in ("lr", "weight_decay", "momentum", "gamma", "backbone_lr_scale"):
+        if abs(getattr(recipe, key)) >= largest:
+            raise ConfigError(f"recipe key {key!r} is {getattr(recipe, key)!r}: beyond float32's range")
+    if not 0 <= recipe.seed < 2 ** 32:  # as numpy; feedback seeds (seed * 10007 + i) stay in int64
+        raise ConfigError(f"recipe key 'seed' must be in [0, 2**32), got {recipe.seed}")
     if recipe.freeze_backbone_epochs >= recipe.epochs:
         raise ConfigError(f"recipe key 'freeze_backbone_epochs' ({recipe.freeze_backbone_epochs}) must be less than "
                          f"'epochs' ({recipe.epochs}); to freeze the whole run use freeze_backbone: true")
