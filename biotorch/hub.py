@@ -315,6 +315,11 @@ def upload_folder(folder: PathLike, repo_id: str, token: Optional[str] = None, p
         raise CheckpointError(f"{folder} holds symbolic links ({', '.join(links[:5])}): refusing to upload; "
                               "replace them with the files themselves")
     api = HfApi(endpoint=endpoint, token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", revision=revision,
-                             commit_message=commit_message or f"Upload {folder.name} with biotorch")
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", revision=revision,
+                                 commit_message=commit_message or f"Upload {folder.name} with biotorch")
+    except Exception as error:  # the HTTP client's transport errors (httpx's or httpx2's, by hub version)
+        if isinstance(error, OSError) or not any(c.__name__ == "TransportError" for c in type(error).__mro__):
+            raise
+        raise ConnectionError(f"could not reach the Hub at {api.endpoint} to push {repo_id}: {error}") from None

@@ -350,3 +350,21 @@ def test_publish_checks_before_it_writes_and_retries_a_failed_push(make_run, tmp
         assert (cards / NAME / "config.json").read_bytes() == before
     finally:
         registry._pretrained.cache_clear()
+
+
+def test_an_offline_push_is_one_line_and_is_retried_later(make_run, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    make_run()
+    runs, cards, index = tmp_path / "runs", tmp_path / "cards", tmp_path / "pretrained.json"
+    monkeypatch.setattr(registry, "PRETRAINED_INDEX", index)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    try:
+        argv = ["push", str(runs), "--cards-dir", str(cards), "--index", str(index), "--token", "hf_test",
+                "--readme", str(tmp_path / "no-readme.md")]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "could not reach the Hub at http://127.0.0.1:9" in err, err
+        assert json.loads((cards / publish.TO_PUSH).read_text()) == [NAME]  # built, not pushed: retried next time
+    finally:
+        registry._pretrained.cache_clear()
