@@ -295,7 +295,8 @@ def train_one(recipe: Recipe, folder: Path, home: Path, deadline: float, threads
             eta = (recipe.epochs - trainer.epoch) * recent[len(recent) // 2] * 1.05
             write_json(folder / "status.json", {
                 "epoch": trainer.epoch, "epochs": recipe.epochs, "images_per_s": round(images_per_s),
-                "mean_images_per_s": round(trainer.images_trained / trainer.train_time_s), "eta_s": round(eta),
+                "mean_images_per_s": round(trainer.images_trained / trainer.train_time_s),
+                "median_images_per_s": round(train_images(recipe) / recent[len(recent) // 2]), "eta_s": round(eta),
                 "threads": threads})
             log(f"[{name}] epoch {trainer.epoch}/{recipe.epochs}: {images_per_s:,.0f} img/s ({threads} "
                 f"thread{'s' * (threads > 1)}), val top1 {row['val_top1'] or 0:.2f}, ETA of the run "
@@ -514,7 +515,8 @@ def _record_speed(home: Path, job: Job, folder: Path, threads: int) -> None:
         diverged = folder.with_name(folder.name + DIVERGED) / "status.json"
         status = diverged if diverged.is_file() else status
     if status.is_file():
-        measured = json.loads(status.read_text()).get("mean_images_per_s")
+        record = json.loads(status.read_text())  # the median of the last epochs: a paused or busy one is no speed
+        measured = record.get("median_images_per_s") or record.get("mean_images_per_s")
         if measured:
             path = home / "speeds.json"
             known = json.loads(path.read_text()) if path.is_file() else {}
