@@ -27,16 +27,16 @@ from .convert import exact_gradients
 from .errors import BiotorchError, ConfigError
 from .data import DATASETS, DeviceLoader, dataset_info, load_samples
 from .factory import create_model, model_parameters
-from .pretrained import from_checkpoint
-from .version import __version__
 from .files import REPO_ROOT, SAMPLES
 from .hub import HUB_ORG, MIRROR
+from .pretrained import from_checkpoint
 from .publish import publish
 from .registry import PRETRAINED_INDEX, CheckpointRecord, describe, get_pretrained_cfg, list_models, split_name
 from .training import datasets, evaluate
 from .training.recipe import _TYPES, FIELDS, load_recipe, parse_set
 from .training.runtime import resolve_device
 from .training.trainer import Trainer, default_run_dir
+from .version import __version__
 
 
 # --- list, info --------------------------------------------------------------------------------------------

@@ -409,16 +409,18 @@ def _worse_than_published(runs: Sequence[Run], folder: Path) -> Optional[str]:
     return "; ".join(reasons) or None
 
 
-def _to_push(cards_dir: Path, names: Optional[set] = None) -> set:
-    """The cards whose push has not succeeded yet (``cards_dir/.to_push.json``, on this machine only); with
-    ``names``, that set is written."""
+def _pending_pushes(cards_dir: Path) -> set:
+    """The cards whose push has not succeeded yet (``cards_dir/.to_push.json``, on this machine only)."""
     path = cards_dir / TO_PUSH
-    if names is None:
-        return set(json.loads(path.read_text())) if path.is_file() else set()
+    return set(json.loads(path.read_text())) if path.is_file() else set()
+
+
+def _remember_pushes(cards_dir: Path, names: set) -> set:
+    """Write the cards still to push (none: the file goes); returns ``names``."""
     if names:
-        write_text(path, json.dumps(sorted(names)) + "\n")
+        write_text(cards_dir / TO_PUSH, json.dumps(sorted(names)) + "\n")
     else:
-        path.unlink(missing_ok=True)
+        (cards_dir / TO_PUSH).unlink(missing_ok=True)
     return names
 
 
@@ -450,7 +452,7 @@ def publish(runs_root: Path, cards_dir: Path = MIRROR, dry_run: bool = False, pu
                              "published (--force replaces it, and the card records it)")
         if worse:
             replaced[name] = worse
-    pending = _to_push(cards_dir)
+    pending = _pending_pushes(cards_dir)
     plan = []
     for name, runs in groups.items():
         folder, best = cards_dir / name, select_best(runs)
@@ -480,12 +482,12 @@ def publish(runs_root: Path, cards_dir: Path = MIRROR, dry_run: bool = False, pu
         update_readme_table(readme, index_path)
     elif readme is not None:
         log(f"no README at {readme}: results table not written")
-    pending = _to_push(cards_dir, pending | {item["name"] for item in plan if item["push"]})
+    pending = _remember_pushes(cards_dir, pending | {item["name"] for item in plan if item["push"]})
     for item in plan:
         if item["push"]:
             upload_folder(item["folder"], item["repo_id"], token=token,
                           commit_message=f"Publish {item['name']} (seed {item['seed']} of {item['seeds']})")
-            pending = _to_push(cards_dir, pending - {item["name"]})
+            pending = _remember_pushes(cards_dir, pending - {item["name"]})
             log(f"pushed {item['folder']} → {item['repo_id']}")
     return plan
 
