@@ -11,13 +11,14 @@ Example::
     $ biotorch train --recipe recipes/cifar10_jpeg_gray/lenet.yaml --init-from lenet_fa.fashion_mnist
     $ torchrun --nproc-per-node 8 -m biotorch train --recipe recipes/cifar10_jpeg/resnet20.yaml
     $ biotorch eval lenet_fa.fashion_mnist --per-class
-    $ biotorch push runs --dry-run
+    $ biotorch push runs/lenet_fa.imagefolder-ft-fashion_mnist-seed0 --repo-id me/lenet_fa-shapes
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -26,17 +27,18 @@ from . import registry, robustness
 from .convert import exact_gradients
 from .errors import BiotorchError, ConfigError
 from .data import DATASETS, DeviceLoader, dataset_info, load_samples
-from .factory import create_model, model_parameters
-from .files import REPO_ROOT, SAMPLES
-from .hub import HUB_ORG, MIRROR
-from .pretrained import from_checkpoint
-from .publish import publish
-from .registry import PRETRAINED_INDEX, CheckpointRecord, describe, get_pretrained_cfg, list_models, split_name
+from .card import pct
+from .factory import create_model, data_config, model_parameters
+from .files import SAMPLES
+from .publish import push_to_hub
+from .targets import open_target
+from .registry import CheckpointRecord, describe, get_pretrained_cfg, list_models, split_name
 from .training import datasets, evaluate
 from .training.recipe import _TYPES, FIELDS, load_recipe, parse_set
 from .training.runtime import resolve_device
 from .training.trainer import Trainer, default_run_dir
 from .version import __version__
+from .weights import fetch, folder_source, kind
 
 
 # --- list, info --------------------------------------------------------------------------------------------
@@ -77,7 +79,33 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _info_folder(source: str) -> int:
+    """``biotorch info FOLDER`` (or ``hf-hub:``): what the checkpoint is, takes and scored, where it says."""
+    found = fetch(source if kind(source) == "hub" else folder_source(source))
+    config, cfg = found.config, data_config(source)
+    labels = cfg.get("label_names") or ()
+    print(f"{source}\n  model: {config['arch']}_{config['rule']}"
+          + (f" (rule options {config['rule_options']})" if config.get("rule_options") else "")
+          + f"\n  classes: {config['num_classes']}" + (f" ({', '.join(labels)})" if labels else "")
+          + f"\n  input: {'x'.join(map(str, cfg['input_size']))}, mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])}, "
+          f"crop_pct {cfg['crop_pct']:.4g}, {cfg['interpolation']}\n  weights: {found.file}"
+          + (f" (sha256 {found.sha256[:12]}…)" if found.sha256 else ""))
+    folder = found.file.parent
+    if (folder / "metrics.json").is_file():  # a training run
+        metrics = json.loads((folder / "metrics.json").read_text())
+        test = "none (no test split)" if metrics.get("test_top1") is None else f"{metrics['test_top1']:.2f} %"
+        start = (metrics.get("init_from") or {}).get("source")
+        print(f"  trained on: {metrics.get('dataset')}, {metrics.get('epochs_trained', metrics.get('epochs'))} epochs"
+              + (f", from {start}" if start else "") + f"\n  val top-1: {pct(metrics.get('val_top1'))} %  "
+              f"test top-1: {test}")
+    print(f"  load: biotorch.from_pretrained({source!r})" if kind(source) == "hub" else
+          f"  load: biotorch.from_pretrained(pathlib.Path({str(source)!r}))")
+    return 0
+
+
 def _cmd_info(args) -> int:
+    if kind(args.name) != "name":
+        return _info_folder(args.name)
     arch, rule, tag = split_name(args.name)
     name = f"{arch}_{rule}"
     forward, feedback = model_parameters(name)
@@ -150,31 +178,18 @@ def _samples(folder: Path, dataset: str, device):
 
 
 def _cmd_eval(args) -> int:
-    if args.data is None:
-        if args.checkpoint or args.model is None:
-            raise ValueError("--data is needed with --checkpoint (which dataset to evaluate on)")
-        args.data = get_pretrained_cfg(args.model).dataset  # the checkpoint's own data
-    if args.data not in DATASETS:
-        raise ValueError(f"--data {args.data!r} is not a dataset; choose one of {', '.join(DATASETS)}")
-    info = dataset_info(args.data, args.data_dir)
+    if args.checkpoint and args.model and kind(args.model) != "name":
+        raise ValueError(f"give the checkpoint once: {args.model} or --checkpoint {args.checkpoint}")
+    if args.model is None and not args.checkpoint:
+        raise ValueError("name a model (e.g. lenet_fa.fashion_mnist), a checkpoint folder, or pass --checkpoint")
     device = resolve_device(args.device)
-    name = args.model
     if args.checkpoint:
-        model = from_checkpoint(args.checkpoint, name=name.partition(".")[0] if name else None,
-                                num_classes=info.num_classes, in_chans=info.in_chans, device=device)
-        name = f"{model.biotorch_config['arch']}_{model.biotorch_config['rule']}"
-        classes = model.biotorch_config["num_classes"]
-        if classes != info.num_classes:
-            raise ConfigError(f"{args.checkpoint} has {classes} outputs but {args.data} has {info.num_classes} classes")
-        source = str(args.checkpoint)
+        target = open_target(args.checkpoint, data=args.data, data_dir=args.data_dir, device=device,
+                             name=args.model.partition(".")[0] if args.model else None)
     else:
-        if name is None:
-            raise ValueError("name a model (e.g. lenet_fa.fashion_mnist) or pass --checkpoint")
-        model = create_model(name, pretrained=True, device=device)
-        source = "published weights"
-        classes = getattr(model, "biotorch_config", {}).get("num_classes")
-        if classes is not None and classes != info.num_classes:
-            raise ValueError(f"{name} has {classes} outputs but {args.data} has {info.num_classes} classes")
+        target = open_target(args.model, data=args.data, data_dir=args.data_dir, device=device)
+    model, name, info, args.data = target.model, target.model_name, target.info, target.dataset
+    source = "published weights" if target.published else target.label
     samples, split = SAMPLES / args.data, args.split
     if args.samples and (args.split != "test" or not (samples / "labels.csv").is_file()):
         raise ConfigError(f"--samples evaluates the {args.data} sample test images shipped in {samples}: "
@@ -182,7 +197,8 @@ def _cmd_eval(args) -> int:
     try:
         if args.samples:
             raise FileNotFoundError("--samples")
-        images, labels = datasets.load(args.data, args.split, args.data_dir, download=args.download, device=device)
+        images, labels = datasets.load(args.data, args.split, target.data_dir, download=args.download, info=info,
+                                       device=device)
     except FileNotFoundError as error:
         if args.split != "test" or not (samples / "labels.csv").is_file():
             raise
@@ -211,26 +227,14 @@ def _cmd_eval(args) -> int:
 
 
 # --- push -------------------------------------------------------------------------------------------------
-def _push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("runs", nargs="?", default="runs", help="folder holding training runs (default: runs)")
-    parser.add_argument("--cards-dir", default=str(MIRROR), help="where card folders go (default: model_cards/)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan; write and push nothing")
-    parser.add_argument("--no-push", dest="push", action="store_false", help="build only, never push")
-    parser.add_argument("--force", action="store_true",
-                        help="replace a published card even with worse runs (lower val top-1, fewer seeds or "
-                             "epochs); the card records it")
-    parser.add_argument("--org", default=HUB_ORG, help=f"Hub organisation of the repos (default: {HUB_ORG})")
-    parser.add_argument("--token", default=None, help="Hub token (default: huggingface_hub.get_token())")
-    parser.add_argument("--index", default=str(PRETRAINED_INDEX), help="the registry index to regenerate "
-                        "(default: biotorch/pretrained.json)")
-    parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"), help="README whose table is regenerated")
-    parser.set_defaults(handler=_cmd_push)
-    return parser
-
-
 def _cmd_push(args) -> int:
-    publish(Path(args.runs), cards_dir=Path(args.cards_dir), dry_run=args.dry_run, push=args.push, org=args.org,
-            token=args.token, readme=Path(args.readme), index_path=Path(args.index), force=args.force)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder at {folder}: push takes a training run (runs/...) or a checkpoint folder "
+                                "(biotorch.save_pretrained)")
+    info = push_to_hub(folder, args.repo_id, token=args.token, private=args.private, revision=args.revision,
+                       commit_message=args.message)
+    print(f"pushed {folder} to {getattr(info, 'commit_url', None) or args.repo_id}")
     return 0
 
 
@@ -244,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("pattern", nargs="?", default=None, help="glob, e.g. 'resnet20_*'")
     listing.add_argument("--pretrained", action="store_true", help="list pretrained checkpoints")
     listing.set_defaults(handler=_cmd_list)
-    info = commands.add_parser("info", help="describe a model and its pretrained checkpoints")
-    info.add_argument("name")
+    info = commands.add_parser("info", help="describe a model and its pretrained checkpoints, or a checkpoint folder")
+    info.add_argument("name", help="a model (resnet20_fa), a pretrained name, a checkpoint folder or hf-hub:<org>/<repo>")
     info.set_defaults(handler=_cmd_info)
 
     parser = subparsers.add_parser(
@@ -297,20 +301,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(handler=_cmd_eval)
 
     robustness.add_commands(commands)
-    _push_arguments(subparsers.add_parser(
-        "push", help="build model cards from training runs and push the changed ones to the Hub",
-        description="Build every model card folder from training runs, regenerate the index and the README "
-                    "table, and push the folders whose weights changed."))
+    parser = subparsers.add_parser(
+        "push", help="push your model (a training run, with a model card, or a checkpoint folder) to the Hub",
+        description="Push a training run (a model card is built from it: results, recipe, provenance) or a "
+                    "checkpoint folder (biotorch.save_pretrained) to a Hub repo of yours. The zoo's own cards are "
+                    "published with scripts/publish.py.")
+    parser.add_argument("folder", help="a finished run (runs/...) or a checkpoint folder")
+    parser.add_argument("--repo-id", required=True, help="the Hub repo, <owner>/<name>, e.g. me/lenet_fa-shapes")
+    parser.add_argument("--token", default=None, help="Hub token (default: huggingface_hub's login)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
+    parser.add_argument("--message", default=None, help="commit message")
+    parser.set_defaults(handler=_cmd_push)
     return root
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    return run_command(f"biotorch {args.command}", args.handler, args)
+
+
+def run_command(command: str, handler, args) -> int:
+    """``handler(args)``, its errors as one line on stderr and exit status 2 (every biotorch command, and the
+    maintainer's scripts)."""
     try:
-        return args.handler(args) or 0
+        return handler(args) or 0
+    except BrokenPipeError:  # `biotorch list | head`: the reader has gone, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (BiotorchError, ValueError, OSError, KeyError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"biotorch {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
+        print(f"{command}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
 
 

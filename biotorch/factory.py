@@ -14,6 +14,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from os import PathLike
 from pathlib import Path
@@ -30,7 +31,7 @@ from .hub import DATA_FIELDS
 from .registry import fit_channels, get_pretrained_cfg, list_models, split_name, timm_cfg
 from .weights import Source, fetch, kind, resolve
 
-__all__ = ["create_model", "model_parameters", "transforms"]
+__all__ = ["create_model", "data_config", "model_parameters", "transforms"]
 
 
 def create_model(name: str, pretrained: bool = False, num_classes: Optional[int] = None,
@@ -71,35 +72,55 @@ def model_parameters(name: str) -> tuple[int, int]:
         return count_parameters(create_model(name))
 
 
+def data_config(source) -> dict:
+    """The data cfg (timm's ``pretrained_cfg`` dict: ``input_size``, ``mean``, ``std``, ``interpolation``,
+    ``crop_pct``, ``label_names``, and ``recipe`` where one is known) of a pretrained name, a checkpoint folder,
+    ``hf-hub:<org>/<repo>``, a model (its ``pretrained_cfg``; a published tag's recipe) or a cfg: what
+    :func:`transforms` and fine-tuning on an image folder bring images to.
+
+    Example::
+
+        >>> data_config("lenet_fa.fashion_mnist")["input_size"]
+        (1, 32, 32)
+    """
+    if isinstance(source, nn.Module):
+        cfg = dict(getattr(source, "pretrained_cfg", None) or {})
+        if not cfg:
+            raise ValueError("this model carries no pretrained_cfg (build it with biotorch.create_model or "
+                             "timm.create_model)")
+        name = f"{cfg.get('architecture')}.{cfg.get('tag')}"
+        if cfg.get("tag") and name in list_models(pretrained=True):
+            cfg["recipe"] = get_pretrained_cfg(name).recipe
+        return cfg
+    if not isinstance(source, (str, PathLike, Source)):  # timm's cfg, a CheckpointRecord
+        return source if isinstance(source, dict) else dataclasses.asdict(source)
+    if kind(source) == "name":
+        record = dataclasses.asdict(get_pretrained_cfg(resolve(source).name))
+        return {**record, "crop_pct": data.DATASETS[record["dataset"]].crop_pct}
+    config = fetch(source, require_model=True).config
+    record = config.get("pretrained_cfg") or {}
+    if record.get("dataset") in data.DATASETS:  # a published card's record
+        return {**record, "input_size": tuple(config["input_size"]),
+                "crop_pct": data.DATASETS[record["dataset"]].crop_pct}
+    cfg = {**timm_cfg(f"{config['arch']}_{config['rule']}").to_dict(),  # the architecture's, then the folder's
+           **{k: tuple(record[k]) if isinstance(record[k], list) else record[k]
+              for k in DATA_FIELDS if record.get(k) is not None},
+           "num_classes": config.get("num_classes"), "recipe": record.get("recipe")}
+    fit_channels(cfg, config["input_size"][0])  # the architecture's normalisation, for the folder's channels
+    cfg["input_size"] = tuple(config["input_size"])
+    return cfg
+
+
 def transforms(source, training: bool = False) -> v2.Compose:
     """The transform (PIL image or uint8 tensor of any size → normalised tensor the model takes) of a pretrained
     name (``"lenet_fa.fashion_mnist"``), a checkpoint folder, ``hf-hub:<org>/<repo>`` or a model (its
     ``pretrained_cfg``): timm's ``crop_pct`` semantics (resize to size / crop_pct, centre-crop), channels
-    converted to the model's. With ``training``: the augmentation of the checkpoint's recipe (for a model, of
-    its published tag's; none where no recipe is known).
+    converted to the model's (:func:`data_config`). With ``training``: the augmentation of the checkpoint's recipe
+    (for a model, of its published tag's; none where no recipe is known).
 
     Example::
 
         >>> tf = biotorch.transforms("lenet_fa.fashion_mnist")
         >>> tf_train = biotorch.transforms("out/lenet_fa-finetuned", training=True)
     """
-    if isinstance(source, nn.Module):
-        cfg = dict(getattr(source, "pretrained_cfg", None) or {})
-        name = f"{cfg.get('architecture')}.{cfg.get('tag')}"
-        if training and cfg.get("tag") and name in list_models(pretrained=True):
-            cfg["recipe"] = get_pretrained_cfg(name).recipe
-        return data.transforms(cfg or source, training)
-    if not isinstance(source, (str, PathLike, Source)):  # timm's cfg, a CheckpointRecord
-        return data.transforms(source, training)
-    if kind(source) == "name":
-        return data.transforms(get_pretrained_cfg(resolve(source).name), training)
-    config = fetch(source, require_model=True).config
-    record = config.get("pretrained_cfg") or {}
-    if "dataset" in record:  # a published card's record
-        return data.transforms({**record, "input_size": tuple(config["input_size"])}, training)
-    cfg = {**timm_cfg(f"{config['arch']}_{config['rule']}").to_dict(),  # the architecture's, then the folder's
-           **{k: record[k] for k in DATA_FIELDS if record.get(k) is not None},
-           "recipe": record.get("recipe")}
-    fit_channels(cfg, config["input_size"][0])  # the architecture's normalisation, for the folder's channels
-    cfg["input_size"] = tuple(config["input_size"])
-    return data.transforms(cfg, training)
+    return data.transforms(data_config(source), training)

@@ -82,18 +82,14 @@ def save_weights(model: nn.Module, path: PathLike, metadata: Optional[dict] = No
 DATA_FIELDS = ("mean", "std", "interpolation", "crop_pct", "label_names")
 
 
-def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional[dict] = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``folder`` (a Hub repo layout); returns it.
-
-    ``pretrained_cfg`` (a published record) goes into the config; without it, the data fields of the
-    model's own timm cfg (normalisation, interpolation, crop, label names) do."""
-    if "arch" not in getattr(model, "biotorch_config", {}):  # convert() alone records the rule, not the architecture
-        raise ValueError("save_pretrained needs a model from biotorch.create_model (it records arch and rule)")
-    folder = Path(folder)
-    weights = save_weights(model, folder / WEIGHTS_NAME)
+def checkpoint_config(model: nn.Module, files: dict, pretrained_cfg: Optional[dict] = None) -> dict:
+    """The ``config.json`` of a checkpoint of ``model`` whose weights are ``files`` ({name: file_record}):
+    ``model.biotorch_config`` (arch, rule, seed, classes, channels, input size) and ``pretrained_cfg`` (a
+    published record), else the data fields of the model's own timm cfg (normalisation, interpolation, crop, and
+    the label names of its head, never another head's)."""
     config = dict(model.biotorch_config)
     head_labels = config.pop("label_names", ())  # reset_classifier's (None: a head without names)
-    config["files"] = {WEIGHTS_NAME: file_record(weights)}
+    config["files"] = files
     if pretrained_cfg is None and isinstance(getattr(model, "pretrained_cfg", None), dict):
         pretrained_cfg = {k: model.pretrained_cfg[k] for k in DATA_FIELDS if model.pretrained_cfg.get(k) is not None}
         labels = pretrained_cfg.pop("label_names", None)
@@ -102,7 +98,19 @@ def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional
             pretrained_cfg["label_names"] = list(labels)
     if pretrained_cfg:
         config["pretrained_cfg"] = pretrained_cfg
-    write_json(folder / CONFIG_NAME, config)
+    return config
+
+
+def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional[dict] = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder`` (a Hub repo layout); returns it.
+
+    ``pretrained_cfg`` (a published record) goes into the config; without it, the data fields of the
+    model's own timm cfg (normalisation, interpolation, crop, label names) do (:func:`checkpoint_config`)."""
+    if "arch" not in getattr(model, "biotorch_config", {}):  # convert() alone records the rule, not the architecture
+        raise ValueError("save_pretrained needs a model from biotorch.create_model (it records arch and rule)")
+    folder = Path(folder)
+    weights = save_weights(model, folder / WEIGHTS_NAME)
+    write_json(folder / CONFIG_NAME, checkpoint_config(model, {WEIGHTS_NAME: file_record(weights)}, pretrained_cfg))
     return folder
 
 

@@ -33,7 +33,7 @@ import yaml
 
 from . import registry, robustness
 from .card import RECIPE_PER_RUN, markdown_table, model_card, pct, seeds_text, spread
-from .data import SPLIT_SEED, dataset_info
+from .data import SPLIT_SEED, DatasetInfo, dataset_info
 from .errors import ConfigError
 from .factory import create_model
 from .files import REPO_ROOT, load_yaml, replace_folder, sha256, write_json, write_text
@@ -41,7 +41,7 @@ from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, file_
                   load_checkpoint, read_checkpoint, read_config, recorded_sha256, save_pretrained, upload_folder,
                   verify_sha256)
 from .metrics import count_parameters
-from .registry import PRETRAINED_INDEX, CheckpointRecord, check_name_part, finetune_tag
+from .registry import PRETRAINED_INDEX, CheckpointRecord, check_name_part, check_repo_id, finetune_tag
 from .training import records
 from .weights import fetch, folder_source
 
@@ -86,6 +86,10 @@ class Run:
         if self.metrics.get("val_top1") is None and "val_top1" in self.metrics:
             raise ValueError(f"{self.folder} has no validation top-1 (val_size 0?): a checkpoint is chosen on "
                              "validation, never on test, so this run cannot be published")
+        if self.metrics.get("test_top1") is None and "test_top1" in self.metrics:
+            raise ValueError(f"{self.folder} has no test top-1 (its image folder has no test/): a card reports the "
+                             "test set, evaluated once; add <data_dir>/test/<class>/ images and train again, or share "
+                             "the weights without a card (biotorch.save_pretrained, then push that folder)")
         for key in ("val_top1", "test_top1"):
             value = self.metrics.get(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
@@ -174,14 +178,30 @@ def aggregate(runs: Sequence[Run]) -> dict:
     return out
 
 
-def _dataset_info(dataset: str, recipe: dict):
+def _dataset_info(run: Run):
+    """The data of a run as its card describes it: a catalogued dataset's; an image folder's as the run saw it (its
+    config.json: classes, size, normalisation; the folder itself may be on another machine)."""
+    dataset = run.metrics["dataset"]
+    if dataset == "imagefolder":
+        config = read_config(run.folder) if (run.folder / CONFIG_NAME).is_file() else {}
+        data = config.get("pretrained_cfg") or {}
+        if not data.get("mean") or not data.get("label_names"):
+            raise ValueError(f"{run.folder}: an image-folder run's config.json must record its images' normalisation "
+                             "and class names (runs of biotorch 0.1's trainer do); this one does not")
+        return dataclasses.replace(DatasetInfo.from_cfg({**data, "input_size": config["input_size"]}), name="imagefolder",
+                       description="the trainer's own image folder")
     try:
-        return dataset_info(dataset, recipe.get("data_dir"))
+        return dataset_info(dataset)
     except (KeyError, FileNotFoundError, ValueError) as error:
         raise ValueError(f"cannot describe dataset {dataset!r} of the run: {error}") from None
 
 
-def _split_text(info, recipe: dict) -> str:
+def _split_text(info, run: Run) -> str:
+    recipe, images = run.recipe, run.metrics.get("images") or {}
+    if info.name == "imagefolder" and images:
+        val = f"held out of train/ with seed {SPLIT_SEED}" if run.metrics.get("val_held_out") else "its val/"
+        return (f"an image folder: train {images['train']:,} / val {images['val']:,} ({val}; model selection) / "
+                f"test {images['test']:,} evaluated once")
     if info.val_size is None:
         return "train / val / test are separate folders; val chose the checkpoint, test evaluated once"
     val = recipe.get("val_size") or info.val_size
@@ -237,11 +257,13 @@ def _copy_records(run: Run, out: Path) -> bool:
 
 
 def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Optional[Sequence[Path]] = None,
-                      hub_org: str = HUB_ORG, owner: str = HUB_ORG, forced_over: Optional[str] = None) -> Path:
+                      hub_org: str = HUB_ORG, owner: str = HUB_ORG, forced_over: Optional[str] = None,
+                      repo_id: Optional[str] = None) -> Path:
     """Build one Hub repo folder from the seeds of one (arch, rule, dataset); returns ``out_dir``.
 
     The seed with the best validation top-1 is published. ``baseline_runs`` are the bp runs of the same
     architecture and data (default: ``{arch}_bp.{dataset}/metrics.json`` beside ``out_dir`` or in the mirror).
+    ``repo_id``: the Hub repo the card names (default ``<hub_org>/<name>``, the zoo's).
     The folder is built aside and swapped in, so a failure leaves the previous folder untouched.
 
     Example::
@@ -264,7 +286,7 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
     (arch, rule, dataset), tag, best = runs[0].key, runs[0].tag, select_best(runs)
     out_dir = Path(out_dir)
     rule_options = dict(best.recipe.get("rule_options") or {})
-    info = _dataset_info(dataset, best.recipe)
+    info = _dataset_info(best)
 
     model = create_model(f"{arch}_{rule}", num_classes=info.num_classes, in_chans=info.in_chans,
                          seed=best.metrics["seed"], **rule_options)
@@ -272,12 +294,12 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
     load_checkpoint(model, found.file, found.sha256)  # the weights published: checked against the run's record
     params_forward, params_feedback = count_parameters(model)
     name = f"{arch}_{rule}.{tag}"
-    cfg = dict(name=name, arch=arch, rule=rule, tag=tag, dataset=dataset, split=_split_text(info, best.recipe),
+    cfg = dict(name=name, arch=arch, rule=rule, tag=tag, dataset=dataset, split=_split_text(info, best),
                num_classes=info.num_classes, label_names=list(info.label_names), input_size=list(info.input_size),
                mean=list(info.mean), std=list(info.std), interpolation=info.interpolation, recipe=best.recipe,
                metrics=dict(aggregate(runs), **({"forced_over": forced_over} if forced_over else {})),
                params_forward=params_forward, params_feedback=params_feedback,
-               files={}, hub_id=f"{hub_org}/{name}", rule_options=rule_options,
+               files={}, hub_id=repo_id or f"{hub_org}/{name}", rule_options=rule_options,
                default=tag == default_dataset(arch), init_from=best.metrics.get("init_from"))
     missing = {f.name for f in dataclasses.fields(CheckpointRecord)} - cfg.keys()
     assert not missing, missing  # every CheckpointRecord field, so the index loads into the dataclass
@@ -503,10 +525,10 @@ def push_to_hub(folder: Path, repo_id: str, token: Optional[str] = None, private
 
         >>> biotorch.push_to_hub("runs/lenet_fa.fashion_mnist-seed0", "me/lenet_fa.fashion_mnist")
     """
-    folder = Path(folder)
+    folder, (owner, repo) = Path(folder), check_repo_id(repo_id, "the Hub repo id").split("/")
     if (folder / RUN_WEIGHTS).is_file() and (folder / RUN_METRICS).is_file():  # a training run
         with tempfile.TemporaryDirectory(prefix="biotorch-push-") as staging:
-            card = build_card_folder([folder], Path(staging) / repo_id.split("/")[-1], hub_org=repo_id.split("/")[0])
+            card = build_card_folder([folder], Path(staging) / repo, hub_org=owner, owner=owner, repo_id=repo_id)
             return upload_folder(card, repo_id, token, private, commit_message, revision, endpoint)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder} is neither a checkpoint folder ({WEIGHTS_NAME}, {CONFIG_NAME}) nor a "

@@ -150,6 +150,16 @@ def check_name_part(value, what: str) -> str:
     return value
 
 
+def check_repo_id(value, what: str) -> str:
+    """``value`` if it is a Hub repo id ``<owner>/<name>``, each part a :func:`check_name_part`, else a ValueError."""
+    owner, slash, name = value.partition("/") if isinstance(value, str) else ("", "", "")
+    if not slash:
+        raise ValueError(f"{what} must be <owner>/<name>, e.g. me/lenet_fa-shapes, got {value!r}")
+    check_name_part(owner, f"{what}'s owner")
+    check_name_part(name, f"{what}'s name")
+    return value
+
+
 def get_pretrained_cfg(name: str) -> CheckpointRecord:
     """The metadata of ``arch_rule.tag``, or of the model's default tag when ``name`` has none."""
     arch, rule, tag = split_name(name)

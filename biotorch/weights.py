@@ -35,10 +35,9 @@ from .errors import ConfigError
 from . import hub
 from .hub import (CONFIG_NAME, WEIGHTS_NAME, PathLike, config_beside, find_weights, read_config,
                   recorded_sha256)
-from .registry import CheckpointRecord, get_pretrained_cfg
+from .registry import CheckpointRecord, check_repo_id, get_pretrained_cfg
 
 HUB_PREFIX = "hf-hub:"
-_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +113,10 @@ def resolve(source: Union[Source, PathLike]) -> Source:
         raise ConfigError("a source of weights is a registered name, hf-hub:<org>/<repo> or a folder, got ''")
     if how == "hub":
         repo_id = text[len(HUB_PREFIX):]
-        if _REPO_ID.fullmatch(repo_id) is None:
-            raise ConfigError(f"{text!r}: a Hub id is hf-hub:<org>/<repo>")
+        try:
+            check_repo_id(repo_id, f"{text!r}: the Hub id")
+        except ValueError as error:
+            raise ConfigError(f"{error} (hf-hub:<org>/<repo>)") from None
         return Source("hub", text, repo_id=repo_id)
     if how == "name":
         return Source("name", text, name=get_pretrained_cfg(text).name)

@@ -48,7 +48,7 @@ from biotorch.files import load_yaml
 from biotorch.publish import MIRROR, PRETRAINED_INDEX, REPO_ROOT, Run, build_card_folder, build_index, \
     update_readme_table
 from biotorch.rules import make_rule
-from biotorch.training.recipe import Recipe, load_recipe, make_recipe
+from biotorch.training.recipe import IMAGE_KEYS, Recipe, load_recipe, make_recipe
 from biotorch.training.checkpoint import LOCK, RunLock
 from biotorch.training.records import write_json
 from biotorch.training.trainer import Trainer
@@ -82,7 +82,10 @@ def log(line: str, home: Optional[Path] = None) -> None:
 
 
 def recipe_key(recipe: Recipe) -> dict:
-    return {k: v for k, v in recipe.to_dict().items() if k not in NOT_TRAINING}
+    """What decides a run's numbers. The image-folder keys (added after the campaign began) count only when set,
+    so the runs named before them keep their folders."""
+    return {k: v for k, v in recipe.to_dict().items()
+            if k not in NOT_TRAINING and not (k in IMAGE_KEYS and v is None)}
 
 
 def recipe_hash(recipe: Recipe) -> str:

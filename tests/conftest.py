@@ -21,6 +21,29 @@ TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d494844520000000100000001080000
                          "0000000a49444154789c636800000082008177cd72b60000000049454e44ae426082")
 
 
+def make_imagefolder(root: Path, per_class: int = 12, size: int = 48, splits=("train", "test"),
+                     classes=("circle", "cross", "square")) -> Path:
+    """A user's folder of RGB PNGs, ``<root>/<split>/<class>/<n>.png``: each class a bright shape (a disc, a cross, a
+    square outline) at a random place on dark noise, in a random colour, so a model can learn them."""
+    from torchvision.io import encode_png
+    g = torch.Generator().manual_seed(len(splits) * 1000 + size)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for split in splits:
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for n in range(per_class):
+                cy, cx = (torch.randint(size // 3, 2 * size // 3, (2,), generator=g)).tolist()
+                r = size // 5
+                dy, dx = (yy - cy).abs(), (xx - cx).abs()
+                shape = [(dy ** 2 + dx ** 2) <= r * r, ((dy <= r // 4) & (dx <= r)) | ((dx <= r // 4) & (dy <= r)),
+                         (torch.maximum(dy, dx) <= r) & (torch.maximum(dy, dx) >= r - 2)][c % 3]
+                colour = 0.6 + 0.4 * torch.rand(3, 1, 1, generator=g)
+                image = 0.15 * torch.rand(3, size, size, generator=g) + shape.float() * colour
+                pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+                (root / split / name / f"{n:03d}.png").write_bytes(encode_png(pixels).numpy().tobytes())
+    return root
+
+
 def write_run(folder: Path, arch: str = "lenet", rule: str = "fa", dataset: str = "fashion_mnist", seed: int = 0,
               val_top1: float = 80.0, test_top1: float = 79.0, plots: bool = True, started_from: dict | None = None,
               **recipe) -> Path:
@@ -130,3 +153,45 @@ def missing_tool(message: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message} (CI=true: a missing tool fails)")
     pytest.skip(message)
+
+
+@pytest.fixture
+def loopback_hub(tmp_path, monkeypatch):
+    """A Hub on loopback for pushes: ``HfApi.create_repo``/``upload_folder`` (the real client's calls) copy what
+    would be uploaded into an inbox (olah serves mirrors and accepts no uploads); ``serve()`` then starts olah with
+    every pushed repo and points huggingface_hub at it, so the pushed model is downloaded back like any other."""
+    from huggingface_hub import HfApi, constants
+    from hub_server import OlahServer
+
+    if not OlahServer.available():
+        missing_tool("olah-cli (pip install olah==0.5.4) and git are needed for the loopback Hub server")
+    inbox = tmp_path / "hub-inbox"
+
+    def upload_folder(self, *, folder_path, repo_id, **kwargs):
+        import shutil
+        shutil.copytree(folder_path, inbox / repo_id, dirs_exist_ok=True)
+        return f"{self.endpoint}/{repo_id}/commit/local"
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+
+    class Hub:
+        pushed = inbox
+        server = None
+
+        def serve(self):
+            self.server = OlahServer(tmp_path / "olah")
+            for repo in sorted(p for p in inbox.glob("*/*") if p.is_dir()):
+                self.server.add_repo(f"{repo.parent.name}/{repo.name}", repo)
+            self.server.start()
+            url = self.server.endpoint
+            monkeypatch.setattr(constants, "ENDPOINT", url)
+            monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+            monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+            monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+            return self.server
+
+    hub = Hub()
+    yield hub
+    if hub.server is not None:
+        hub.server.stop()

@@ -15,7 +15,7 @@ import biotorch
 from biotorch import cli, hub, publish, registry
 from biotorch.metrics import count_parameters
 from biotorch.hub import MIRROR, WEIGHTS_NAME, sha256
-from conftest import write_run
+from conftest import load_script, write_run
 
 NAME = "lenet_fa.fashion_mnist"
 
@@ -239,7 +239,8 @@ def test_publish_plans_builds_and_pushes_only_changed_weights(two_seeds, tmp_pat
         plan = publish.publish(runs, cards, dry_run=True, org="me", token="hf_test", readme=None, index_path=index)
         assert plan[0]["changed"] is False
         capsys.readouterr()
-        assert cli.main(["push", str(runs), "--dry-run", "--cards-dir", str(cards), "--index", str(index)]) == 0
+        publish_script = load_script("publish")
+        assert publish_script.main([str(runs), "--dry-run", "--cards-dir", str(cards), "--index", str(index)]) == 0
         assert "weights unchanged" in capsys.readouterr().out
     finally:
         registry._pretrained.cache_clear()
@@ -360,9 +361,9 @@ def test_an_offline_push_is_one_line_and_is_retried_later(make_run, tmp_path, mo
     monkeypatch.setattr(registry, "PRETRAINED_INDEX", index)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     try:
-        argv = ["push", str(runs), "--cards-dir", str(cards), "--index", str(index), "--token", "hf_test",
+        argv = [str(runs), "--cards-dir", str(cards), "--index", str(index), "--token", "hf_test",
                 "--readme", str(tmp_path / "no-readme.md")]
-        assert cli.main(argv) == 2
+        assert load_script("publish").main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "could not reach the Hub at http://127.0.0.1:9" in err, err
         assert json.loads((cards / publish.TO_PUSH).read_text()) == [NAME]  # built, not pushed: retried next time

@@ -19,9 +19,11 @@ Example::
 """
 from .catalog import AUGMENTS, CROP_PCT, DATASETS, SPLIT_SEED, SYNTHETIC, DatasetInfo
 from .loader import DeviceLoader
-from .sources import balanced_subset, dataset_info, holdout, imagefolder_info, load_samples, load_split
+from .sources import (balanced_subset, dataset_info, default_val_size, has_split, holdout, imagefolder_info,
+                      load_samples, load_split)
 from .transforms import eval_transform, transforms
 
 __all__ = ["AUGMENTS", "CROP_PCT", "DATASETS", "SPLIT_SEED", "SYNTHETIC", "DatasetInfo", "DeviceLoader",
-           "balanced_subset", "dataset_info", "eval_transform", "holdout", "imagefolder_info", "load_samples",
+           "balanced_subset", "dataset_info", "default_val_size", "eval_transform", "has_split", "holdout",
+           "imagefolder_info", "load_samples",
            "load_split", "transforms"]

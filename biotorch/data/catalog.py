@@ -9,6 +9,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -52,6 +53,25 @@ class DatasetInfo:
     interpolation: str  # used only where inputs are resized (imagefolder)
     description: str
     crop_pct: float = 1.0
+
+    @classmethod
+    def from_cfg(cls, cfg: dict) -> "DatasetInfo":
+        """The data a model's cfg describes: timm's ``pretrained_cfg`` (a dict: ``input_size``, ``mean``, ``std``,
+        ``interpolation``, ``crop_pct``, optionally ``label_names``) or a ``biotorch.CheckpointRecord``'s dict, whose
+        ``dataset`` says how its images come to size (MNIST's padding, not timm's ``crop_pct``).
+
+        Example::
+
+            >>> DatasetInfo.from_cfg(biotorch.create_model("lenet_fa.fashion_mnist").pretrained_cfg).crop_pct
+            1.1428571428571428
+        """
+        input_size, mean, std = tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"])
+        if cfg.get("dataset") in DATASETS:
+            return dataclasses.replace(DATASETS[cfg["dataset"]], mean=mean, std=std, input_size=input_size,
+                                       in_chans=input_size[0])
+        labels = tuple(cfg.get("label_names") or ())
+        return cls("", cfg.get("num_classes") or len(labels) or None, labels, input_size[0], input_size, mean, std,
+                   None, None, None, cfg.get("interpolation") or "bilinear", "", cfg.get("crop_pct") or 1.0)
 
 
 _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",

@@ -10,7 +10,8 @@ Sources, in the order they are searched (first hit wins):
 Validation split: MNIST/Fashion-MNIST hold out 10,000 and CIFAR 5,000 images of the official
 training set. The held-out indices are the first ``val_size`` entries of
 ``torch.randperm(n_train, generator=torch.Generator().manual_seed(SPLIT_SEED))`` (sorted), so every run,
-machine and user gets the same split; ``tests/test_data.py`` pins that permutation.
+machine and user gets the same split; ``tests/test_data.py`` pins that permutation. An image folder without
+``val/`` holds out a tenth of its ``train/`` by the same permutation.
 
 ``synthetic`` needs no files: ten classes, each a fixed random 32×32 pattern plus per-image noise and
 jitter, generated from a fixed seed (the same images in every run). Tests and smoke runs use it offline.
@@ -49,6 +50,7 @@ PathLike = Union[str, os.PathLike]
 _SYNTHETIC_SEED = 1234
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+HOLDOUT_FRACTION = 0.1  # of an image folder's train/ held out for validation when it has no val/
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -286,32 +288,56 @@ def _load_cifar10_jpeg(name: str, part: str, data_dir: PathLike | None, download
     return images, labels
 
 
-def _load_imagefolder(part: str, data_dir: PathLike | None):
+def _imagefolder_root(data_dir: PathLike | None) -> Path:
     if data_dir is None:
-        raise ValueError("imagefolder needs data_dir: a folder holding train/, val/ or test/")
-    root = Path(data_dir).expanduser() / part
+        raise ValueError("imagefolder needs data_dir (--data-dir): the folder holding train/, val/ and test/")
+    return Path(data_dir).expanduser()
+
+
+def _load_imagefolder(part: str, data_dir: PathLike | None, info: DatasetInfo | None):
+    root = _imagefolder_root(data_dir) / part
     if not root.is_dir():
         raise _not_found("imagefolder", [str(root)], "Expected <data_dir>/{train,val,test}/<class>/<image>.")
-    info = imagefolder_info(data_dir)
+    info = info or imagefolder_info(data_dir)
     items = [(c, f.read_bytes()) for c, f in _list_class_folder(root)]
     return _stack(info, info.label_names, items, str(root))
 
 
-def imagefolder_info(data_dir: PathLike) -> DatasetInfo:
-    """``DATASETS["imagefolder"]`` with classes read from ``<data_dir>/train`` (or the first split found).
+def imagefolder_info(data_dir: PathLike, like: DatasetInfo | None = None) -> DatasetInfo:
+    """``DATASETS["imagefolder"]`` with classes read from ``<data_dir>/train`` (or the first split found); with
+    ``like``, its input size, channels, normalisation, interpolation and ``crop_pct`` instead (a checkpoint's,
+    :meth:`DatasetInfo.from_cfg`: fine-tuning brings a folder's images to what the model was trained on).
 
     Example::
 
         >>> imagefolder_info("~/imagenet").num_classes
         1000
+        >>> imagefolder_info("my_images", DatasetInfo.from_cfg(model.pretrained_cfg)).input_size
+        (1, 32, 32)
     """
-    root = Path(data_dir).expanduser()
+    root = _imagefolder_root(data_dir)
     for part in ("train", "val", "test"):
         if (root / part).is_dir():
             classes = tuple(sorted(p.name for p in (root / part).iterdir() if p.is_dir()))
-            return replace(DATASETS["imagefolder"], num_classes=len(classes), label_names=classes)
+            size = "x".join(map(str, (like or DATASETS["imagefolder"]).input_size))
+            return replace(like or DATASETS["imagefolder"], name="imagefolder", num_classes=len(classes),
+                           label_names=classes, train_size=None, val_size=None, test_size=None,
+                           description=f"the image folder {root}, {len(classes)} classes, brought to {size}")
     raise _not_found("imagefolder", [str(root / p) for p in ("train", "val", "test")],
                      "Expected <data_dir>/{train,val,test}/<class>/<image>.")
+
+
+def has_split(name: str, data_dir: PathLike | None, split: Split) -> bool:
+    """Whether ``name`` has ``split`` as files of its own: a catalogued dataset has train and test (its val is
+    held out of train); an image folder the ones it has folders for."""
+    if name != "imagefolder":
+        return split != "val"
+    return (_imagefolder_root(data_dir) / split).is_dir()
+
+
+def default_val_size(n: int) -> int:
+    """Images held out for validation from an image folder without ``val/``: a tenth, at least one (of two)."""
+    return max(round(n * HOLDOUT_FRACTION), 1 if n > 1 else 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,6 +368,7 @@ def load_split(
     data_dir: PathLike | None = None,
     download: bool = False,
     val_size: int | None = None,
+    info: DatasetInfo | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Load a whole split as ``(uint8 images (N, C, H, W), int64 labels (N,))``.
 
@@ -349,6 +376,10 @@ def load_split(
     normalised: pass ``info.mean``/``info.std`` to :class:`DeviceLoader`. ``"val"`` is held out
     from the official training set with a fixed permutation (see the module docstring);
     ``val_size`` overrides its size (``0`` trains on everything; small numbers suit tiny data).
+
+    An ``imagefolder`` reads ``<data_dir>/<split>/<class>/<image>``; without ``val/`` (or with ``val_size``) its
+    validation images are held out of ``train/`` the same way (a tenth by default: :func:`default_val_size`).
+    ``info`` (imagefolder only) says what its images are brought to (:func:`imagefolder_info`'s ``like``).
 
     Example::
 
@@ -360,8 +391,7 @@ def load_split(
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', not {split!r}")
-    info = DATASETS[name]
-    val_size = info.val_size if val_size is None else val_size
+    val_size = DATASETS[name].val_size if val_size is None else val_size
     if name == SYNTHETIC:
         images, labels = _synthetic(split == "test")
         if split == "test":
@@ -369,19 +399,21 @@ def load_split(
         train_idx, val_idx = holdout(len(images), val_size)
         keep = train_idx if split == "train" else val_idx
         return images[keep], labels[keep]
-    if name == "imagefolder" and (split == "test" or val_size is None):
-        return _load_imagefolder(split, data_dir)
-    part = "test" if split == "test" else "train"
-    if name in _TORCHVISION_FOLDER:
-        images, labels = _load_mnist(name, part, data_dir, download)
-    elif name in _CIFAR_FOLDER:
-        images, labels = _load_cifar(name, part, data_dir, download)
-    elif name in ("cifar10_jpeg", "cifar10_jpeg_gray"):
-        images, labels = _load_cifar10_jpeg(name, part, data_dir, download)
+    if name == "imagefolder":
+        if split == "test" or (val_size is None and (_imagefolder_root(data_dir) / "val").is_dir()):
+            return _load_imagefolder(split, data_dir, info)
+        images, labels = _load_imagefolder("train", data_dir, info)
+        val_size = default_val_size(len(labels)) if val_size is None else val_size
     else:
-        images, labels = _load_imagefolder("train", data_dir)
-    if part == "test":
-        return images, labels
+        part = "test" if split == "test" else "train"
+        if name in _TORCHVISION_FOLDER:
+            images, labels = _load_mnist(name, part, data_dir, download)
+        elif name in _CIFAR_FOLDER:
+            images, labels = _load_cifar(name, part, data_dir, download)
+        else:
+            images, labels = _load_cifar10_jpeg(name, part, data_dir, download)
+        if part == "test":
+            return images, labels
     train_idx, val_idx = holdout(len(images), val_size)
     keep = train_idx if split == "train" else val_idx
     return images[keep], labels[keep]

@@ -89,12 +89,6 @@ def transforms(model_or_cfg, training: bool = False) -> v2.Compose:
         raise ValueError("this model carries no pretrained_cfg (build it with biotorch.create_model or "
                          "timm.create_model); use biotorch.data.eval_transform(dataset_name) instead")
     cfg = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
-    input_size, mean, std = tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"])
-    if cfg.get("dataset") in DATASETS:  # a biotorch.CheckpointRecord: its dataset says how images come to size
-        info = dataclasses.replace(DATASETS[cfg["dataset"]], mean=mean, std=std, input_size=input_size,
-                                   in_chans=input_size[0])
-    else:  # timm's cfg says it with crop_pct
-        info = DatasetInfo("", cfg.get("num_classes"), tuple(cfg.get("label_names") or ()), input_size[0],
-                           input_size, mean, std, None, None, None, cfg["interpolation"], "", cfg["crop_pct"])
+    info = DatasetInfo.from_cfg(cfg)
     augment = (cfg.get("recipe") or {}).get("augment", "none") if training else "none"
     return eval_transform(info, training, augment)

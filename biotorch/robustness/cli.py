@@ -21,15 +21,18 @@ from ..training import datasets
 from ..training.runtime import resolve_device
 from .attacks import (ATTACK_TITLES, ATTACKS, DEFAULT_EPS, GRADIENTS, SUBSET_SEED, accuracy, check_attacks, check_eps,
                       check_gradients, evaluate_robustness)
+from ..targets import open_target
+from ..weights import kind
 from .report import find_row, write_block
 
 def load_images(dataset: str, data_dir=None, *, limit: Optional[int] = None, samples: bool = False,
-                device=None, log=None) -> tuple[Tensor, Tensor, str]:
+                device=None, log=None, info=None) -> tuple[Tensor, Tensor, str]:
     """(images as floats in [0, 1], labels, split) of the test set, found as ``biotorch eval`` finds it
     (``data_dir``, ``$BIOTORCH_DATA``, the cache, system folders), else the sample images in ``samples/``.
 
     ``limit``: a fixed random sample of that many images (seed ``SUBSET_SEED``, in file order), the same for every
-    model; the first N would be one class where the files are sorted by class (cifar10_jpeg's are).
+    model; the first N would be one class where the files are sorted by class (cifar10_jpeg's are). ``info``: what an
+    image folder's images are brought to (the model's size and channels: :func:`biotorch.data.load_split`).
 
     Example::
 
@@ -42,7 +45,7 @@ def load_images(dataset: str, data_dir=None, *, limit: Optional[int] = None, sam
     try:
         if samples:
             raise FileNotFoundError("--samples")
-        images, labels = datasets.load(dataset, "test", data_dir)
+        images, labels = datasets.load(dataset, "test", data_dir, info=info)
         split = "test"
     except FileNotFoundError as error:
         if not (folder / "labels.csv").is_file():
@@ -70,6 +73,9 @@ def _names(patterns: Sequence[str]) -> list[str]:
 
     names = []
     for pattern in patterns:
+        if kind(pattern) != "name":  # a checkpoint folder or hf-hub: repo
+            names.append(pattern)
+            continue
         matches = list_models(pattern, pretrained=True) if any(c in pattern for c in "*?[") else None
         if matches == []:
             raise ValueError(f"no pretrained model matches {pattern!r}; see `biotorch list --pretrained`")
@@ -102,17 +108,27 @@ def _attack_all(names: list[str], args, worker: int = 0) -> list[dict]:
         # shared (measured on 2 cores, torch 2.14): --jobs uses the cores with one process each.
         torch.set_num_threads(args.threads)
     log = lambda message: print(f"biotorch robustness: {message}", file=sys.stderr)  # noqa: E731
-    attacks, eps, gradients = check_attacks(args.attack), check_eps(args.eps), check_gradients(args.gradient)
+    gradients = check_gradients(args.gradient)
     sources: dict[str, tuple[nn.Module, dict]] = {}  # the bp model of each target, and its crafted examples
     data: dict[str, tuple[Tensor, Tensor, str]] = {}  # loaded once per dataset
     outputs = []
     for name in names:
+        if kind(name) != "name":
+            target = open_target(name, data=args.data, data_dir=args.data_dir, device=device)
+            model, label, dataset, info = target.model, target.label, target.dataset, target.info
+            images = load_images(dataset, target.data_dir, limit=args.limit, samples=args.samples, device=device,
+                                 log=log, info=info)
+            if "transfer" in gradients:
+                log(f"{label}: no transfer gradient (it is crafted on the published bp model of the same data; a "
+                    "checkpoint folder has none)")
+            outputs.append(_attack(model, images, label, dataset, args, worker,
+                                   [g for g in gradients if g != "transfer"], None))
+            continue
         cfg = get_pretrained_cfg(name)
         model = sources[cfg.name][0] if cfg.name in sources else _load(cfg.name, device)
         if cfg.dataset not in data:
             data[cfg.dataset] = load_images(cfg.dataset, args.data_dir, limit=args.limit, samples=args.samples,
                                             device=device, log=log)
-        images, labels, split = data[cfg.dataset]
         transfer = None
         if "transfer" in gradients:
             bp_name = f"{cfg.arch}_bp.{cfg.tag}"
@@ -124,17 +140,24 @@ def _attack_all(names: list[str], args, worker: int = 0) -> list[dict]:
                                      "published; choose --gradient exact,rule") from None
                 sources[bp_name] = (bp, {})
             transfer = sources[bp_name]
-        clean = accuracy(model, images, labels, batch_size=args.batch_size)
-        block = evaluate_robustness(model, images, labels, transfer_model=transfer and transfer[0],
-                                    attacks=attacks, eps=eps, gradients=gradients, seed=args.seed,
-                                    batch_size=args.batch_size, split=split,
-                                    transfer_cache=transfer and transfer[1],
-                                    progress=False if args.json else {"desc": cfg.name, "position": worker})
-        outputs.append({"model": cfg.name, "dataset": cfg.dataset, "split": split, "images": len(labels),
-                        "clean_top1": clean, "robustness": block})
+        outputs.append(_attack(model, data[cfg.dataset], cfg.name, cfg.dataset, args, worker, gradients, transfer))
         if args.write:
-            log(f"wrote {write_block(_card_folder(args.write, cfg), block)}")
+            log(f"wrote {write_block(_card_folder(args.write, cfg), outputs[-1]['robustness'])}")
     return outputs
+
+
+def _attack(model: nn.Module, data: tuple[Tensor, Tensor, str], label: str, dataset: str, args, worker: int,
+            gradients: list[str], transfer) -> dict:
+    """One model's clean top-1 and robustness block on ``data`` (images, labels, split)."""
+    images, labels, split = data
+    clean = accuracy(model, images, labels, batch_size=args.batch_size)
+    block = evaluate_robustness(model, images, labels, transfer_model=transfer and transfer[0],
+                                attacks=check_attacks(args.attack), eps=check_eps(args.eps), gradients=gradients,
+                                seed=args.seed,
+                                batch_size=args.batch_size, split=split, transfer_cache=transfer and transfer[1],
+                                progress=False if args.json else {"desc": label, "position": worker})
+    return {"model": label, "dataset": dataset, "split": split, "images": len(labels), "clean_top1": clean,
+            "robustness": block}
 
 
 def run_robustness(args) -> int:
@@ -145,6 +168,9 @@ def run_robustness(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive number of images, got {args.batch_size}")
     names = _names(args.name)
+    folders = [n for n in names if kind(n) != "name"]
+    if args.write and folders:
+        raise ValueError(f"--write records published models in their cards; {folders[0]} is a checkpoint: use --json")
     for name in names if args.write else ():  # every card folder checked before any attack
         _card_folder(args.write, get_pretrained_cfg(name))
     jobs = max(1, min(args.jobs, len(names)))
@@ -183,7 +209,10 @@ def add_commands(subparsers) -> None:
         "robustness", help="top-1 of a pretrained model under FGSM/PGD with exact, rule or transfer gradients",
         description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="+", help="pretrained name(s) or glob(s), e.g. lenet_fa.fashion_mnist or "
-                        "'lenet_*.fashion_mnist' (transfer examples are crafted once for all)")
+                        "'lenet_*.fashion_mnist' (transfer examples are crafted once for all), or checkpoint "
+                        "folders (yours: a run, save_pretrained's) or hf-hub:<org>/<repo>")
+    parser.add_argument("--data", help="dataset a checkpoint folder is attacked on (default: the one it was trained "
+                        "on, where it says)")
     parser.add_argument("--attack", default=",".join(ATTACKS), help="comma-separated: fgsm,pgd (PGD-10)")
     parser.add_argument("--eps", default=",".join(map(str, DEFAULT_EPS)),
                         help="L∞ radii in pixel units (pixels in [0, 1]), comma-separated")

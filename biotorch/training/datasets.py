@@ -13,19 +13,20 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..data import load_split
+from ..data import DatasetInfo, load_split
 
 _cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
 
 def load(name: str, split: str, data_dir=None, *, download: bool = False, val_size: Optional[int] = None,
-         device=None) -> tuple[Tensor, Tensor]:
+         info: Optional[DatasetInfo] = None, device=None) -> tuple[Tensor, Tensor]:
     """``(uint8 images, int64 labels)`` of one split on ``device``, cached: runs trained together in one
-    process (``train_together``) share one copy of each split."""
+    process (``train_together``) share one copy of each split. ``info``: what an image folder's images are brought
+    to (:func:`biotorch.data.load_split`)."""
     device = torch.device(device or "cpu")
-    key = (name, split, str(data_dir), val_size, str(device))
+    key = (name, split, str(data_dir), val_size, info, str(device))
     if key not in _cache:
-        images, labels = load_split(name, split, data_dir=data_dir, download=download, val_size=val_size)
+        images, labels = load_split(name, split, data_dir=data_dir, download=download, val_size=val_size, info=info)
         _cache[key] = (images.to(device), labels.to(device))
     return _cache[key]
 

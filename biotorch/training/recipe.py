@@ -27,7 +27,7 @@ import yaml
 from ..data import AUGMENTS, DATASETS
 from ..errors import ConfigError
 from ..files import load_yaml, write_text
-from ..models import ARCHITECTURES
+from ..models import ARCHITECTURES, DEFAULT_CFGS
 from ..registry import get_pretrained_cfg, split_name
 from ..rules import RULES, make_rule
 from ..weights import kind, resolve
@@ -36,6 +36,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 AMP = ("none", "bf16", "fp16")
 COMPILE = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")  # what resizes a uint8 tensor
+IMAGE_KEYS = ("img_size", "in_chans", "mean", "std", "interpolation")  # an image folder's, only
 
 
 @dataclass
@@ -47,7 +49,14 @@ class Recipe:
     data_dir: Optional[str] = None      # where the dataset files are (default: biotorch.data's search)
     download: bool = False              # let torchvision download the dataset when it is not found
     val_size: Optional[int] = None      # images held out of train for validation (default: the dataset's)
-    limit_train: Optional[int] = None   # train on the first N training images only (smoke runs)
+    limit_train: Optional[int] = None   # train on N training images only, every class in turn (smoke runs)
+    # An image folder's images (data: imagefolder), by default as the init_from checkpoint was trained (size,
+    # channels, normalisation, interpolation, crop), else RGB with ImageNet statistics at the architecture's size:
+    img_size: Optional[int] = None      # the side images are brought to (resized by crop_pct, centre-cropped)
+    in_chans: Optional[int] = None      # 1 (grayscale) or 3 (RGB)
+    mean: Optional[list[float]] = None  # normalisation, one value per channel
+    std: Optional[list[float]] = None
+    interpolation: Optional[str] = None  # bilinear | bicubic | nearest | nearest-exact
     epochs: int = 10
     batch_size: int = 128               # global batch: split across torchrun ranks
     eval_batch_size: int = 1024
@@ -219,6 +228,34 @@ def _validate_init_from(recipe: Recipe) -> None:
                               f"{recipe.model!r}: fine-tuning keeps the architecture")
 
 
+def _validate_images(recipe: Recipe) -> None:
+    given = [k for k in IMAGE_KEYS if getattr(recipe, k) is not None]
+    if given and recipe.data != "imagefolder":
+        size = "x".join(map(str, DATASETS[recipe.data].input_size))
+        raise ConfigError(f"recipe key {given[0]!r} describes an image folder's images (data: imagefolder); "
+                          f"{recipe.data}'s come at {size} with their own normalisation")
+    if recipe.img_size is not None and not 8 <= recipe.img_size <= 4096:
+        raise ConfigError(f"recipe key 'img_size' must be in [8, 4096], got {recipe.img_size}")
+    default = DEFAULT_CFGS[recipe.model]
+    if (recipe.img_size is not None and default["fixed_input_size"] and not default["img_size"]
+            and recipe.img_size != default["input_size"][1]):
+        raise ConfigError(f"recipe key 'img_size' is {recipe.img_size}, but {recipe.model} takes "
+                          f"{default['input_size'][1]}x{default['input_size'][2]} images only")
+    if recipe.in_chans not in (None, 1, 3):
+        raise ConfigError(f"recipe key 'in_chans' must be 1 (grayscale) or 3 (RGB), got {recipe.in_chans}")
+    for key in ("mean", "std"):
+        values = getattr(recipe, key)
+        if values is not None and len(values) not in ({recipe.in_chans} if recipe.in_chans else {1, 3}):
+            raise ConfigError(f"recipe key {key!r} needs one value per channel ({recipe.in_chans or '1 or 3'}), "
+                              f"got {values}")
+    if recipe.mean is not None and recipe.std is not None and len(recipe.mean) != len(recipe.std):
+        raise ConfigError(f"recipe keys 'mean' {recipe.mean} and 'std' {recipe.std} need as many values")
+    if recipe.std is not None and not all(v > 0 for v in recipe.std):
+        raise ConfigError(f"recipe key 'std' must be > 0 for every channel, got {recipe.std}")
+    if recipe.interpolation is not None:
+        _choice("interpolation", recipe.interpolation, INTERPOLATIONS)
+
+
 def _validate(recipe: Recipe) -> None:
     if not recipe.model:
         raise ConfigError("recipe key 'model' is required, e.g. model: resnet20 (or --model resnet20_fa)")
@@ -234,6 +271,7 @@ def _validate(recipe: Recipe) -> None:
     if recipe.data == "imagefolder" and not recipe.data_dir:
         raise ConfigError("recipe key 'data: imagefolder' needs data_dir (--data-dir): the folder holding "
                           "train/, val/ and test/")
+    _validate_images(recipe)
     _choice("rule", recipe.rule, list(RULES))
     try:
         make_rule(recipe.rule, **recipe.rule_options)

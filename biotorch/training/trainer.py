@@ -36,13 +36,15 @@ from torch import Tensor, nn
 
 from ..card import describe_start, pct
 from ..convert import feedback_step
-from ..data import DeviceLoader, balanced_subset, dataset_info
-from ..factory import create_model
+from ..data import DATASETS, DatasetInfo, DeviceLoader, balanced_subset, dataset_info, has_split, imagefolder_info
+from ..factory import create_model, data_config
 from ..pretrained import init_from
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..files import write_json
-from ..hub import RUN_WEIGHTS, file_record, load_checkpoint, save_weights
+from ..hub import RUN_WEIGHTS, checkpoint_config, file_record, load_checkpoint, save_weights
 from ..metrics import alignment, count_parameters, gradient_alignment
+from ..models import DEFAULT_CFGS
+from ..registry import fit_channels
 from ..version import __version__
 from ..weights import fetch, folder_source, resolve
 from . import checkpoint as ckpt
@@ -67,11 +69,43 @@ def graph_memory(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[in
     return tuple(t.data_ptr() for t in tensors)
 
 
-def seeded_model(recipe: Recipe, info, device: torch.device) -> nn.Module:
-    """The run's model as initialised from its seed; ``init_from`` then starts it from a checkpoint."""
+def data_info(recipe: Recipe) -> DatasetInfo:
+    """The run's data: a catalogued dataset as it is; an image folder's classes, brought to what the model takes.
+    That is the data cfg of the checkpoint fine-tuned (``init_from``: its size, channels, normalisation,
+    interpolation and crop), else the folder defaults (RGB, ImageNet statistics) at the architecture's input
+    size; then the recipe's ``img_size``, ``in_chans``, ``mean``, ``std`` and ``interpolation``."""
+    if recipe.data != "imagefolder":
+        return dataset_info(recipe.data, recipe.data_dir)
+    if recipe.init_from:
+        cfg = dict(data_config(recipe.init_from))
+    else:
+        folder = DATASETS["imagefolder"]
+        cfg = dict(input_size=(folder.in_chans, *DEFAULT_CFGS[recipe.model]["input_size"][1:]), mean=folder.mean,
+                   std=folder.std, interpolation=folder.interpolation, crop_pct=folder.crop_pct)
+    cfg.pop("dataset", None)  # a published record's: the folder's images are brought to size by its crop_pct
+    if recipe.in_chans is not None:
+        fit_channels(cfg, recipe.in_chans)
+    if recipe.img_size is not None:
+        cfg["input_size"] = (cfg["input_size"][0], recipe.img_size, recipe.img_size)
+    cfg.update({k: getattr(recipe, k) for k in ("mean", "std", "interpolation") if getattr(recipe, k) is not None})
+    if not len(cfg["mean"]) == len(cfg["std"]) == cfg["input_size"][0]:
+        raise ConfigError(f"recipe keys 'mean' {list(cfg['mean'])} and 'std' {list(cfg['std'])} need one value per "
+                          f"channel of the images ({cfg['input_size'][0]}; set in_chans to change it)")
+    return imagefolder_info(recipe.data_dir, DatasetInfo.from_cfg(cfg))
+
+
+def seeded_model(recipe: Recipe, info: DatasetInfo, device: torch.device) -> nn.Module:
+    """The run's model as initialised from its seed (``init_from`` then starts it from a checkpoint), its timm cfg
+    describing the run's data (size, normalisation, crop, classes), so that its checkpoints reload with it."""
     torch.manual_seed(recipe.seed)
-    return create_model(recipe.model_name, num_classes=info.num_classes, in_chans=info.in_chans,
-                                 device=device, seed=recipe.seed, **recipe.rule_options)
+    size = {"img_size": info.input_size[1:]} if DEFAULT_CFGS[recipe.model]["img_size"] else {}
+    model = create_model(recipe.model_name, num_classes=info.num_classes, in_chans=info.in_chans,
+                         device=device, seed=recipe.seed, **size, **recipe.rule_options)
+    model.pretrained_cfg.update(input_size=tuple(info.input_size), mean=tuple(info.mean), std=tuple(info.std),
+                                interpolation=info.interpolation, crop_pct=info.crop_pct,
+                                label_names=tuple(info.label_names) or None)
+    model.biotorch_config["input_size"] = list(info.input_size)
+    return model
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -170,7 +204,7 @@ class Trainer:
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_recipe(recipe, self.run_dir / "recipe.yaml")
-            write_json(self.run_dir / "config.json", self.model.biotorch_config)
+            write_json(self.run_dir / "config.json", checkpoint_config(self.model, {}))
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard", tensorboard and self.dist.main)
 
         self.frozen = self.backbone_frozen
@@ -189,15 +223,21 @@ class Trainer:
 
     def _setup_data(self, recipe: Recipe) -> None:
         """The splits, resident on the device, and their loaders."""
-        self.info = dataset_info(recipe.data, recipe.data_dir)
+        self.info = data_info(recipe)
+        self.has_test = has_split(recipe.data, recipe.data_dir, "test")
+        self.val_held_out = recipe.val_size is not None or not has_split(recipe.data, recipe.data_dir, "val")
+        if not self.has_test:
+            self.log(f"[{self.name}] no test/ in {recipe.data_dir}: no test number will be reported (the run is "
+                     "selected on validation; add <data_dir>/test/<class>/ images to measure it)")
         load = dict(data_dir=recipe.data_dir, download=recipe.download, val_size=recipe.val_size,
-                    device=self.device)
+                    info=self.info, device=self.device)
         train_x, train_y = datasets.load(recipe.data, "train", **load)
         if recipe.limit_train:  # the first images of every class in turn, not the first files (one class)
             keep = balanced_subset(train_y, recipe.limit_train)
             train_x, train_y = train_x[keep], train_y[keep]
         self.val_x, self.val_y = datasets.load(recipe.data, "val", **load)
         self.has_val = len(self.val_y) > 0
+        self.split_images = {"train": len(train_y), "val": len(self.val_y)}
         norm = dict(mean=self.info.mean, std=self.info.std, device=self.device, channels_last=recipe.channels_last)
         self.train_loader = DeviceLoader(
             train_x, train_y, recipe.batch_size // self.dist.world_size, train=True, augment=recipe.augment,
@@ -424,7 +464,7 @@ class Trainer:
             if improved:
                 best = save_weights(self.model, self.run_dir / RUN_WEIGHTS)
                 files = {RUN_WEIGHTS: file_record(best)}
-                write_json(self.run_dir / "config.json", {**self.model.biotorch_config, "files": files})
+                write_json(self.run_dir / "config.json", checkpoint_config(self.model, files))
             write_history(self.run_dir, self.history)
             if self.alignment_records:
                 write_json(self.run_dir / "alignment.json", self.alignment_records)
@@ -459,8 +499,10 @@ class Trainer:
             plot_curves(self.run_dir / "curves.png", self.history, title)
             if self.alignment_records:
                 plot_alignment(self.run_dir / "alignment.png", self.alignment_records, title)
+            test = ("no test split" if metrics["test_top1"] is None else
+                    f"test top1 {metrics['test_top1']:.2f} top5 {metrics['test_top5']:.2f}")
             self.log(f"[{self.name}] best epoch {metrics['best_epoch']}: val top1 {pct(metrics['val_top1'])}, "
-                     f"test top1 {metrics['test_top1']:.2f} top5 {metrics['test_top5']:.2f} → {self.run_dir}")
+                     f"{test} → {self.run_dir}")
         self.tensorboard.close()
         self.dist.barrier()
         self.close()
@@ -469,15 +511,18 @@ class Trainer:
     def _test_metrics(self) -> dict:
         best = fetch(folder_source(self.run_dir / RUN_WEIGHTS), require_model=False, config_required=False)
         load_checkpoint(self.model, best.file, best.sha256)  # its sha256 is in the run's config.json
-        test_x, test_y = datasets.load(self.recipe.data, "test", self.recipe.data_dir,
-                                       download=self.recipe.download, device=self.device)
-        loader = DeviceLoader(test_x, test_y, self.recipe.eval_batch_size, train=False, **self._norm)
-        test = evaluate(self.model, loader, self.info.num_classes, autocast=self._autocast)
+        test = dict.fromkeys(("top1", "top5", "loss"), None) | {"images": 0}  # an image folder without test/
+        if self.has_test:
+            test_x, test_y = datasets.load(self.recipe.data, "test", self.recipe.data_dir,
+                                           download=self.recipe.download, info=self.info, device=self.device)
+            loader = DeviceLoader(test_x, test_y, self.recipe.eval_batch_size, train=False, **self._norm)
+            test = evaluate(self.model, loader, self.info.num_classes, autocast=self._autocast)
         r = self.recipe
         return {"model": r.model_name, "arch": r.model, "rule": r.rule, "dataset": r.data, "seed": r.seed,
                 "epochs": r.epochs, "epochs_trained": self.epoch, "best_epoch": self.best_epoch,
                 "val_top1": self.best_val if self.has_val else None,
                 "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
+                "images": {**self.split_images, "test": test["images"]}, "val_held_out": self.val_held_out,
                 "train_time_s": self.train_time_s,
                 "images_per_s": self.images_trained / self.train_time_s if self.train_time_s else None,
                 "params_forward": self.params_forward, "params_feedback": self.params_feedback,

@@ -1,0 +1,203 @@
+"""Your images, your checkpoint: fine-tuning a published model on a folder of a user's own images, end to end.
+
+A generated folder of 48×48 RGB PNGs in 3 classes (``conftest.make_imagefolder``) stands in for "a few hundred photos
+in class folders". The CLI path and the Python path (a plain ``torch.utils.data.Dataset``) each fine-tune
+``lenet_fa.fashion_mnist``, evaluate the result from its folder, attack it, push it to the loopback Hub and load it
+back from there.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import biotorch
+from biotorch import cli
+from biotorch.data import DATASETS, imagefolder_info, load_split
+from biotorch.data.catalog import DatasetInfo
+from conftest import make_imagefolder
+
+START = "lenet_fa.fashion_mnist"
+CLASSES = ["circle", "cross", "square"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("mine") / "my_images")
+
+
+def outputs(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def run_cli(capsys, *argv) -> str:
+    capsys.readouterr()
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def test_fine_tune_evaluate_attack_and_push_from_the_command_line(images, tmp_path, capsys, loopback_hub):
+    run = tmp_path / "runs" / "shapes"
+    log = run_cli(capsys, "train", "--init-from", START, "--data", "imagefolder", "--data-dir", images, "--epochs", 5,
+                  "--batch-size", 8, "--out", run, "--no-progress")
+    assert "no test number" not in log  # the folder has test/
+    metrics = json.loads((run / "metrics.json").read_text())
+    # The folder has no val/: a seeded tenth of train/ was held out; the images were brought to the checkpoint's input
+    assert metrics["images"] == {"train": 32, "val": 4, "test": 36} and metrics["val_held_out"] is True
+    config = json.loads((run / "config.json").read_text())
+    assert config["input_size"] == [1, 32, 32] and config["num_classes"] == 3
+    assert config["pretrained_cfg"]["label_names"] == CLASSES
+    assert config["pretrained_cfg"]["mean"] == list(DATASETS["fashion_mnist"].mean)
+    assert metrics["test_top1"] >= 50, metrics  # chance is 33 %: it learned the shapes
+
+    result = json.loads(run_cli(capsys, "eval", run, "--json"))  # its own data, from the run's recipe
+    assert result["dataset"] == "imagefolder" and result["images"] == 36
+    assert result["top1"] == pytest.approx(metrics["test_top1"])
+    info = run_cli(capsys, "info", run)
+    assert "classes: 3 (circle, cross, square)" in info and "input: 1x32x32" in info
+
+    attacked = json.loads(run_cli(capsys, "robustness", run, "--attack", "fgsm", "--eps", "0.1", "--json"))
+    assert attacked["clean_top1"] == pytest.approx(metrics["test_top1"])
+    assert {row["gradient"] for row in attacked["robustness"]} == {"exact", "rule"}  # no bp model to transfer from
+    exact = next(r for r in attacked["robustness"] if r["gradient"] == "exact")
+    assert exact["top1"] < attacked["clean_top1"]
+
+    pushed = run_cli(capsys, "push", run, "--repo-id", "me/lenet_fa-shapes")
+    assert "me/lenet_fa-shapes" in pushed
+    card = loopback_hub.pushed / "me" / "lenet_fa-shapes"
+    assert {"model.safetensors", "config.json", "README.md", "metrics.json"} <= {p.name for p in card.iterdir()}
+    record = json.loads((card / "config.json").read_text())["pretrained_cfg"]
+    assert record["hub_id"] == "me/lenet_fa-shapes" and record["label_names"] == CLASSES
+    assert record["init_from"]["name"] == START and "an image folder: train 32 / val 4" in record["split"]
+    assert not (Path(biotorch.__file__).parent / "pretrained.json").read_text().count("lenet_fa-shapes")
+
+    loopback_hub.serve()
+    remote = biotorch.from_pretrained("hf-hub:me/lenet_fa-shapes")
+    local = biotorch.from_pretrained(run)
+    x = biotorch.transforms(run)(Image.open(next((images / "test" / "cross").iterdir()))).unsqueeze(0)
+    assert torch.equal(outputs(remote, x), outputs(local, x))
+    assert remote.pretrained_cfg["label_names"] == tuple(CLASSES)
+
+
+class Shapes(torch.utils.data.Dataset):
+    """A user's own dataset: files and labels, PIL images through a transform."""
+
+    def __init__(self, root: Path, transform):
+        self.files = [(f, c) for c, name in enumerate(CLASSES) for f in sorted((root / name).iterdir())]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        path, label = self.files[i]
+        return self.transform(Image.open(path)), label
+
+
+def test_fine_tune_evaluate_attack_and_push_from_python(images, tmp_path, capsys, loopback_hub):
+    torch.manual_seed(0)
+    model = biotorch.create_model(START, pretrained=True)
+    model.reset_classifier(3, label_names=CLASSES)  # a new head, learning with fa
+    train = torch.utils.data.DataLoader(Shapes(images / "train", biotorch.transforms(START, training=True)),
+                                        batch_size=8, shuffle=True)
+    assert next(iter(train))[0].shape == (8, 1, 32, 32)  # RGB 48×48 → the checkpoint's grayscale 32×32
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(6):
+        for x, y in train:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            biotorch.feedback_step(model)
+    folder = biotorch.save_pretrained(model, tmp_path / "my-shapes")
+
+    test = Shapes(images / "test", biotorch.transforms(folder))
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    y = torch.tensor([test[i][1] for i in range(len(test))])
+    top1 = 100 * (outputs(biotorch.from_pretrained(folder), x).argmax(1) == y).float().mean().item()
+    assert top1 >= 50, top1
+
+    # The CLI on the saved folder measures the same images the same way.
+    result = json.loads(run_cli(capsys, "eval", folder, "--data", "imagefolder", "--data-dir", images, "--json"))
+    assert result["top1"] == pytest.approx(top1, abs=1e-4)
+    attacked = json.loads(run_cli(capsys, "robustness", folder, "--data", "imagefolder", "--data-dir", images,
+                                  "--attack", "fgsm", "--eps", "0.1", "--gradient", "exact", "--json"))
+    assert attacked["clean_top1"] == pytest.approx(top1, abs=1e-4) and attacked["robustness"][0]["top1"] < top1
+
+    biotorch.push_to_hub(folder, "me/my-shapes")
+    loopback_hub.serve()
+    remote = biotorch.from_pretrained("hf-hub:me/my-shapes")
+    assert torch.equal(outputs(remote, x), outputs(biotorch.from_pretrained(folder), x))
+    assert biotorch.create_model("lenet_fa", checkpoint=folder).pretrained_cfg["label_names"] == tuple(CLASSES)
+
+
+# --- the pieces -------------------------------------------------------------------------------------------------
+
+
+def test_an_image_folder_is_brought_to_the_checkpoint_and_overridden_by_recipe_keys(images, tmp_path):
+    from biotorch.training.recipe import make_recipe
+    from biotorch.training.trainer import data_info
+
+    base = dict(data="imagefolder", data_dir=str(images))
+    info = data_info(make_recipe({**base, "init_from": START}))
+    assert (info.input_size, info.mean, info.crop_pct) == ((1, 32, 32), DATASETS["fashion_mnist"].mean, 32 / 28)
+    assert info.label_names == tuple(CLASSES)
+    scratch = data_info(make_recipe({**base, "model": "resnet20"}))  # no checkpoint: RGB, ImageNet statistics
+    assert (scratch.input_size, scratch.mean) == ((3, 32, 32), DATASETS["imagefolder"].mean)
+    custom = data_info(make_recipe({**base, "model": "resnet20", "img_size": 40, "in_chans": 1, "mean": [0.5],
+                                    "std": [0.25], "interpolation": "bicubic"}))
+    assert (custom.input_size, custom.mean, custom.std, custom.interpolation) == ((1, 40, 40), (0.5,), (0.25,),
+                                                                                  "bicubic")
+    x, y = load_split("imagefolder", "test", images, info=custom)
+    assert x.shape == (36, 1, 40, 40) and y.tolist() == sorted(y.tolist())
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"data": "fashion_mnist", "img_size": 64}, "describes an image folder's images"),
+    ({"model": "lenet", "img_size": 64}, "lenet takes 32x32 images only"),
+    ({"in_chans": 2}, "must be 1 (grayscale) or 3 (RGB)"),
+    ({"in_chans": 1, "mean": [0.5, 0.5, 0.5]}, "one value per channel"),
+    ({"std": [0.2, 0.0, 0.2]}, "must be > 0"),
+    ({"interpolation": "cubic"}, "Did you mean bicubic"),
+    ({"img_size": 2}, "must be in [8, 4096]"),
+])
+def test_bad_image_keys_fail_naming_the_key(images, values, expected, capsys):
+    argv = ["train", "--data", "imagefolder", "--data-dir", str(images), "--model", "resnet20"]
+    for key, value in values.items():
+        argv += [f"--{key.replace('_', '-')}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and expected in err, err
+
+
+def test_without_val_a_seeded_tenth_is_held_out_and_without_test_the_run_says_so(tmp_path, capsys):
+    folder = make_imagefolder(tmp_path / "only-train", per_class=5, splits=("train",))
+    info = imagefolder_info(folder)
+    train, train_y = load_split("imagefolder", "train", folder, info=info)
+    val, val_y = load_split("imagefolder", "val", folder, info=info)
+    assert (len(train_y), len(val_y)) == (13, 2)  # round(15 / 10)
+    again = load_split("imagefolder", "val", folder, info=info)[0]
+    assert torch.equal(val, again) and not any(torch.equal(v, t) for v in val for t in train)
+    run = tmp_path / "run"
+    log = run_cli(capsys, "train", "--model", "lenet", "--data", "imagefolder", "--data-dir", folder, "--epochs", 1,
+                  "--batch-size", 4, "--out", run, "--no-progress")
+    first = log.splitlines()[0]
+    assert "no test/ in" in first and "no test number will be reported" in first  # said at the start
+    assert "no test split" in log.splitlines()[-1]
+    assert json.loads((run / "metrics.json").read_text())["test_top1"] is None
+    assert cli.main(["push", str(run), "--repo-id", "me/x"]) == 2
+    assert "has no test top-1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("repo_id", ["me", "me/..", "../x", "me/a/b", "me/ x", ""])
+def test_push_refuses_a_repo_id_that_is_not_owner_slash_name(repo_id, tmp_path, capsys, make_run):
+    run = make_run()
+    assert cli.main(["push", str(run), "--repo-id", repo_id]) == 2
+    assert "Hub repo id" in capsys.readouterr().err
