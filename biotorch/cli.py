@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import registry, robustness
 from .convert import exact_gradients
-from .errors import BiotorchError, ConfigError
+from .errors import BiotorchError, ConfigError, shorten
 from .data import DATASETS, DeviceLoader, dataset_info, load_samples
 from .card import pct
 from .factory import create_model, data_config, model_parameters
@@ -203,7 +203,7 @@ def _cmd_eval(args) -> int:
         if args.split != "test" or not (samples / "labels.csv").is_file():
             raise
         if not args.samples:
-            print(f"biotorch eval: no {args.data} test set found ({' '.join(str(error).split())[:300]}); "
+            print(f"biotorch eval: no {args.data} test set found ({shorten(str(error), 300)}); "
                   f"evaluating on the {args.data} sample images shipped in {samples} instead")
         images, labels = _samples(samples, args.data, device)
         split = f"samples ({samples.name})"

@@ -30,3 +30,13 @@ class RunLockedError(BiotorchError, RuntimeError):
 
 class NonFiniteError(BiotorchError, RuntimeError):
     """A training loss became NaN or infinite."""
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` on one line, cut at a space (never inside a word or a path) to at most ``width`` characters, with
+    " …" where it was cut; what a message quotes of another error."""
+    line = " ".join(str(text).split())
+    if len(line) <= width:
+        return line
+    cut = line.rfind(" ", 0, width - 1)
+    return (line[:cut] if cut > 0 else line[:width - 2]) + " …"

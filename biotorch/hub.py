@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .convert import feedback_fingerprint
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, shorten
 from .files import REPO_ROOT, atomic_write, sha256, write_json
 from .models import ARCHITECTURES
 from .rules import RULES, make_rule
@@ -116,7 +116,7 @@ def save_pretrained(model: nn.Module, folder: PathLike, pretrained_cfg: Optional
 
 def _open_error(path, error) -> CheckpointError:
     return CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt, truncated or another "
-                           f"format): {' '.join(str(error).split())[:200]}")
+                           f"format): {shorten(str(error), 200)}")
 
 
 def verify_sha256(path: PathLike, expected: Optional[str]) -> None:
@@ -265,7 +265,8 @@ def _check_record(record, path) -> None:
               **{key: (lambda v: isinstance(v, str), "a string") for key in ("name", "tag", "hub_id", "dataset")}}
     for key, (valid, what) in checks.items():
         if record.get(key) is not None and not valid(record[key]):
-            raise ConfigError(f"{path}: 'pretrained_cfg.{key}' must be {what}, got {record[key]!r}"[:300])
+            raise ConfigError(f"{path}: 'pretrained_cfg.{key}' must be {what}, got "
+                              f"{shorten(repr(record[key]), 120)}")
 
 
 def read_config(folder: PathLike, require_model: bool = True) -> dict:

@@ -28,14 +28,16 @@ import dataclasses
 import functools
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
+from . import hub, registry
 from .errors import ConfigError
-from . import hub
 from .hub import (CONFIG_NAME, WEIGHTS_NAME, PathLike, config_beside, find_weights, read_config,
                   recorded_sha256)
 from .registry import CheckpointRecord, check_repo_id, get_pretrained_cfg
+from .version import __version__
 
 HUB_PREFIX = "hf-hub:"
 
@@ -181,8 +183,27 @@ def _download_repo(repo_id: str, revision: Optional[str], local_files_only: bool
     """The folder of a Hub checkpoint repo (config and weights) in the local HF cache, downloaded if needed."""
     from huggingface_hub import hf_hub_download
 
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     get = functools.partial(hf_hub_download, repo_id, revision=revision, local_files_only=local_files_only,
                             cache_dir=cache_dir)
-    config = get(CONFIG_NAME)
-    get(WEIGHTS_NAME)
+    try:
+        config = get(CONFIG_NAME)
+        get(WEIGHTS_NAME)
+    except LocalEntryNotFoundError:  # the Hub unreachable (or offline mode) and not in the cache
+        mirror = _mirror_of(repo_id)
+        if mirror is None or revision is not None:
+            raise
+        warnings.warn(f"the Hub could not be reached and {repo_id} is not in the HF cache: loaded this clone's copy, "
+                      f"{mirror} (the weights biotorch {__version__} publishes; HF_HUB_OFFLINE=1 skips the retries)",
+                      stacklevel=3)
+        return mirror
     return Path(config).parent
+
+
+def _mirror_of(repo_id: str) -> Optional[Path]:
+    """This clone's copy of a repo the registry publishes (``model_cards/<name>``), if it has one."""
+    for record in registry._pretrained().values():
+        if record.hub_id == repo_id and (hub.MIRROR / record.name / CONFIG_NAME).is_file():
+            return hub.MIRROR / record.name
+    return None

@@ -157,41 +157,29 @@ def missing_tool(message: str) -> None:
 
 @pytest.fixture
 def loopback_hub(tmp_path, monkeypatch):
-    """A Hub on loopback for pushes: ``HfApi.create_repo``/``upload_folder`` (the real client's calls) copy what
-    would be uploaded into an inbox (olah serves mirrors and accepts no uploads); ``serve()`` then starts olah with
-    every pushed repo and points huggingface_hub at it, so the pushed model is downloaded back like any other."""
+    """A Hub on loopback that takes pushes: olah serves its mirrors (and accepts no uploads), so the real client's
+    ``HfApi.create_repo``/``upload_folder`` calls commit what would be uploaded into a mirror repo instead, which
+    olah then serves to ``hf_hub_download``, ``from_pretrained("hf-hub:...")`` and timm like any Hub repo. The
+    fixture's ``pushed`` is the folder holding the pushed repos (``pushed / owner / name``)."""
     from huggingface_hub import HfApi, constants
     from hub_server import OlahServer
 
     if not OlahServer.available():
         missing_tool("olah-cli (pip install olah==0.5.4) and git are needed for the loopback Hub server")
-    inbox = tmp_path / "hub-inbox"
+    server = OlahServer(tmp_path / "olah")
 
     def upload_folder(self, *, folder_path, repo_id, **kwargs):
-        import shutil
-        shutil.copytree(folder_path, inbox / repo_id, dirs_exist_ok=True)
-        return f"{self.endpoint}/{repo_id}/commit/local"
+        if (server.mirrors / "models" / repo_id).exists():
+            raise AssertionError(f"{repo_id} pushed twice in one test")
+        return f"{server.endpoint}/{repo_id}/commit/{server.add_repo(repo_id, Path(folder_path))}"
 
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-
-    class Hub:
-        pushed = inbox
-        server = None
-
-        def serve(self):
-            self.server = OlahServer(tmp_path / "olah")
-            for repo in sorted(p for p in inbox.glob("*/*") if p.is_dir()):
-                self.server.add_repo(f"{repo.parent.name}/{repo.name}", repo)
-            self.server.start()
-            url = self.server.endpoint
-            monkeypatch.setattr(constants, "ENDPOINT", url)
-            monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-            monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-            monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-            return self.server
-
-    hub = Hub()
-    yield hub
-    if hub.server is not None:
-        hub.server.stop()
+    with server:
+        url = server.endpoint
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        server.pushed = server.mirrors / "models"
+        yield server

@@ -78,7 +78,6 @@ def test_fine_tune_evaluate_attack_and_push_from_the_command_line(images, tmp_pa
     assert record["init_from"]["name"] == START and "an image folder: train 32 / val 4" in record["split"]
     assert not (Path(biotorch.__file__).parent / "pretrained.json").read_text().count("lenet_fa-shapes")
 
-    loopback_hub.serve()
     remote = biotorch.from_pretrained("hf-hub:me/lenet_fa-shapes")
     local = biotorch.from_pretrained(run)
     x = biotorch.transforms(run)(Image.open(next((images / "test" / "cross").iterdir()))).unsqueeze(0)
@@ -132,7 +131,6 @@ def test_fine_tune_evaluate_attack_and_push_from_python(images, tmp_path, capsys
     assert attacked["clean_top1"] == pytest.approx(top1, abs=1e-4) and attacked["robustness"][0]["top1"] < top1
 
     biotorch.push_to_hub(folder, "me/my-shapes")
-    loopback_hub.serve()
     remote = biotorch.from_pretrained("hf-hub:me/my-shapes")
     assert torch.equal(outputs(remote, x), outputs(biotorch.from_pretrained(folder), x))
     assert biotorch.create_model("lenet_fa", checkpoint=folder).pretrained_cfg["label_names"] == tuple(CLASSES)
@@ -201,3 +199,55 @@ def test_push_refuses_a_repo_id_that_is_not_owner_slash_name(repo_id, tmp_path, 
     run = make_run()
     assert cli.main(["push", str(run), "--repo-id", repo_id]) == 2
     assert "Hub repo id" in capsys.readouterr().err
+
+
+# --- papercuts ----------------------------------------------------------------------------------------------------
+
+
+def test_epoch_lines_arrive_while_training_when_stdout_is_a_pipe(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "biotorch", "train", "--model", "lenet", "--data", "synthetic",
+                                "--epochs", "40", "--out", str(tmp_path / "run"), "--alignment-every", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in process.stdout:  # without a flush the lines would come only when the process ends
+            if "epoch 1/40" in line:
+                assert process.poll() is None, "the first epoch's line came only after the run ended"
+                break
+        else:
+            pytest.fail("no epoch line")
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_an_unreachable_hub_falls_back_to_the_clones_copy_of_our_repos(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as unreachable, without the client's retries
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="the Hub could not be reached .* loaded this clone's copy"):
+        model = biotorch.from_pretrained(f"hf-hub:biotorch/{START}")
+    assert torch.equal(outputs(model, x), outputs(biotorch.create_model(START, pretrained=True), x))
+    with pytest.raises(LocalEntryNotFoundError):  # a revision asked for: only the Hub has it
+        biotorch.from_pretrained(f"hf-hub:biotorch/{START}", revision="v0")
+    with pytest.raises(LocalEntryNotFoundError):  # not ours: nothing to fall back to
+        biotorch.from_pretrained("hf-hub:someone/else")
+
+
+def test_a_long_reason_is_shortened_at_a_word(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BIOTORCH_DATA", str(tmp_path / ("a-rather-long-folder-name-" * 6)))
+    monkeypatch.setenv("BIOTORCH_CACHE", str(tmp_path / "cache"))  # not the staged data of this machine
+    with pytest.raises(FileNotFoundError) as error:
+        load_split("fashion_mnist", "test", data_dir=tmp_path / "nothing")
+    words = str(error.value).split()
+    assert cli.main(["eval", START, "--data-dir", str(tmp_path / "nothing")]) == 0
+    notice = capsys.readouterr().out.splitlines()[0]
+    reason = notice.partition(" found (")[2].rpartition("); evaluating")[0].split()
+    assert reason[-1] == "…" and reason[:-1] == words[:len(reason) - 1], notice

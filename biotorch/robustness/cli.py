@@ -13,16 +13,17 @@ import torch
 from torch import Tensor, nn
 
 from ..data import load_samples
+from ..errors import shorten
 from ..factory import create_model
 from ..files import SAMPLES
 from ..hub import folder_sha256, recorded_sha256
 from ..registry import get_pretrained_cfg, list_models
+from ..targets import open_target
 from ..training import datasets
 from ..training.runtime import resolve_device
+from ..weights import kind
 from .attacks import (ATTACK_TITLES, ATTACKS, DEFAULT_EPS, GRADIENTS, SUBSET_SEED, accuracy, check_attacks, check_eps,
                       check_gradients, evaluate_robustness)
-from ..targets import open_target
-from ..weights import kind
 from .report import find_row, write_block
 
 def load_images(dataset: str, data_dir=None, *, limit: Optional[int] = None, samples: bool = False,
@@ -51,7 +52,7 @@ def load_images(dataset: str, data_dir=None, *, limit: Optional[int] = None, sam
         if not (folder / "labels.csv").is_file():
             raise
         if not samples and log is not None:
-            log(f"no {dataset} test set found ({' '.join(str(error).split())[:200]}); attacking the sample "
+            log(f"no {dataset} test set found ({shorten(str(error), 200)}); attacking the sample "
                 f"images in {folder} instead")
         images, labels = load_samples(folder, dataset)
         split = "samples"

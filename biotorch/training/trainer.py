@@ -69,6 +69,10 @@ def graph_memory(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[in
     return tuple(t.data_ptr() for t in tensors)
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)  # a line per epoch shows up at once where stdout is a pipe or a file (nohup, CI)
+
+
 def data_info(recipe: Recipe) -> DatasetInfo:
     """The run's data: a catalogued dataset as it is; an image folder's classes, brought to what the model takes.
     That is the data cfg of the checkpoint fine-tuned (``init_from``: its size, channels, normalisation,
@@ -130,7 +134,7 @@ class Trainer:
     """
 
     def __init__(self, recipe: Recipe, run_dir, *, resume: bool = False, tensorboard: bool = False,
-                 progress: bool = True, log: Optional[Callable[[str], None]] = print, name: Optional[str] = None):
+                 progress: bool = True, log: Optional[Callable[[str], None]] = _say, name: Optional[str] = None):
         self.recipe, self.run_dir = recipe, Path(run_dir)
         self.name = name or recipe.model_name
         self.device = resolve_device(recipe.device)
@@ -249,6 +253,10 @@ class Trainer:
         self.val_loader = DeviceLoader(self.val_x, self.val_y, recipe.eval_batch_size, train=False,
                                        rank=self.dist.rank, world_size=self.dist.world_size, **norm)
         self._norm = norm
+        self.log(f"[{self.name}] {recipe.data}: {len(train_y):,} training and {len(self.val_y):,} validation images"
+                 f"{' (held out of the training set)' if self.val_held_out and self.has_val else ''} at "
+                 f"{'x'.join(map(str, self.info.input_size))}; {recipe.epochs} epoch"
+                 f"{'s' if recipe.epochs != 1 else ''} of {len(self.train_loader):,} steps on {self.device}")
 
     def _setup_model(self, recipe: Recipe, start: bool) -> None:
         """The model from its seed, started from ``init_from`` when ``start`` (a resumed run's checkpoint holds
