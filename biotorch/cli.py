@@ -24,15 +24,15 @@ import typing
 from pathlib import Path
 
 from . import registry, robustness
-from .convert import exact_gradients
-from .errors import BiotorchError, ConfigError, shorten
-from .data import DATASETS, DeviceLoader, dataset_info, load_samples
 from .card import pct
-from .factory import create_model, data_config, model_parameters
+from .convert import exact_gradients
+from .data import DeviceLoader, load_samples
+from .errors import BiotorchError, ConfigError, shorten
+from .factory import data_config, model_parameters
 from .files import SAMPLES
 from .publish import push_to_hub
-from .targets import open_target
 from .registry import CheckpointRecord, describe, get_pretrained_cfg, list_models, split_name
+from .targets import open_target
 from .training import datasets, evaluate
 from .training.recipe import _TYPES, FIELDS, load_recipe, parse_set
 from .training.runtime import resolve_device

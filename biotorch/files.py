@@ -11,18 +11,21 @@ Example::
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
 import shutil
+import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, RunLockedError
 
 PathLike = Union[str, os.PathLike]
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a clone's root (model_cards/, recipes/, samples/)
@@ -125,3 +128,60 @@ def load_yaml(text: str, where: str = "a YAML file") -> Any:
     finally:
         loader.dispose()
 
+
+class FolderLock:
+    """An exclusive OS lock (``flock``) on a folder, the file ``<folder>/.lock``, which is never opened through a
+    link; it names its holder (pid and host), and the OS releases it when the process ends, so a crash never
+    leaves it held. ``wait``: wait for the holder to finish (publishing into a cards folder); else refuse at once,
+    naming the holder (a run folder, :class:`biotorch.training.checkpoint.RunLock`).
+
+    Example::
+
+        >>> with FolderLock("model_cards", wait=True):
+        ...     ...                                  # cards, index and README written by this process only
+    """
+
+    busy = "one process writes it at a time"
+
+    def __init__(self, folder: PathLike, wait: bool = False):
+        self.path, self.wait, self.file = Path(folder) / LOCK, wait, None
+
+    def acquire(self) -> "FolderLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # never through a link: the lock file is truncated and written below
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            raise ConfigError(f"{self.path} is a link or not a file ({error.strerror}): a folder's lock is "
+                              "biotorch's own file; remove it") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"{self.path} is not a file: a folder's lock is biotorch's own file; remove it")
+        self.file = os.fdopen(fd, "r+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            self.file.seek(0)
+            owner = self.file.read().strip() or "another process"
+            self.file.close()
+            self.file = None
+            raise RunLockedError(f"{self.path.parent} is in use by {owner}: {self.busy}") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self.file.flush()
+        return self
+
+    def release(self) -> None:
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+LOCK = ".lock"  # the lock file of a run folder or a cards folder

@@ -20,6 +20,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -36,7 +37,7 @@ from .card import RECIPE_PER_RUN, markdown_table, model_card, pct, seeds_text, s
 from .data import SPLIT_SEED, DatasetInfo, dataset_info
 from .errors import ConfigError
 from .factory import create_model
-from .files import REPO_ROOT, load_yaml, replace_folder, sha256, write_json, write_text
+from .files import REPO_ROOT, FolderLock, load_yaml, replace_folder, sha256, write_json, write_text
 from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, file_record, folder_sha256,
                   load_checkpoint, read_checkpoint, read_config, recorded_sha256, save_pretrained, upload_folder,
                   verify_sha256)
@@ -188,8 +189,8 @@ def _dataset_info(run: Run):
         if not data.get("mean") or not data.get("label_names"):
             raise ValueError(f"{run.folder}: an image-folder run's config.json must record its images' normalisation "
                              "and class names (runs of biotorch 0.1's trainer do); this one does not")
-        return dataclasses.replace(DatasetInfo.from_cfg({**data, "input_size": config["input_size"]}), name="imagefolder",
-                       description="the trainer's own image folder")
+        info = DatasetInfo.from_cfg({**data, "input_size": config["input_size"]})
+        return dataclasses.replace(info, name="imagefolder", description="the image folder the run was trained on")
     try:
         return dataset_info(dataset)
     except (KeyError, FileNotFoundError, ValueError) as error:
@@ -465,53 +466,55 @@ def publish(runs_root: Path, cards_dir: Path = MIRROR, dry_run: bool = False, pu
     cards_dir = Path(cards_dir)
     groups = group_runs(find_runs(runs_root))
     token = token or get_token()
-    replaced = {}
-    for name, runs in groups.items():
-        _verify_runs(runs)
-        worse = _worse_than_published(runs, cards_dir / name)
-        if worse and not force:
-            raise ValueError(f"{name}: the runs would replace a better published card ({worse}); nothing "
-                             "published (--force replaces it, and the card records it)")
-        if worse:
-            replaced[name] = worse
-    pending = _pending_pushes(cards_dir)
-    plan = []
-    for name, runs in groups.items():
-        folder, best = cards_dir / name, select_best(runs)
-        arch, tag = runs[0].key[0], runs[0].tag
+    # One writer of the cards, the index and the README table at a time (a dry run writes nothing).
+    with contextlib.nullcontext() if dry_run else FolderLock(cards_dir, wait=True):
+        replaced = {}
+        for name, runs in groups.items():
+            _verify_runs(runs)
+            worse = _worse_than_published(runs, cards_dir / name)
+            if worse and not force:
+                raise ValueError(f"{name}: the runs would replace a better published card ({worse}); nothing "
+                                 "published (--force replaces it, and the card records it)")
+            if worse:
+                replaced[name] = worse
+        pending = _pending_pushes(cards_dir)
+        plan = []
+        for name, runs in groups.items():
+            folder, best = cards_dir / name, select_best(runs)
+            arch, tag = runs[0].key[0], runs[0].tag
+            if dry_run:
+                changed = not _same_weights(best, folder)
+            else:
+                before = folder_sha256(folder)
+                baseline = groups.get(f"{arch}_bp.{tag}")
+                build_card_folder(runs, folder, baseline_runs=baseline, hub_org=org, forced_over=replaced.get(name))
+                changed = folder_sha256(folder) != before or name in pending  # a failed push is retried
+            plan.append({"name": name, "folder": folder, "repo_id": f"{org}/{name}", "seeds": len(runs),
+                         "seed": best.metrics["seed"], "changed": changed, "push": bool(push and token and changed)})
+        for item in plan:
+            verb = "would build" if dry_run else "built"
+            action = ("push" if item["push"] else "no push: " + ("weights unchanged" if not item["changed"]
+                                                                else "no token" if push else "--no-push"))
+            log(f"{verb} {item['folder']} from {seeds_text(item['seeds'])}, publishing seed {item['seed']} "
+                f"({'weights changed' if item['changed'] else 'weights unchanged'}) → {item['repo_id']}: {action}")
+        if not groups:
+            log(f"no finished runs (folders with {RUN_WEIGHTS} and {RUN_METRICS}) under {runs_root}")
         if dry_run:
-            changed = not _same_weights(best, folder)
-        else:
-            before = folder_sha256(folder)
-            baseline = groups.get(f"{arch}_bp.{tag}")
-            build_card_folder(runs, folder, baseline_runs=baseline, hub_org=org, forced_over=replaced.get(name))
-            changed = folder_sha256(folder) != before or name in pending  # a failed push is retried
-        plan.append({"name": name, "folder": folder, "repo_id": f"{org}/{name}", "seeds": len(runs),
-                     "seed": best.metrics["seed"], "changed": changed, "push": bool(push and token and changed)})
-    for item in plan:
-        verb = "would build" if dry_run else "built"
-        action = ("push" if item["push"] else "no push: " + ("weights unchanged" if not item["changed"]
-                                                            else "no token" if push else "--no-push"))
-        log(f"{verb} {item['folder']} from {seeds_text(item['seeds'])}, publishing seed {item['seed']} "
-            f"({'weights changed' if item['changed'] else 'weights unchanged'}) → {item['repo_id']}: {action}")
-    if not groups:
-        log(f"no finished runs (folders with {RUN_WEIGHTS} and {RUN_METRICS}) under {runs_root}")
-    if dry_run:
-        log(f"would rebuild {index_path} and the results table of {readme}; nothing written (--dry-run)")
+            log(f"would rebuild {index_path} and the results table of {readme}; nothing written (--dry-run)")
+            return plan
+        build_index(cards_dir, index_path)
+        if readme is not None and Path(readme).is_file():
+            update_readme_table(readme, index_path)
+        elif readme is not None:
+            log(f"no README at {readme}: results table not written")
+        pending = _remember_pushes(cards_dir, pending | {item["name"] for item in plan if item["push"]})
+        for item in plan:
+            if item["push"]:
+                upload_folder(item["folder"], item["repo_id"], token=token,
+                              commit_message=f"Publish {item['name']} (seed {item['seed']} of {item['seeds']})")
+                pending = _remember_pushes(cards_dir, pending - {item["name"]})
+                log(f"pushed {item['folder']} → {item['repo_id']}")
         return plan
-    build_index(cards_dir, index_path)
-    if readme is not None and Path(readme).is_file():
-        update_readme_table(readme, index_path)
-    elif readme is not None:
-        log(f"no README at {readme}: results table not written")
-    pending = _remember_pushes(cards_dir, pending | {item["name"] for item in plan if item["push"]})
-    for item in plan:
-        if item["push"]:
-            upload_folder(item["folder"], item["repo_id"], token=token,
-                          commit_message=f"Publish {item['name']} (seed {item['seed']} of {item['seeds']})")
-            pending = _remember_pushes(cards_dir, pending - {item["name"]})
-            log(f"pushed {item['folder']} → {item['repo_id']}")
-    return plan
 
 
 def push_to_hub(folder: Path, repo_id: str, token: Optional[str] = None, private: bool = False,

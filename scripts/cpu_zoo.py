@@ -44,12 +44,12 @@ import yaml
 from biotorch import cli
 from biotorch.data.catalog import DATASETS
 from biotorch.errors import NonFiniteError, RunLockedError
-from biotorch.files import load_yaml
+from biotorch.files import LOCK, FolderLock, load_yaml
 from biotorch.publish import MIRROR, PRETRAINED_INDEX, REPO_ROOT, Run, build_card_folder, build_index, \
     update_readme_table
 from biotorch.rules import make_rule
 from biotorch.training.recipe import IMAGE_KEYS, Recipe, load_recipe, make_recipe
-from biotorch.training.checkpoint import LOCK, RunLock
+from biotorch.training.checkpoint import RunLock
 from biotorch.training.records import write_json
 from biotorch.training.trainer import Trainer
 
@@ -369,11 +369,12 @@ def attack(card: str, home: Path, cards_dir: Path, threads: int, limit: int) -> 
 
 
 def build_card(folders: list[Path], cards_dir: Path, readme, index_path, *, card: str) -> None:
-    """The card folder from its runs, then the index and the README table that list it."""
-    build_card_folder(folders, cards_dir / card)
-    build_index(cards_dir, index_path)
-    if readme is not None and readme.is_file():
-        update_readme_table(readme, index_path)
+    """The card folder from its runs, then the index and the README table that list it (under the cards' lock)."""
+    with FolderLock(cards_dir, wait=True):
+        build_card_folder(folders, cards_dir / card)
+        build_index(cards_dir, index_path)
+        if readme is not None and readme.is_file():
+            update_readme_table(readme, index_path)
 
 
 def rebuild(card: str, jobs: list[Job], home: Path, cards_dir: Path, readme, index_path) -> None:

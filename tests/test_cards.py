@@ -369,3 +369,41 @@ def test_an_offline_push_is_one_line_and_is_retried_later(make_run, tmp_path, mo
         assert json.loads((cards / publish.TO_PUSH).read_text()) == [NAME]  # built, not pushed: retried next time
     finally:
         registry._pretrained.cache_clear()
+
+
+def test_publish_waits_for_the_cards_lock_and_a_robustness_write_checks_the_weights(make_run, tmp_path):
+    """Card, index and README are written by one process at a time (the cards folder's lock, held here by another
+    process); a robustness block is refused by a card republished with other weights meanwhile."""
+    import subprocess
+    import sys
+    import threading
+
+    make_run()
+    runs, cards, index = tmp_path / "runs", tmp_path / "cards", tmp_path / "pretrained.json"
+    release = tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import pathlib, time
+from biotorch.files import FolderLock
+with FolderLock({str(cards)!r}):
+    print("held", flush=True)
+    while not pathlib.Path({str(release)!r}).exists():
+        time.sleep(0.05)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        worker = threading.Thread(target=publish.publish, args=(runs, cards),
+                                  kwargs=dict(push=False, readme=None, index_path=index, log=lambda line: None))
+        worker.start()
+        worker.join(timeout=3)
+        assert worker.is_alive() and not (cards / NAME).exists() and not index.exists()  # waiting, nothing written
+        release.touch()
+        worker.join(timeout=120)
+        assert not worker.is_alive() and (cards / NAME / "config.json").is_file() and index.is_file()
+    finally:
+        release.touch()
+        holder.wait(timeout=30)
+        registry._pretrained.cache_clear()
+    attacked = biotorch.hub.folder_sha256(cards / NAME)
+    with pytest.raises(ValueError, match="republished with other weights"):
+        biotorch.robustness.write_block(cards / NAME, [], weights_sha256="0" * 64)
+    assert biotorch.robustness.write_block(cards / NAME, [], weights_sha256=attacked).is_file()

@@ -82,7 +82,7 @@ def test_campaign_trains_publishes_and_a_second_start_has_nothing_to_do(tmp_path
     first = campaign(tmp_path, queue, capsys, "--jobs", "2")
     assert first.returncode == 0, first.stdout + first.stderr
     cards, home = tmp_path / "cards", tmp_path / "home"
-    assert [p.name for p in cards.iterdir()] == ["lenet_fa.synthetic"]
+    assert [p.name for p in cards.iterdir() if p.is_dir()] == ["lenet_fa.synthetic"]
     cfg = read_config(cards / "lenet_fa.synthetic")["pretrained_cfg"]
     assert cfg["metrics"]["seed_list"] == [0, 1] and cfg["recipe"]["batch_size"] == 128
     assert "trained on cpu in fp32" in (cards / "lenet_fa.synthetic" / "README.md").read_text()

@@ -269,8 +269,11 @@ def stopped_run(tmp_path):
 
 @pytest.mark.parametrize("damage, message", [
     ("flip model", "sha256"), ("truncate optimizer", "sha256"), ("delete state", "incomplete"),
-    ("epoch string", "'epoch' must be a int"), ("epoch beyond", "outside this recipe"),
-    ("no sha", "records no sha256"),
+    ("epoch string", "'epoch' must be int"), ("epoch beyond", "outside this recipe"),
+    ("no sha", "records no sha256"), ("best_val string", "'best_val' must be float"),
+    ("time negative", "'train_time_s' must be float >= 0"), ("images string", "'images_trained' must be int"),
+    ("history strings", "'history' must hold one row of numbers"), ("best epoch beyond", "best epoch 5 is not one"),
+    ("started_from number", "'started_from' must be dict or null"), ("a list", "must hold a JSON object"),
 ])
 def test_a_damaged_checkpoint_is_refused_on_resume(damage, message, stopped_run, capsys):
     folder = stopped_run / "checkpoint"
@@ -281,10 +284,19 @@ def test_a_damaged_checkpoint_is_refused_on_resume(damage, message, stopped_run,
         (folder / "optimizer.safetensors").write_bytes((folder / "optimizer.safetensors").read_bytes()[:100])
     elif damage == "delete state":
         (folder / "state.json").unlink()
+    elif damage == "a list":
+        (folder / "state.json").write_text("[1, 2]")
     else:
-        change = {"epoch string": {"epoch": "1"}, "epoch beyond": {"epoch": 7}, "no sha": {"files": {}}}[damage]
+        change = {"epoch string": {"epoch": "1"}, "epoch beyond": {"epoch": 7}, "no sha": {"files": {}},
+                  "best_val string": {"best_val": "90"}, "time negative": {"train_time_s": -1},
+                  "images string": {"images_trained": "many"}, "best epoch beyond": {"best_epoch": 5},
+                  "history strings": {"history": [{**state["history"][0], "train_loss": "low"}]},
+                  "started_from number": {"started_from": 7}}[damage]
         (folder / "state.json").write_text(json.dumps({**state, **change}))
+    files = lambda: sorted((p.name, p.stat().st_mtime_ns) for p in stopped_run.rglob("*") if p.name != ".lock")  # noqa: E731
+    before = files()
     assert message in one_line_error(capsys, ["train", "--resume", str(stopped_run), "--no-progress"])
+    assert files() == before  # refused before anything was trained or written (the lock file names its holder)
 
 
 def test_stale_temporary_files_are_removed_when_a_run_starts(stopped_run):

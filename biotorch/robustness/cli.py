@@ -143,7 +143,9 @@ def _attack_all(names: list[str], args, worker: int = 0) -> list[dict]:
             transfer = sources[bp_name]
         outputs.append(_attack(model, data[cfg.dataset], cfg.name, cfg.dataset, args, worker, gradients, transfer))
         if args.write:
-            log(f"wrote {write_block(_card_folder(args.write, cfg), outputs[-1]['robustness'])}")
+            written = write_block(_card_folder(args.write, cfg), outputs[-1]["robustness"],
+                                  weights_sha256=recorded_sha256({"files": cfg.files}))
+            log(f"wrote {written}")
     return outputs
 
 

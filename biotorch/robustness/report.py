@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..data import DATASETS
-from ..files import atomic_write
+from ..files import FolderLock, atomic_write
 from ..hub import CONFIG_NAME, MIRROR, folder_sha256
 from ..training.records import save_figure
 from .attacks import (ATTACK_TITLES, ATTACKS, GRADIENT_TITLES, GRADIENTS, HEADLINE_EPS, PGD_STEP_SIZE, PGD_STEPS,
@@ -27,9 +27,10 @@ def merge_blocks(old: Optional[list[dict]], new: list[dict]) -> list[dict]:
     return [cells[key] for key in sorted(cells, key=order)]
 
 
-def write_block(card_dir: Union[str, Path], block: list[dict]) -> Path:
-    """Merge ``block`` into ``"robustness"`` of ``card_dir/metrics.json`` (:func:`merge_blocks`, atomically);
-    returns the file.
+def write_block(card_dir: Union[str, Path], block: list[dict], weights_sha256: Optional[str] = None) -> Path:
+    """Merge ``block`` into ``"robustness"`` of ``card_dir/metrics.json`` (:func:`merge_blocks`, atomically, under
+    the cards folder's lock); returns the file. ``weights_sha256``: the weights attacked; refused if the card holds
+    others by now (republished meanwhile).
 
     ``scripts/publish.py`` keeps the block when it rebuilds the card with the same weights, and renders it.
 
@@ -38,11 +39,16 @@ def write_block(card_dir: Union[str, Path], block: list[dict]) -> Path:
         >>> write_block("model_cards/lenet_fa.fashion_mnist", block)
     """
     path = Path(card_dir) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: write robustness into a card folder built by scripts/publish.py")
-    metrics = json.loads(path.read_text())
-    metrics["robustness"] = merge_blocks(metrics.get("robustness"), block)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
+    with FolderLock(Path(card_dir).parent, wait=True):  # the cards folder's writers take turns
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: write robustness into a card folder built by "
+                                    "scripts/publish.py")
+        if weights_sha256 is not None and folder_sha256(card_dir) != weights_sha256:
+            raise ValueError(f"{card_dir} was republished with other weights while they were attacked: its block "
+                             "is not written (attack the new weights)")
+        metrics = json.loads(path.read_text())
+        metrics["robustness"] = merge_blocks(metrics.get("robustness"), block)
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
 
 
 def carried_over(card_dir: Path, weights_sha256: str) -> dict:

@@ -14,13 +14,11 @@ previous checkpoint or the new one, never a mixture.
 """
 from __future__ import annotations
 
-import fcntl
 import json
+import math
 import os
 import random
 import shutil
-import socket
-import stat
 from pathlib import Path
 from typing import Optional
 
@@ -28,14 +26,13 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConfigError, RunLockedError
-from ..files import previous_folder, replace_folder, sha256, write_json
+from ..errors import CheckpointError
+from ..files import FolderLock, previous_folder, replace_folder, sha256, write_json
 from ..hub import load_checkpoint, read_checkpoint, save_weights
 
 CHECKPOINT = "checkpoint"
 _OLD = previous_folder(Path(CHECKPOINT)).name  # the checkpoint being replaced
 _FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
-LOCK = ".lock"
 
 
 def _plain(value):
@@ -108,6 +105,23 @@ def find_checkpoint(run_dir) -> Optional[Path]:
     return None
 
 
+# What resume reads from state.json, and its types (float: any finite number; None: null allowed).
+_STATE_TYPES = {"epoch": (int,), "global_step": (int,), "best_val": (float,), "best_epoch": (int, None),
+                "history": (list,), "alignment": (list,), "train_time_s": (float,), "images_trained": (int,),
+                "files": (dict,), "param_groups": (list,), "optimizer_extra": (dict,), "scheduler": (dict,),
+                "python_rng": (list,), "started_from": (dict, None)}
+_COUNTS = ("epoch", "global_step", "train_time_s", "images_trained")  # never negative
+
+
+def _is(value, kinds) -> bool:
+    """``value`` is one of ``kinds``: int is not bool, float is any finite int or float, None is null."""
+    if value is None or isinstance(value, bool):
+        return value is None and None in kinds
+    if isinstance(value, (int, float)):
+        return (int in kinds and isinstance(value, int)) or (float in kinds and math.isfinite(value))
+    return any(k is not None and k not in (int, float) and isinstance(value, k) for k in kinds)
+
+
 def _read_state(folder: Path, epochs: int) -> dict:
     """state.json, checked: the values resume relies on have the right types and fit the recipe."""
     path = folder / "state.json"
@@ -115,14 +129,23 @@ def _read_state(folder: Path, epochs: int) -> dict:
         state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is not a readable checkpoint state: {error}") from None
-    checks = {"epoch": int, "global_step": int, "files": dict, "history": list, "param_groups": list,
-              "optimizer_extra": dict, "scheduler": dict, "python_rng": list}
-    for key, kind in checks.items():
-        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-            raise CheckpointError(f"{path}: {key!r} must be a {kind.__name__}, got {state.get(key)!r:.60}; "
-                                  "the checkpoint is damaged or from another program")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} must hold a JSON object; the checkpoint is damaged or from another program")
+    for key, kinds in _STATE_TYPES.items():
+        value = state.get(key)
+        if not _is(value, kinds) or (key in _COUNTS and value < 0):
+            names = " or ".join("null" if k is None else k.__name__ for k in kinds)
+            raise CheckpointError(f"{path}: {key!r} must be {names}{' >= 0' if key in _COUNTS else ''}, got "
+                                  f"{value!r:.60}; the checkpoint is damaged or from another program")
     if not 0 <= state["epoch"] <= epochs:
         raise CheckpointError(f"{path}: epoch {state['epoch']} is outside this recipe's 0..{epochs}")
+    if state["best_epoch"] is not None and not 1 <= state["best_epoch"] <= state["epoch"]:
+        raise CheckpointError(f"{path}: best epoch {state['best_epoch']} is not one of the {state['epoch']} trained")
+    rows = state["history"]
+    if len(rows) != state["epoch"] or not all(isinstance(r, dict) and all(_is(v, (float, None)) for v in r.values())
+                                              for r in rows):
+        raise CheckpointError(f"{path}: 'history' must hold one row of numbers per trained epoch ({state['epoch']}); "
+                              "the checkpoint is damaged or from another program")
     missing = [name for name in _FILES if not isinstance(state["files"].get(name), str)]
     if missing:
         raise CheckpointError(f"{path} records no sha256 for {', '.join(missing)}: cannot verify the checkpoint")
@@ -175,9 +198,9 @@ def remove_stale_files(run_dir) -> list[Path]:
     return [p for p in stale if p.name != _OLD]
 
 
-class RunLock:
-    """An exclusive OS lock on a run folder, held for the run's life: a second process is refused with the
-    first one's pid; the OS releases it when the process ends, so a crashed run never blocks its resume.
+class RunLock(FolderLock):
+    """The lock of a run folder, held for the run's life: a second process is refused at once with the first one's
+    pid; the OS releases it when the process ends, so a crashed run never blocks its resume.
 
     Example::
 
@@ -185,44 +208,4 @@ class RunLock:
         ...     ...                                  # only this process writes the folder
     """
 
-    def __init__(self, run_dir):
-        self.path = Path(run_dir) / LOCK
-        self.file = None
-
-    def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # never through a link: the lock file is truncated and written below
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as error:
-            raise ConfigError(f"{self.path} is a link or not a file ({error.strerror}): a run folder's lock is "
-                              "biotorch's own file; remove it, or choose another --out") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ConfigError(f"{self.path} is not a file: choose another --out")
-        self.file = os.fdopen(fd, "r+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            owner = self.file.read().strip() or "another process"
-            self.file.close()
-            self.file = None
-            raise RunLockedError(f"{self.path.parent} is in use by {owner}: one process trains a run folder at "
-                                 "a time; wait for it, or choose another --out") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        self.file.flush()
-        return self
-
-    def release(self) -> None:
-        if self.file is not None:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
-            self.file = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
+    busy = "one process trains a run folder at a time; wait for it, or choose another --out"

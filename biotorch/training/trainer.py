@@ -40,7 +40,7 @@ from ..data import DATASETS, DatasetInfo, DeviceLoader, balanced_subset, dataset
 from ..factory import create_model, data_config
 from ..pretrained import init_from
 from ..errors import CheckpointError, ConfigError, NonFiniteError
-from ..files import write_json
+from ..files import LOCK, write_json
 from ..hub import RUN_WEIGHTS, checkpoint_config, file_record, load_checkpoint, save_weights
 from ..metrics import alignment, count_parameters, gradient_alignment
 from ..models import DEFAULT_CFGS
@@ -157,7 +157,7 @@ class Trainer:
             self._setup(recipe, resume, tensorboard)
         except BaseException:
             self.close()
-            if created and self.dist.main and {p.name for p in self.run_dir.iterdir()} <= {ckpt.LOCK}:
+            if created and self.dist.main and {p.name for p in self.run_dir.iterdir()} <= {LOCK}:
                 shutil.rmtree(self.run_dir, ignore_errors=True)  # a run that never started leaves nothing
             raise
 
@@ -166,8 +166,8 @@ class Trainer:
         refuse to mix two runs in one folder or to resume from an incomplete checkpoint."""
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"the run folder {self.run_dir} is a file: choose another --out")
-        ours = {ckpt.LOCK, "recipe.yaml", "metrics.json", "config.json", ckpt.CHECKPOINT}
-        if self.run_dir.is_dir() and not any((self.run_dir / n).exists() for n in ours - {ckpt.LOCK}) and any(
+        ours = {LOCK, "recipe.yaml", "metrics.json", "config.json", ckpt.CHECKPOINT}
+        if self.run_dir.is_dir() and not any((self.run_dir / n).exists() for n in ours - {LOCK}) and any(
                 p.name not in ours for p in self.run_dir.iterdir()):
             raise ConfigError(f"{self.run_dir} is a folder of other files, not a run: --out takes a new or empty "
                               "folder (or a run, with --resume)")
