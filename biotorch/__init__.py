@@ -15,19 +15,19 @@ Example::
 """
 from . import data, hub, nn, registry, rules
 from .convert import convert, exact_gradients, feedback_step, redraw_feedback, rule_layers, summary, to_torch
-from .entrypoints import register_with_timm
+from .entrypoints import discover_rules, register_rule, register_with_timm
 from .factory import create_model, transforms
 from .hub import save_pretrained
 from .metrics import alignment, gradient_alignment
 from .pretrained import from_pretrained, init_from
 from .publish import push_to_hub
 from .registry import CheckpointRecord, PretrainedCfg, get_pretrained_cfg, list_models
-from .rules import RULES
+from .rules import RULES, Rule
 from .version import __version__
 
 register_with_timm()  # timm.create_model("resnet20_fa") works after `import biotorch`
 
-__all__ = ["RULES", "CheckpointRecord", "PretrainedCfg", "__version__", "alignment", "convert", "create_model", "data",
+__all__ = ["RULES", "CheckpointRecord", "Rule", "discover_rules", "register_rule", "PretrainedCfg", "__version__", "alignment", "convert", "create_model", "data",
            "exact_gradients", "feedback_step", "from_pretrained", "get_pretrained_cfg", "gradient_alignment", "hub",
            "init_from",
            "list_models", "nn", "push_to_hub", "redraw_feedback", "registry", "rule_layers", "rules",

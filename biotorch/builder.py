@@ -25,11 +25,13 @@ from .registry import fit_channels, get_pretrained_cfg, split_name, timm_cfg
 from .rules import RULES
 from .weights import Fetched, Source, fetch, folder_source
 
-__all__ = ["RULE_OPTIONS", "build_model", "merge_state"]
+__all__ = ["build_model", "merge_state", "rule_options"]
 
-# The options of every learning rule: a model's factory takes them and hands them to its rule, which refuses
-# another rule's.
-RULE_OPTIONS = tuple(dict.fromkeys(option for rule in RULES.values() for option in rule.options))
+
+def rule_options() -> tuple[str, ...]:
+    """The options of every learning rule (registered ones too): a model's factory takes them and hands them to its
+    rule, which refuses another rule's."""
+    return tuple(dict.fromkeys(option for rule in RULES.values() for option in rule.options))
 
 
 class _Pretrained(NamedTuple):
@@ -179,7 +181,7 @@ def build_model(model_name: str, pretrained: bool = False, pretrained_cfg=None, 
     """One model through timm's ``build_model_with_cfg``: ``pretrained_cfg`` resolved as timm does (a tag, a
     dict or timm's ``PretrainedCfg``, an overlay), features wrapped by timm's feature classes."""
     arch, rule, _ = split_name(model_name)
-    rule_options = {k: kwargs.pop(k) for k in RULE_OPTIONS if k in kwargs}
+    options = {k: kwargs.pop(k) for k in rule_options() if k in kwargs}
     if kwargs.get("features_only") and not DEFAULT_CFGS[arch]["feature_maps"]:
         cnns = ", ".join(a for a, c in DEFAULT_CFGS.items() if c["feature_maps"])
         raise ValueError(f"{model_name}: features_only needs spatial feature maps, and {arch} has none; "
@@ -196,7 +198,13 @@ def build_model(model_name: str, pretrained: bool = False, pretrained_cfg=None, 
         record = weights.found.config.get("pretrained_cfg") or {}
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in DATA_FIELDS and v}
         cfg = dataclasses.replace(cfg, **data, num_classes=weights.num_classes or cfg.num_classes)
-    build = functools.partial(_instantiate, model_name, rule_options, weights)
+    if weights is not None:  # the rule options the weights were trained with, unless others are asked for
+        found = weights.found
+        saved = found.config.get("rule_options") if found.config.get("rule") == rule else None
+        saved = saved if saved is not None else (found.record.rule_options if found.record is not None
+                                                 and found.record.rule == rule else {})
+        options = {**saved, **options}
+    build = functools.partial(_instantiate, model_name, options, weights)
     model = build_model_with_cfg(build, model_name, pretrained=False, pretrained_cfg=cfg,
                                  feature_cfg=dict(out_indices=tuple(range(DEFAULT_CFGS[arch]["feature_maps"]))),
                                  **kwargs)

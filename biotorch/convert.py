@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .nn import LAYERS, RuleLayer
-from .rules import DFA, OutputError, Rule, make_rule
+from .rules import DFA, OutputError, Rule, make_rule, rule_module
 
 # Modules whose own parameters learn from their exact local gradient under every rule.
 _LOCAL = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Embedding, nn.PReLU)
@@ -80,6 +80,9 @@ def convert(model: nn.Module, rule: Union[str, Rule], *, exclude: Iterable[str] 
     config.update(rule=rule if isinstance(rule, str) else rule_obj.name, seed=seed,
                   rule_options=dict(rule_options) if isinstance(rule, str) else
                   {k: getattr(rule_obj, k) for k in rule_obj.options})
+    config.pop("rule_module", None)
+    if rule_module(rule_obj):  # a rule defined outside biotorch: a checkpoint names where it comes from
+        config["rule_module"] = rule_module(rule_obj)
     if exclude:
         config["exclude"] = exclude
     if callable(getattr(model, "reset_classifier", None)) and not isinstance(model, _RuleHead):

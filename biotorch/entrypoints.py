@@ -1,22 +1,29 @@
 """Every biotorch name as a timm model: an entry point and a ``DefaultCfg`` registered with timm, so that
-``timm.list_models``, ``timm.list_pretrained`` and ``timm.create_model("resnet20_fa")`` know it.
+``timm.list_models``, ``timm.list_pretrained`` and ``timm.create_model("resnet20_fa")`` know it; and the way a
+rule defined outside biotorch joins them (:func:`register_rule`, or an installed package's ``biotorch.rules``
+entry point).
 
 Each entry point checks its arguments as timm's own do and builds through :func:`biotorch.builder.build_model`.
 """
 from __future__ import annotations
 
+import warnings
+from importlib.metadata import entry_points
 from typing import Any
 
 from timm.layers import register_notrace_module
 from timm.models import register_model
 from torch import nn
 
-from .builder import RULE_OPTIONS, build_model
+from .builder import build_model, rule_options
+from .models import ARCHITECTURES
 from .nn import LAYERS
 from .registry import describe, model_names, split_name, timm_default_cfgs
-from .rules import RULES
+from .rules import RULES, Rule, add_rule
 
-__all__ = ["register_with_timm"]
+__all__ = ["discover_rules", "register_rule", "register_with_timm"]
+
+ENTRY_POINT_GROUP = "biotorch.rules"  # an installed package's rules: [project.entry-points."biotorch.rules"]
 
 # timm's factory arguments every name takes (timm drops those given as None), then biotorch's own. Options of
 # a learning rule go to the rule, which refuses another rule's with a ValueError; anything else is a
@@ -33,7 +40,7 @@ def _entrypoint(model_name: str):
     _, rule, _ = split_name(model_name)
 
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-        unknown = sorted(set(kwargs) - {*TIMM_ARGUMENTS, *BIOTORCH_ARGUMENTS, *RULE_OPTIONS})
+        unknown = sorted(set(kwargs) - {*TIMM_ARGUMENTS, *BIOTORCH_ARGUMENTS, *rule_options()})
         if unknown:
             raise TypeError(f"{model_name} got unexpected argument(s) {', '.join(unknown)}; it takes "
                             f"{', '.join((*TIMM_ARGUMENTS, *BIOTORCH_ARGUMENTS))} and the options of its rule "
@@ -46,14 +53,56 @@ def _entrypoint(model_name: str):
     return entrypoint
 
 
+def _register_names(names) -> None:
+    cfgs = timm_default_cfgs()
+    for name in names:
+        default_cfgs[name] = cfgs[name]
+        globals()[name] = register_model(_entrypoint(name))  # timm lists it in this module's __all__
+
+
 def register_with_timm() -> None:
     """Register every name with timm (entry point and ``DefaultCfg``: ``timm.list_models``,
     ``timm.list_pretrained``, ``timm.create_model``) and the rule layers as fx leaf modules (timm's feature
-    extraction keeps them whole). ``import biotorch`` does it."""
+    extraction keeps them whole), after the rules of installed packages (:func:`discover_rules`). ``import
+    biotorch`` does it."""
     if default_cfgs:
         return
-    default_cfgs.update(timm_default_cfgs())
-    for name in model_names():
-        globals()[name] = register_model(_entrypoint(name))  # timm lists it in this module's __all__
+    _register_names(model_names())
     for layer in set(LAYERS.values()):
         register_notrace_module(layer)
+    discover_rules()
+
+
+def register_rule(cls: type[Rule]) -> type[Rule]:
+    """Make ``cls`` (a :class:`biotorch.Rule` subclass defined anywhere) a learning rule of biotorch, as the built-in
+    ones are: ``create_model("resnet20_<name>")`` and the timm names, ``convert(model, rule=<name>)``,
+    ``biotorch.nn``, ``biotorch list``, recipes and ``--rule``, checkpoints (their config.json names the module
+    that defines the rule). Usable as a decorator; registering the same class again does nothing.
+
+    Example::
+
+        >>> @biotorch.register_rule
+        ... class SignFA(biotorch.rules.FA):
+        ...     \"\"\"fa with sign(B): ...\"\"\"
+        ...     name = "signfa"
+        >>> biotorch.create_model("lenet_signfa")
+    """
+    if add_rule(cls) and default_cfgs:
+        _register_names(f"{arch}_{cls.name}" for arch in ARCHITECTURES)
+    return cls
+
+
+def discover_rules() -> list[str]:
+    """Register the rules that installed packages declare in the ``biotorch.rules`` entry-point group (each entry
+    a Rule subclass); returns their names. A broken plug-in is skipped with a warning naming it, never breaking
+    ``import biotorch``."""
+    found = []
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = entry.load()
+            register_rule(cls)
+            found.append(cls.name)
+        except Exception as error:  # a plug-in's own bug must not stop biotorch from importing
+            warnings.warn(f"biotorch: the rule {entry.name!r} of {entry.value} ({ENTRY_POINT_GROUP} entry point) "
+                          f"was not registered: {type(error).__name__}: {error}", stacklevel=2)
+    return found

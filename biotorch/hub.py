@@ -30,7 +30,7 @@ from .convert import feedback_fingerprint
 from .errors import CheckpointError, ConfigError, shorten
 from .files import REPO_ROOT, atomic_write, sha256, write_json
 from .models import ARCHITECTURES
-from .rules import RULES, make_rule
+from .rules import RULE_NAME, RULES, make_rule
 from .version import __version__
 
 WEIGHTS_NAME = "model.safetensors"
@@ -295,6 +295,11 @@ def read_config(folder: PathLike, require_model: bool = True) -> dict:
     if arch not in ARCHITECTURES:
         raise ConfigError(f"{path}: 'arch' is {arch!r}; known architectures: {', '.join(ARCHITECTURES)}")
     if rule not in RULES:
+        module = config.get("rule_module")
+        if (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))
+                and isinstance(rule, str) and RULE_NAME.fullmatch(rule) is not None):
+            raise ConfigError(f"{path}: its rule {rule!r} is defined in the module {module!r}, which is not imported "
+                              f"(or not installed): import {module} (it registers the rule) before loading")
         raise ConfigError(f"{path}: 'rule' is {rule!r}; known rules: {', '.join(RULES)}")
     _positive_int(config, "num_classes", path, zero="no classifier: a headless model")
     _positive_int(config, "in_chans", path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import re
 from typing import ClassVar, Optional
 
 import torch
@@ -393,7 +394,43 @@ class DFA(Rule):
         return (error @ feedback.flatten(1)).view(input_shape)
 
 
+# Every rule by name: the built-in eight, then the rules registered with biotorch.register_rule (read it at call
+# time: it grows).
 RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, FA, DFA, USF, BRSF, FRSF, WM, KP)}
+BUILT_IN = tuple(RULES)
+RULE_NAME = re.compile(r"[a-z][a-z0-9]{0,31}")  # a name part of arch_rule.tag: no '_' (it splits), no '.'
+
+
+def add_rule(cls: type[Rule]) -> bool:
+    """Put ``cls`` in :data:`RULES` after checking it is a rule; False when it was there already (the same class).
+    ``biotorch.register_rule`` is the public way in: it also registers the rule's models."""
+    if not (isinstance(cls, type) and issubclass(cls, Rule)):
+        raise TypeError(f"register_rule takes a subclass of biotorch.Rule, got {cls!r}")
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not RULE_NAME.fullmatch(name):
+        raise ValueError(f"{cls.__qualname__}: a rule's `name` is its own class attribute of lowercase letters and "
+                         f"digits, starting with a letter (it becomes part of model names), got {name!r}")
+    if RULES.get(name) is cls:
+        return False
+    if name in RULES:
+        taken = RULES[name]
+        raise ValueError(f"rule name {name!r} is taken by {taken.__module__}.{taken.__qualname__}; choose another")
+    if not isinstance(cls.options, tuple) or not all(isinstance(o, str) and o.isidentifier() for o in cls.options):
+        raise ValueError(f"{cls.__qualname__}: `options` must be a tuple of keyword names, got {cls.options!r}")
+    try:
+        cls()
+    except TypeError as error:
+        raise ValueError(f"{cls.__qualname__}: a rule must be constructible with no arguments (every option has a "
+                         f"default): {error}") from None
+    RULES[name] = cls
+    return True
+
+
+def rule_module(rule: Rule) -> Optional[str]:
+    """The module defining ``rule`` when it is not one of biotorch's own (recorded in checkpoints: loading one
+    names the module to import)."""
+    module = type(rule).__module__
+    return None if module == __name__ else module
 
 
 def make_rule(name: str, **options) -> Rule:

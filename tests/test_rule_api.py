@@ -1,0 +1,137 @@
+"""Bring your own learning rule: ``biotorch.register_rule``, entry-point discovery and the conformance kit.
+
+Rules defined in ``tests/plugins`` (outside ``biotorch/``) are registered in subprocesses, so that the registry of
+this process keeps the built-in eight that other tests count.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import biotorch
+from biotorch.rules import BUILT_IN, FA
+from biotorch.testing import CHECKS, check_rule
+
+PLUGINS = Path(__file__).parent / "plugins"
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fashion_mnist" / "lenet.yaml"
+
+
+def python(code: str, *paths: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [*paths, *filter(None, [os.environ.get(
+        "PYTHONPATH")])])), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.parametrize("rule, options", [*[(r, {}) for r in BUILT_IN], ("fa", {"feedback_init": "xavier"}),
+                                           ("dfa", {"dfa_feedback": "factorized"}), ("wm", {"mirror_lr": 0.5})],
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()))
+def test_the_built_in_rules_pass_the_kit(rule, options):
+    ran = check_rule(rule, **options)
+    assert set(ran) <= set(CHECKS) and {"local_gradients", "round_trip", "same_seed", "exports", "in_place"} <= set(ran)
+    sends_feedback = rule not in ("dfa",)  # dfa projects the output error: no feedback tensor to check against
+    assert ("feedback_signal" in ran) == sends_feedback
+    assert ("bp_when_feedback_is_w" in ran) == (rule in ("fa", "wm", "kp"))
+
+
+def test_the_kit_names_the_broken_contract():
+    result = python("""
+        import json, biotorch.testing as kit, broken_rules as b
+        out = {}
+        for cls in (b.Moves, b.Forgets, b.Global, b.Fresh):
+            try:
+                kit.check_rule(cls)
+                out[cls.name] = "passed"
+            except kit.RuleCheckError as error:
+                out[cls.name] = str(error)
+        print(json.dumps(out))
+    """, PLUGINS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    failures = json.loads(result.stdout.splitlines()[-1])
+    expected = {"moves": "fails in_place", "forgets": "fails round_trip", "global": "fails same_seed",
+                "fresh": "fails feedback_signal"}
+    for name, check in expected.items():
+        assert failures[name].startswith(f"rule {name!r} {check}"), failures[name]
+
+
+def test_a_rule_from_outside_biotorch_joins_the_hub(tmp_path):
+    """The done-when of the rule API: kit, recipe training, save and reload, `biotorch list`, timm."""
+    result = python(f"""
+        import json, pathlib, torch, timm, biotorch, my_rule
+        from biotorch import cli
+        from biotorch.testing import check_rule
+        out = {{"kit": check_rule(my_rule.SignFA)}}
+        out["timm"] = timm.list_models("lenet_signfa") + [type(timm.create_model("resnet20_signfa")).__name__]
+        run = pathlib.Path({str(tmp_path / "run")!r})
+        out["train"] = cli.main(["train", "--recipe", {str(RECIPE)!r}, "--rule", "signfa", "--rule-option", "scale=2",
+                                 "--data", "synthetic", "--epochs", "1", "--out", str(run), "--no-progress"])
+        config = json.loads((run / "config.json").read_text())
+        out["config"] = [config["rule"], config.get("rule_module"), config["rule_options"]]
+        model, again = biotorch.from_pretrained(run), biotorch.create_model("lenet_signfa", checkpoint=run)
+        x = torch.randn(2, 1, 32, 32)
+        out["reloads"] = bool(torch.equal(model.eval()(x), again.eval()(x)))
+        print(json.dumps(out))
+        cli.main(["list", "lenet_*"])
+    """, PLUGINS, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert out["kit"] == list(CHECKS)
+    assert out["timm"] == ["lenet_signfa", "CifarResNet"]
+    assert out["train"] == 0 and out["reloads"] is True
+    assert out["config"] == ["signfa", "my_rule", {"scale": 2.0}]
+    assert any(line.split()[:2] == ["lenet_signfa", "signfa"] for line in result.stdout.splitlines())
+
+    # Without the module that defines it, the checkpoint says which module to import, in one line.
+    loaded = python(f"""
+        import sys
+        from biotorch import cli
+        sys.exit(cli.main(["eval", {str(tmp_path / "run")!r}, "--data", "synthetic"]))
+    """)
+    assert loaded.returncode == 2 and loaded.stderr.count("\n") == 1, loaded.stderr
+    assert "its rule 'signfa' is defined in the module 'my_rule'" in loaded.stderr and "import my_rule" in loaded.stderr
+
+
+def test_installed_packages_bring_rules_through_an_entry_point(tmp_path):
+    site = tmp_path / "site"
+    dist = site / "biotorch_signfa-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: biotorch-signfa\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[biotorch.rules]\nsignfa = my_rule:SignFA\nbroken = no_such_module:X\n")
+    result = python("""
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import biotorch
+        print("signfa" in biotorch.RULES, "lenet_signfa" in biotorch.list_models())
+        print(*[str(w.message) for w in caught if "entry point" in str(w.message)])
+    """, site, PLUGINS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    registered, warning = result.stdout.splitlines()[:2]
+    assert registered == "True True"
+    assert "the rule 'broken' of no_such_module:X (biotorch.rules entry point) was not registered" in warning
+
+
+class NotARule:
+    name = "notarule"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: NotARule, "takes a subclass of biotorch.Rule"),
+    (lambda: type("Under", (FA,), {"name": "sign_fa"}), "lowercase letters and digits"),
+    (lambda: type("NoName", (FA,), {}), "its own class attribute"),
+    (lambda: type("Taken", (FA,), {"name": "fa"}), "rule name 'fa' is taken by biotorch.rules.FA"),
+    (lambda: type("Needs", (FA,), {"name": "needs", "__init__": lambda self, k: None}), "constructible with no"),
+    (lambda: type("Opts", (FA,), {"name": "opts", "options": "k"}), "`options` must be a tuple"),
+])
+def test_register_rule_refuses_what_is_not_a_rule(make, message):
+    before = dict(biotorch.RULES)
+    with pytest.raises((TypeError, ValueError), match=message):
+        biotorch.register_rule(make())
+    assert biotorch.RULES == before
+    assert biotorch.register_rule(FA) is FA and biotorch.RULES == before  # a built-in again: nothing changes
