@@ -4,7 +4,8 @@ The package is a ladder, each floor importing only from below: ``functional`` (t
 (architectures that know no rule), ``files``, ``errors`` → ``rules``, ``data``, ``card`` → ``nn``, ``registry``
 → ``convert`` → ``hub``, ``metrics`` → ``weights`` (where weights come from), ``factory`` (``create_model``) →
 ``builder`` (architecture × rule with its weights) → ``entrypoints`` (timm's names), ``pretrained`` (models from
-checkpoints) → ``training`` → ``robustness`` → ``publish`` → ``cli``.
+checkpoints) → ``training``, ``targets`` (what a command measures), ``testing`` (a rule's conformance kit) →
+``robustness`` → ``publish`` → ``cli``. ``register_rule`` (``entrypoints``) adds a rule defined elsewhere.
 
 Example::
 
@@ -13,8 +14,9 @@ Example::
     >>> model = biotorch.create_model("resnet20_dfa", num_classes=100)
     >>> model = biotorch.create_model("lenet_fa.fashion_mnist", pretrained=True)
 """
-from . import data, hub, nn, registry, rules
-from .convert import convert, exact_gradients, feedback_step, redraw_feedback, rule_layers, summary, to_torch
+from . import data, hub, nn, registry, rules, testing
+from .convert import (convert, exact_gradients, feedback_step, redraw_feedback, rule_layers, set_targets, summary,
+                      to_torch)
 from .entrypoints import discover_rules, register_rule, register_with_timm
 from .factory import create_model, transforms
 from .hub import save_pretrained
@@ -31,4 +33,4 @@ __all__ = ["RULES", "CheckpointRecord", "Rule", "discover_rules", "register_rule
            "exact_gradients", "feedback_step", "from_pretrained", "get_pretrained_cfg", "gradient_alignment", "hub",
            "init_from",
            "list_models", "nn", "push_to_hub", "redraw_feedback", "registry", "rule_layers", "rules",
-           "save_pretrained", "summary", "to_torch", "transforms"]
+           "save_pretrained", "set_targets", "summary", "testing", "to_torch", "transforms"]

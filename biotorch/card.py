@@ -23,33 +23,6 @@ DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10":
                   "imagefolder": "ImageNet-style image folder", "synthetic": "synthetic (tests only)"}
 
 # What each rule does, in two sentences, and the paper to cite.
-RULE_SUMMARIES = {
-    "bp": "Backpropagation sends each layer's error backwards through the transpose of its own forward "
-          "weights, so every update is the exact gradient of the loss. It needs weight transport, which "
-          "brains are not known to do, and is the control every other rule is compared with.",
-    "fa": "Feedback Alignment sends errors backwards through a fixed random matrix B of each layer's shape "
-          "instead of the transpose of the forward weights. The forward weights come to align with B during "
-          "training, so the updates approximate the gradient without weight transport.",
-    "dfa": "Direct Feedback Alignment projects the output error straight to every layer through a fixed random "
-           "matrix, with no layer-by-layer backward pass. Each hidden layer receives (e·B) ⊙ f′(a), so all "
-           "layers can be updated as soon as the output error is known.",
-    "usf": "Uniform Sign-concordant Feedback sends errors backwards through sign(W) times a constant (the scale "
-           "of W's initialisation). Only the signs of the forward weights are transported, never their "
-           "magnitudes.",
-    "frsf": "Fixed Random-magnitude Sign-concordant Feedback sends errors backwards through |R| ∘ sign(W), with "
-            "a random magnitude matrix R drawn once. The feedback shares the forward weights' signs but not "
-            "their magnitudes.",
-    "brsf": "Batch Random-magnitude Sign-concordant Feedback sends errors backwards through |R| ∘ sign(W), with "
-            "R redrawn at every optimizer step. The feedback shares the forward weights' signs while its "
-            "magnitudes are fresh noise every batch.",
-    "kp": "Kolen-Pollack learning gives the feedback matrix B exactly the forward weights' update and weight "
-          "decay. The difference W − B then decays to zero, so the feedback converges to the forward weights "
-          "without being copied from them.",
-    "wm": "Weight Mirrors learn the feedback matrix by driving noise through the forward weights after each "
-          "step: with y = Wx, B ← (1 − η)B + η·mean(y xᵀ). Because the noise is white, B tracks W and the "
-          "backward pass approaches backprop without weight transport.",
-}
-
 _BIOTORCH_BIBTEX = """@misc{sanfiz2021benchmarking,
   title         = {Benchmarking the Accuracy and Robustness of Feedback Alignment Algorithms},
   author        = {Sanfiz, Albert Jim{\\'e}nez and Akrout, Mohamed},
@@ -64,63 +37,6 @@ _BIOTORCH_BIBTEX = """@misc{sanfiz2021benchmarking,
   url     = {https://huggingface.co/biotorch}
 }""" % __version__
 
-_AKROUT_2019 = """@inproceedings{akrout2019deep,
-  title     = {Deep Learning without Weight Transport},
-  author    = {Akrout, Mohamed and Wilson, Collin and Humphreys, Peter C. and Lillicrap, Timothy and Tweed, Douglas},
-  booktitle = {Advances in Neural Information Processing Systems},
-  volume    = {32},
-  year      = {2019}
-}"""
-_MOSKOVITZ_2018 = """@misc{moskovitz2018feedback,
-  title         = {Feedback alignment in deep convolutional networks},
-  author        = {Moskovitz, Theodore H. and Litwin-Kumar, Ashok and Abbott, L. F.},
-  year          = {2018},
-  eprint        = {1812.06488},
-  archivePrefix = {arXiv}
-}"""
-RULE_BIBTEX = {
-    "bp": """@article{rumelhart1986learning,
-  title   = {Learning representations by back-propagating errors},
-  author  = {Rumelhart, David E. and Hinton, Geoffrey E. and Williams, Ronald J.},
-  journal = {Nature},
-  volume  = {323},
-  pages   = {533--536},
-  year    = {1986}
-}""",
-    "fa": """@article{lillicrap2016random,
-  title   = {Random synaptic feedback weights support error backpropagation for deep learning},
-  author  = {Lillicrap, Timothy P. and Cownden, Daniel and Tweed, Douglas B. and Akerman, Colin J.},
-  journal = {Nature Communications},
-  volume  = {7},
-  pages   = {13276},
-  year    = {2016}
-}""",
-    "dfa": """@inproceedings{nokland2016direct,
-  title     = {Direct Feedback Alignment Provides Learning in Deep Neural Networks},
-  author    = {N{\\o}kland, Arild},
-  booktitle = {Advances in Neural Information Processing Systems},
-  volume    = {29},
-  year      = {2016}
-}""",
-    "usf": """@inproceedings{liao2016important,
-  title     = {How Important Is Weight Symmetry in Backpropagation?},
-  author    = {Liao, Qianli and Leibo, Joel Z. and Poggio, Tomaso},
-  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
-  volume    = {30},
-  year      = {2016}
-}""",
-    "frsf": _MOSKOVITZ_2018,
-    "brsf": _MOSKOVITZ_2018,
-    "kp": """@inproceedings{kolen1994backpropagation,
-  title     = {Backpropagation without weight transport},
-  author    = {Kolen, John F. and Pollack, Jordan B.},
-  booktitle = {Proceedings of the IEEE International Conference on Neural Networks},
-  year      = {1994}
-}
-
-""" + _AKROUT_2019,
-    "wm": _AKROUT_2019,
-}
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")  # the card's text, rendered by huggingface_hub
 
@@ -210,9 +126,11 @@ RECIPE_PER_RUN = {"seed", "data_dir", "download", "device", "compile", "cuda_gra
 
 
 def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment: bool, owner: str, org: str,
-               robustness_section: str = "", extra_results: Sequence[dict] = ()):
+               robustness_section: str = "", extra_results: Sequence[dict] = (), rule_summary: str = "",
+               rule_citation: str = ""):
     """The model card (huggingface_hub's ``ModelCard``, rendered from ``model_card_template.md``): the front matter
-    of :func:`card_data` and the text; ``baseline`` is the bp card's metrics of the same data."""
+    of :func:`card_data` and the text; ``baseline`` is the bp card's metrics of the same data; ``rule_summary`` and
+    ``rule_citation`` the rule's own words (its class's ``summary`` and ``citation``)."""
     arch, rule, dataset, name, m = cfg["arch"], cfg["rule"], cfg["dataset"], cfg["name"], cfg["metrics"]
     model_name = f"{arch}_{rule}"
     title = DATASET_TITLES.get(dataset, dataset)
@@ -261,14 +179,14 @@ def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment:
                               "not comparable to CIFAR-10 numbers.")
     if dataset == "synthetic":
         limitations.insert(0, "Trained on a tiny synthetic dataset for tests: the weights are meaningless.")
-    citation = _BIOTORCH_BIBTEX + ("\n\n" + RULE_BIBTEX[rule] if rule in RULE_BIBTEX else "")
+    citation = _BIOTORCH_BIBTEX + ("\n\n" + rule_citation if rule_citation else "")
     alignment = ("![alignment: angle between forward weights and feedback, and cosine of the rule's update with "
                  "the true gradient, per layer and epoch](alignment.png)" if has_alignment
                  else "No alignment record was kept for this run.")
     return ModelCard.from_template(
         card_data(cfg, recipe, org, extra_results), template_path=str(TEMPLATE), name=name, model_name=model_name,
         arch=arch, rule=rule, title=title, origin=origin, dataset=dataset, owner=owner, hub_id=cfg["hub_id"],
-        rule_summary=RULE_SUMMARIES.get(rule, f"The {rule} rule (see biotorch.rules)."),
+        rule_summary=rule_summary or f"The {rule} rule (see biotorch.rules).",
         results_table=markdown_table(["model", "rule", "test top-1 % (this checkpoint)", "test top-1 % mean ± std",
                                       "val top-1 %", "test top-5 %"], result_rows),
         baseline_text=baseline_text, alignment=alignment, robustness_section=robustness_section,

@@ -19,10 +19,10 @@ import warnings
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .nn import LAYERS, RuleLayer
-from .rules import DFA, OutputError, Rule, make_rule, rule_module
+from .rules import OutputError, Rule, make_rule, rule_module
 
 # Modules whose own parameters learn from their exact local gradient under every rule.
 _LOCAL = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Embedding, nn.PReLU)
@@ -47,12 +47,12 @@ def convert(model: nn.Module, rule: Union[str, Rule], *, exclude: Iterable[str] 
     converted get the new rule. Create the optimizer *after* converting (kp adds parameters).
 
     Args:
-        rule: one of ``biotorch.RULES`` (bp, fa, dfa, usf, brsf, frsf, wm, kp).
+        rule: one of ``biotorch.RULES`` (bp, fa, dfa, usf, brsf, frsf, wm, kp, drtp, and the registered ones).
         exclude: module names or glob patterns to leave on exact backprop, e.g. ``["fc"]``.
         strict: raise if a module holds parameters that no rule covers (e.g. ``nn.MultiheadAttention``'s
             packed projections), instead of warning.
         seed: feedback of the i-th converted layer is drawn from ``layer_seed(seed, i)``.
-        num_classes: dfa only: size of the output error; default the outputs of the model's output layer
+        num_classes: direct rules (dfa, drtp) only: size of the output error; default the outputs of the model's output layer
             (timm's ``get_classifier()``, else the last Linear), where the error is captured.
         **rule_options: options of the rule (``biotorch.RULES[rule].options``).
     """
@@ -164,7 +164,7 @@ def _output_layer(model: nn.Module) -> Optional[nn.Module]:
         return None if isinstance(head, nn.Identity) else head
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("dfa takes the output error at the model's output layer, its last Linear (or timm's "
+        raise ValueError("direct feedback (dfa, drtp) starts at the model's output layer, its last Linear (or timm's "
                          "get_classifier()); this model has none")
     return linears[-1]
 
@@ -173,7 +173,7 @@ def _attach_output_error(model: nn.Module, num_classes: Optional[int]) -> None:
     layers = [m for _, m in rule_layers(model)]
     for layer in layers:
         layer.output_error, layer.captures_output_error = None, False
-    dfa_layers = [m for m in layers if isinstance(m.rule, DFA)]
+    dfa_layers = [m for m in layers if m.rule.direct]
     if not dfa_layers:
         return
     output = _output_layer(model)
@@ -181,12 +181,28 @@ def _attach_output_error(model: nn.Module, num_classes: Optional[int]) -> None:
         return
     if not isinstance(output, RuleLayer):
         name = next(n for n, m in model.named_modules() if m is output)
-        raise ValueError(f"dfa takes the output error at the model's output layer {name!r}, so it must be "
+        raise ValueError(f"direct feedback (dfa, drtp) starts at the model's output layer {name!r}, so it must be "
                          "converted too: do not exclude it (its weight gradient is the same under every rule)")
     context = OutputError(output.weight.shape[0] if num_classes is None else num_classes)
     output.output_error, output.captures_output_error = context, True
     for layer in dfa_layers:
         layer.output_error = context
+
+
+def set_targets(model: nn.Module, targets: Tensor) -> None:
+    """Give the rules of ``model`` the targets of the batch about to go forward: class indices (batch,) or a
+    (batch, classes) tensor. Rules that learn from the targets (drtp) read them in the backward of that forward
+    pass; the others ignore them. Call it before each forward pass that is trained (biotorch's trainer does).
+
+    Example::
+
+        >>> biotorch.set_targets(model, y)
+        >>> F.cross_entropy(model(x), y).backward()
+    """
+    for _, layer in rule_layers(model):
+        if layer.output_error is not None:  # one context per model: every direct layer shares it
+            layer.output_error.current.targets = targets
+            return
 
 
 def to_torch(model: nn.Module) -> nn.Module:

@@ -43,6 +43,7 @@ from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, file_
                   verify_sha256)
 from .metrics import count_parameters
 from .registry import PRETRAINED_INDEX, CheckpointRecord, check_name_part, check_repo_id, finetune_tag
+from .rules import RULES
 from .training import records
 from .weights import fetch, folder_source
 
@@ -325,7 +326,10 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
         baseline = None if rule == "bp" else _baseline(arch, tag, baseline_runs, out_dir)
         attacks = robustness.model_index(cfg["metrics"].get("robustness"))
         section = robustness.card_section(cfg, staging, cards_dirs=(out_dir.parent, MIRROR))  # draws robustness.png
-        card = model_card(cfg, best.recipe, baseline, has_alignment, owner, hub_org, section, extra_results=attacks)
+        learning = RULES[rule]
+        card = model_card(cfg, best.recipe, baseline, has_alignment, owner, hub_org, section, extra_results=attacks,
+                          rule_summary=learning.summary or (learning.__doc__ or "").strip(),
+                          rule_citation=learning.citation)
         write_text(staging / "README.md", str(card))
         for path in staging.iterdir():
             path.chmod(0o644)  # atomic writes create private temporary files; a published repo is readable

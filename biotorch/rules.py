@@ -87,8 +87,38 @@ def _check_init(rule: str, feedback_init: str) -> str:
     return feedback_init
 
 
+_MOSKOVITZ_2018 = """@misc{moskovitz2018feedback,
+  title         = {Feedback alignment in deep convolutional networks},
+  author        = {Moskovitz, Theodore H. and Litwin-Kumar, Ashok and Abbott, L. F.},
+  year          = {2018},
+  eprint        = {1812.06488},
+  archivePrefix = {arXiv}
+}"""
+_AKROUT_2019 = """@inproceedings{akrout2019deep,
+  title     = {Deep Learning without Weight Transport},
+  author    = {Akrout, Mohamed and Wilson, Collin and Humphreys, Peter C. and Lillicrap, Timothy and Tweed, Douglas},
+  booktitle = {Advances in Neural Information Processing Systems},
+  volume    = {32},
+  year      = {2019}
+}"""
+
+
 class Rule:
     """Backprop through the same code path as every other rule: the control in every comparison."""
+    # The card's words: what the rule does (a paragraph) and the paper it follows (BibTeX).
+    summary: ClassVar[str] = (
+        "Backpropagation sends each layer's error backwards through the transpose of its own forward weights, "
+        "so every update is the exact gradient of the loss. It needs weight transport, which brains are not "
+        "known to do, and is the control every other rule is compared with."
+    )
+    citation: ClassVar[str] = """@article{rumelhart1986learning,
+  title   = {Learning representations by back-propagating errors},
+  author  = {Rumelhart, David E. and Hinton, Geoffrey E. and Williams, Ronald J.},
+  journal = {Nature},
+  volume  = {323},
+  pages   = {533--536},
+  year    = {1986}
+}"""
 
     name: ClassVar[str] = "bp"
     options: ClassVar[tuple[str, ...]] = ()
@@ -98,6 +128,9 @@ class Rule:
     derived: ClassVar[tuple[str, ...]] = ()
     # True when feedback is shaped by the layer's input and drawn at its first forward (dfa).
     drawn_at_first_forward: ClassVar[bool] = False
+    # True when the signal comes straight from the model's output (dfa's error, drtp's targets): convert gives the
+    # rule's layers the model's output context (``layer.output_error``, an :class:`OutputError`).
+    direct: ClassVar[bool] = False
 
     def setup(self, layer: nn.Module, seed: int) -> None:
         pass
@@ -132,6 +165,19 @@ class FA(Rule):
     """Feedback Alignment (Lillicrap et al. 2016): a fixed random B of W's shape.
 
     ``feedback_init``: ``"default"`` draws B like torch's default init of W, ``"xavier"`` as Glorot."""
+    summary = (
+        "Feedback Alignment sends errors backwards through a fixed random matrix B of each layer's shape "
+        "instead of the transpose of the forward weights. The forward weights come to align with B during "
+        "training, so the updates approximate the gradient without weight transport."
+    )
+    citation = """@article{lillicrap2016random,
+  title   = {Random synaptic feedback weights support error backpropagation for deep learning},
+  author  = {Lillicrap, Timothy P. and Cownden, Daniel and Tweed, Douglas B. and Akerman, Colin J.},
+  journal = {Nature Communications},
+  volume  = {7},
+  pages   = {13276},
+  year    = {2016}
+}"""
 
     name = "fa"
     options = ("feedback_init",)
@@ -158,6 +204,18 @@ class FA(Rule):
 
 class USF(Rule):
     """Uniform Sign-concordant Feedback (Liao et al. 2016): sign(W)·s, s the std of W's default init."""
+    summary = (
+        "Uniform Sign-concordant Feedback sends errors backwards through sign(W) times a constant (the scale "
+        "of W's initialisation). Only the signs of the forward weights are transported, never their "
+        "magnitudes."
+    )
+    citation = """@inproceedings{liao2016important,
+  title     = {How Important Is Weight Symmetry in Backpropagation?},
+  author    = {Liao, Qianli and Leibo, Joel Z. and Poggio, Tomaso},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  volume    = {30},
+  year      = {2016}
+}"""
 
     name = "usf"
 
@@ -168,6 +226,12 @@ class USF(Rule):
 
 class FRSF(Rule):
     """Fixed Random-magnitude Sign-concordant Feedback (Moskovitz et al. 2018): |R0| ∘ sign(W)."""
+    summary = (
+        "Fixed Random-magnitude Sign-concordant Feedback sends errors backwards through |R| ∘ sign(W), with a "
+        "random magnitude matrix R drawn once. The feedback shares the forward weights' signs but not their "
+        "magnitudes."
+    )
+    citation = _MOSKOVITZ_2018
 
     name = "frsf"
     options = ("feedback_init",)
@@ -193,6 +257,12 @@ class FRSF(Rule):
 
 class BRSF(FRSF):
     """Batch Random-magnitude Sign-concordant Feedback: |R| ∘ sign(W), R redrawn from (seed, step) each step."""
+    summary = (
+        "Batch Random-magnitude Sign-concordant Feedback sends errors backwards through |R| ∘ sign(W), with R "
+        "redrawn at every optimizer step. The feedback shares the forward weights' signs while its magnitudes "
+        "are fresh noise every batch."
+    )
+    citation = _MOSKOVITZ_2018
 
     name = "brsf"
     stateful = True
@@ -207,6 +277,19 @@ class KP(FA):
 
     B is a parameter that receives exactly W's gradient, so the optimizer gives B the same update and
     weight decay as W and W − B decays to zero."""
+    summary = (
+        "Kolen-Pollack learning gives the feedback matrix B exactly the forward weights' update and weight "
+        "decay. The difference W − B then decays to zero, so the feedback converges to the forward weights "
+        "without being copied from them."
+    )
+    citation = """@inproceedings{kolen1994backpropagation,
+  title     = {Backpropagation without weight transport},
+  author    = {Kolen, John F. and Pollack, Jordan B.},
+  booktitle = {Proceedings of the IEEE International Conference on Neural Networks},
+  year      = {1994}
+}
+
+""" + _AKROUT_2019
 
     name = "kp"
     derived = ()  # B is learned: saved with the weights
@@ -223,6 +306,12 @@ class WM(FA):
     B ← (1 − η) B + η·mean(y xᵀ); the decay is the growth control, so B tracks W·E[x xᵀ] = W.
     A small ``mirror_lr`` averages the noise over ~1/η steps: faster tracking (η = 0.01 to 0.05) destabilised
     LeNet training on Fashion-MNIST in our runs even though B was then within 2–10° of W."""
+    summary = (
+        "Weight Mirrors learn the feedback matrix by driving noise through the forward weights after each "
+        "step: with y = Wx, B ← (1 − η)B + η·mean(y xᵀ). Because the noise is white, B tracks W and the "
+        "backward pass approaches backprop without weight transport."
+    )
+    citation = _AKROUT_2019
 
     name = "wm"
     stateful = True
@@ -255,12 +344,14 @@ class WM(FA):
 
 
 class _ErrorSlot:
-    """Holds the output error of one forward pass; filled by the output's backward, read by the layers'."""
+    """What one forward pass gives direct rules: the output error, filled by the output's backward, and the batch's
+    targets, given before the forward (:func:`biotorch.set_targets`); read by the layers' backward."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "targets")
 
     def __init__(self):
         self.error: Optional[Tensor] = None
+        self.targets: Optional[Tensor] = None
 
 
 class OutputError:
@@ -303,10 +394,23 @@ class DFA(Rule):
     ImageNet-sized inputs. Feedback is drawn at the first forward (its shape depends on the input) from the
     layer's seed; ``biotorch.redraw_feedback(model, num_classes)`` redraws it when the head changes.
     """
+    summary = (
+        "Direct Feedback Alignment projects the output error straight to every layer through a fixed random "
+        "matrix, with no layer-by-layer backward pass. Each hidden layer receives (e·B) ⊙ f′(a), so all "
+        "layers can be updated as soon as the output error is known."
+    )
+    citation = """@inproceedings{nokland2016direct,
+  title     = {Direct Feedback Alignment Provides Learning in Deep Neural Networks},
+  author    = {N{\\o}kland, Arild},
+  booktitle = {Advances in Neural Information Processing Systems},
+  volume    = {29},
+  year      = {2016}
+}"""
 
     name = "dfa"
     options = ("dfa_feedback", "feedback_init")
     drawn_at_first_forward = True
+    direct = True
     derived = ("feedback_weight", "feedback_spatial")
 
     def __init__(self, dfa_feedback: str = "dense", feedback_init: str = "default"):
@@ -377,15 +481,19 @@ class DFA(Rule):
             layer.feedback_weight = layer.feedback_weight.contiguous()
         return None, functools.partial(self.project, layer, context.current)
 
-    def project(self, layer, slot: _ErrorSlot, input_shape) -> Tensor:
-        error = slot.error
-        if error is None:
-            raise RuntimeError("dfa: no output error reached this layer: call backward on a loss computed from "
-                               "the output of the model biotorch.convert made learn by dfa (a model without a "
+    def output_signal(self, slot: _ErrorSlot, num_classes: int) -> Tensor:
+        """What is projected to the layers, (batch, classes): the output error."""
+        if slot.error is None:
+            raise RuntimeError(f"{self.name}: no output error reached this layer: call backward on a loss computed "
+                               "from the output of the model biotorch.convert made learn by it (a model without a "
                                "classifier, or a feature extractor, has no output error)")
+        return slot.error
+
+    def project(self, layer, slot: _ErrorSlot, input_shape) -> Tensor:
+        error = self.output_signal(slot, layer.feedback_weight.shape[0])
         feedback = layer.feedback_weight
         if error.shape[1] != feedback.shape[0]:
-            raise RuntimeError(f"dfa: the output has {error.shape[1]} classes but feedback was drawn for "
+            raise RuntimeError(f"{self.name}: the output has {error.shape[1]} classes but feedback was drawn for "
                                f"{feedback.shape[0]}; call biotorch.redraw_feedback(model, num_classes=...)")
         error = error.to(feedback.dtype)
         if self.dfa_feedback == "factorized" and len(input_shape) > 2:
@@ -394,9 +502,79 @@ class DFA(Rule):
         return (error @ feedback.flatten(1)).view(input_shape)
 
 
-# Every rule by name: the built-in eight, then the rules registered with biotorch.register_rule (read it at call
+class DRTP(DFA):
+    """Direct Random Target Projection (Frenkel, Lefebvre & Bol 2021): the batch's targets projected to every layer.
+
+    Each layer's input receives −y*·B (y* the one-hot targets, divided by the batch size as a mean loss's error is)
+    instead of the output error; it passes the preceding nonlinearity, as dfa's does. The output layer learns with
+    its true error. No output error travels back: updates can start once the targets are known. The targets come
+    from :func:`biotorch.set_targets` (``set_targets(model, y)`` before the forward pass; biotorch's trainer does it),
+    class indices or a (batch, classes) tensor; B as dfa's (``dfa_feedback``, ``feedback_init``).
+    """
+
+    summary = (
+        "Direct Random Target Projection sends every hidden layer a fixed random projection of the batch's one-hot "
+        "targets instead of an error: no error travels backwards, and a layer can be updated as soon as the "
+        "targets are known. Only the output layer learns from its true error."
+    )
+    citation = """@article{frenkel2021learning,
+  title   = {Learning Without Feedback: Fixed Random Learning Signals Allow for Feedforward Training of Deep Neural
+             Networks},
+  author  = {Frenkel, Charlotte and Lefebvre, Martin and Bol, David},
+  journal = {Frontiers in Neuroscience},
+  volume  = {15},
+  pages   = {629892},
+  year    = {2021}
+}"""
+
+    name = "drtp"
+
+    def output_signal(self, slot: _ErrorSlot, num_classes: int) -> Tensor:
+        targets = slot.targets
+        if targets is None:
+            raise RuntimeError("drtp: no targets for this batch: call biotorch.set_targets(model, targets) before the "
+                               "forward pass (biotorch's trainer does)")
+        if targets.dim() == 1:  # class indices; scatter, not one_hot: no host sync (CUDA graphs)
+            targets = torch.zeros(len(targets), num_classes, device=targets.device).scatter_(1, targets[:, None], 1.0)
+        return -targets.flatten(1) / len(targets)
+
+
+class SDFA(DFA):
+    """Sparse Direct Feedback Alignment (Crafton et al. 2019): dfa whose B connects each input unit to one output.
+
+    Every column of B (an input unit; a channel when ``dfa_feedback="factorized"``) keeps one entry, at a class drawn
+    from the layer's seed, scaled by √classes so that the signal's variance is dfa's; the rest are zero. Each unit
+    then hears the error of a single output, a feedback path with num_classes times fewer connections.
+    """
+
+    summary = (
+        "Sparse Direct Feedback Alignment projects the output error to every layer as dfa does, through a random "
+        "matrix with one connection per input unit: each unit hears the error of a single output. The feedback "
+        "path has as many connections as units."
+    )
+    citation = """@article{crafton2019direct,
+  title   = {Direct Feedback Alignment With Sparse Connections for Local Learning},
+  author  = {Crafton, Brian and Parihar, Abhinav and Gebhardt, Evan and Raychowdhury, Arijit},
+  journal = {Frontiers in Neuroscience},
+  volume  = {13},
+  pages   = {525},
+  year    = {2019}
+}"""
+
+    name = "sdfa"
+
+    @torch.no_grad()
+    def draw(self, layer, num_classes: int, input_shape) -> None:
+        super().draw(layer, num_classes, input_shape)
+        dense = layer.feedback_weight.flatten(1)
+        pick = ((counter_uniform(dense.shape[1:], _key(layer.feedback_seed, 0) + 2) + 1) / 2 * num_classes).long()
+        keep = torch.arange(num_classes, device=dense.device)[:, None] == pick.clamp_(max=num_classes - 1)[None]
+        layer.feedback_weight.copy_((dense * keep * math.sqrt(num_classes)).view_as(layer.feedback_weight))
+
+
+# Every rule by name: biotorch's own, then the rules registered with biotorch.register_rule (read it at call
 # time: it grows).
-RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, FA, DFA, USF, BRSF, FRSF, WM, KP)}
+RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, FA, DFA, USF, BRSF, FRSF, WM, KP, DRTP, SDFA)}
 BUILT_IN = tuple(RULES)
 RULE_NAME = re.compile(r"[a-z][a-z0-9]{0,31}")  # a name part of arch_rule.tag: no '_' (it splits), no '.'
 

@@ -3,7 +3,7 @@
 A rule (:class:`biotorch.Rule`) says what signal a layer sends back and how its feedback changes; everything else
 (the weight gradients, saving, DDP, CUDA graphs, export) is biotorch's and must keep working. The kit builds the
 rule's LeNet (convolutions, linear layers and an output layer: direct-feedback rules work too), trains it a few
-steps, and checks:
+steps (giving it each batch's targets first, :func:`biotorch.set_targets`), and checks:
 
 - ``local_gradients``: every layer's weight and bias gradients are its true local gradients given the signal it
   received (δ at its output: Wgrad = δᵀx), whatever the rule sends back;
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convert import feedback_step, rule_layers, to_torch
+from .convert import feedback_step, rule_layers, set_targets, to_torch
 from .entrypoints import register_rule
 from .factory import create_model
 from .hub import save_pretrained
@@ -70,6 +70,7 @@ def _train(model: nn.Module, steps: int = _STEPS, torch_seed: int = 0) -> nn.Mod
         torch.manual_seed(torch_seed + step)  # torch's RNG is each rank's own: a rule must not draw from it
         x, y = _batch(100 + step)
         optimizer.zero_grad()
+        set_targets(model, y)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
         feedback_step(model)
@@ -79,6 +80,7 @@ def _train(model: nn.Module, steps: int = _STEPS, torch_seed: int = 0) -> nn.Mod
 def _grads(model: nn.Module, seed: int = 7) -> dict[str, Tensor]:
     model.zero_grad()
     x, y = _batch(seed)
+    set_targets(model, y)
     F.cross_entropy(model(x), y).backward()
     return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
@@ -138,6 +140,7 @@ def _check_gradients(model: nn.Module, fail) -> bool:
     x, y = _batch(11)
     x.requires_grad_(True)
     model.zero_grad()
+    set_targets(model, y)
     try:
         F.cross_entropy(model(x), y).backward()
     finally:

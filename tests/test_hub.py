@@ -23,6 +23,7 @@ def _trained(name, steps=2, **kwargs):
     y = torch.randint(0, model.num_classes, (8,))
     for _ in range(steps):
         opt.zero_grad()
+        biotorch.set_targets(model, y)  # for the rules that learn from them (drtp)
         F.cross_entropy(model(x), y).backward()
         opt.step()
         biotorch.feedback_step(model)
@@ -32,7 +33,9 @@ def _trained(name, steps=2, **kwargs):
 def _grads(model, x):
     model.zero_grad()
     model.train()
-    F.cross_entropy(model(x), torch.arange(len(x)) % model.num_classes).backward()
+    y = torch.arange(len(x)) % model.num_classes
+    biotorch.set_targets(model, y)
+    F.cross_entropy(model(x), y).backward()
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 

@@ -33,6 +33,7 @@ def test_create_model_converts_every_layer_and_trains(rule):
     layers = dict(biotorch.rule_layers(model))
     assert len(layers) == 20 and all(l.rule.name == rule for l in layers.values())
     assert model.biotorch_config["num_classes"] == 7
+    biotorch.set_targets(model, torch.tensor([0, 6]))  # for the rules that learn from them (drtp)
     out = model(torch.randn(2, 3, 32, 32))
     F.cross_entropy(out, torch.tensor([0, 6])).backward()
     assert model.conv1.weight.grad is not None

@@ -35,7 +35,7 @@ def python(code: str, *paths: Path, cwd: Path | None = None) -> subprocess.Compl
 def test_the_built_in_rules_pass_the_kit(rule, options):
     ran = check_rule(rule, **options)
     assert set(ran) <= set(CHECKS) and {"local_gradients", "round_trip", "same_seed", "exports", "in_place"} <= set(ran)
-    sends_feedback = rule not in ("dfa",)  # dfa projects the output error: no feedback tensor to check against
+    sends_feedback = not biotorch.RULES[rule].direct  # direct rules project from the output: no feedback tensor
     assert ("feedback_signal" in ran) == sends_feedback
     assert ("bp_when_feedback_is_w" in ran) == (rule in ("fa", "wm", "kp"))
 
@@ -135,3 +135,13 @@ def test_register_rule_refuses_what_is_not_a_rule(make, message):
         biotorch.register_rule(make())
     assert biotorch.RULES == before
     assert biotorch.register_rule(FA) is FA and biotorch.RULES == before  # a built-in again: nothing changes
+
+
+def test_the_readme_rule_registers_passes_the_kit_and_builds():
+    from test_readme import blocks
+
+    (code,) = [code for language, code in blocks("### Add your own rule", "## Training") if language == "python"]
+    result = python(code + "\nprint(model.biotorch_config['rule'], model.fc1.rule.scale)\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    kit, built = result.stdout.splitlines()[-2:]
+    assert kit == str(list(CHECKS)) and built == "signfa 2.0"

@@ -309,6 +309,7 @@ def test_brsf_redraws_each_step_deterministically():
 def test_state_dict_round_trip_gives_identical_gradients(rule):
     def grads(model):
         model.zero_grad()
+        biotorch.set_targets(model, torch.tensor([0, 1, 2, 3]))  # for the rules that learn from them (drtp)
         F.cross_entropy(model(torch.ones(4, 6)), torch.tensor([0, 1, 2, 3])).backward()
         return [p.grad.clone() for p in model.parameters()]
 
@@ -423,15 +424,18 @@ def test_autocast_bf16_and_channels_last(rule):
 
 @pytest.mark.parametrize("rule", list(biotorch.RULES))
 def test_torch_compile(rule):
-    """Every rule but dfa compiles as one graph; dfa graph-breaks at its error capture but stays correct."""
+    """Every rule compiles as one graph but the direct ones (dfa, drtp, sdfa), which graph-break at the error capture
+    but stay correct."""
     torch._dynamo.reset()
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
     model = biotorch.convert(net, rule)
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=rule != "dfa")
-    x = torch.randn(2, 3, 8, 8)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=not biotorch.RULES[rule].direct)
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([1, 3])
+    biotorch.set_targets(model, y)
     compiled(x).sum().backward()
     compiled_grad = model[0].weight.grad.clone()
     model.zero_grad()
+    biotorch.set_targets(model, y)
     model(x).sum().backward()
     torch.testing.assert_close(compiled_grad, model[0].weight.grad)
 
@@ -456,3 +460,56 @@ def test_dfa_feedback_init_xavier():
     b = model[2].feedback_weight                            # (classes, inputs of the layer) = (4, 8)
     bound = math.sqrt(6 / (4 + 8))
     assert b.shape == (4, 8) and b.abs().max() <= bound and b.abs().max() > 0.9 * bound
+
+
+def test_drtp_mlp_matches_hand_formula_from_the_targets():
+    """DRTP (Frenkel et al. 2021): hidden layers get −y*·B/N (y* one-hot, N the batch), never the output error;
+    the output layer learns from its true error."""
+    model = biotorch.convert(_mlp(), "drtp", seed=7)
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
+    biotorch.set_targets(model, y)
+    F.cross_entropy(model(x), y).backward()
+    l1, l2, l3 = model[0], model[2], model[4]
+    with torch.no_grad():
+        a1 = x @ l1.weight.t() + l1.bias
+        h1 = a1.relu()
+        a2 = h1 @ l2.weight.t() + l2.bias
+        h2 = a2.relu()
+        e = ((h2 @ l3.weight.t() + l3.bias).softmax(1) - F.one_hot(y, 4)) / len(y)
+        target = -F.one_hot(y, 4).float() / len(y)
+        d2 = (target @ l3.feedback_weight) * (a2 > 0)
+        d1 = (target @ l2.feedback_weight) * (a1 > 0)
+    torch.testing.assert_close(l3.weight.grad, e.t() @ h2)
+    torch.testing.assert_close(l2.weight.grad, d2.t() @ h1)
+    torch.testing.assert_close(l1.weight.grad, d1.t() @ x)
+    torch.testing.assert_close(l1.bias.grad, d1.sum(0))
+    # (batch, classes) targets are projected as given
+    model.zero_grad()
+    biotorch.set_targets(model, F.one_hot(y, 4).float())
+    F.cross_entropy(model(x), y).backward()
+    torch.testing.assert_close(l1.weight.grad, d1.t() @ x)
+    # without targets the backward says what to do
+    model.zero_grad()
+    with pytest.raises(RuntimeError, match="call biotorch.set_targets"):
+        F.cross_entropy(model(x), y).backward()
+
+
+def test_sdfa_feedback_has_one_connection_per_unit_and_dfa_gradients_through_it():
+    """Sparse DFA (Crafton et al. 2019): B keeps one entry per input unit, scaled by √classes; the gradients are
+    dfa's formula through that B."""
+    model = biotorch.convert(_mlp(), "sdfa", seed=3)
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
+    F.cross_entropy(model(x), y).backward()
+    l1, l2, l3 = model[0], model[2], model[4]
+    for layer, units in ((l2, 8), (l3, 7)):
+        b = layer.feedback_weight
+        assert b.shape == (4, units) and (b != 0).sum(0).tolist() == [1] * units
+    dense = biotorch.convert(_mlp(), "dfa", seed=3)
+    dense(x)
+    torch.testing.assert_close(l2.feedback_weight, dense[2].feedback_weight * (l2.feedback_weight != 0) * 2)
+    with torch.no_grad():
+        a1 = x @ l1.weight.t() + l1.bias
+        e = ((((a1.relu() @ l2.weight.t() + l2.bias).relu()) @ l3.weight.t() + l3.bias).softmax(1)
+             - F.one_hot(y, 4)) / len(y)
+        d1 = (e @ l2.feedback_weight) * (a1 > 0)
+    torch.testing.assert_close(l1.weight.grad, d1.t() @ x)

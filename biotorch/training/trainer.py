@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..card import describe_start, pct
-from ..convert import feedback_step
+from ..convert import feedback_step, set_targets
 from ..data import DATASETS, DatasetInfo, DeviceLoader, balanced_subset, dataset_info, has_split, imagefolder_info
 from ..factory import create_model, data_config
 from ..pretrained import init_from
@@ -367,6 +367,7 @@ class Trainer:
 
     def _step_ops(self, x: Tensor, y: Tensor) -> None:
         """Forward, backward, optimizer step, feedback update, statistics: all on the device."""
+        set_targets(self.model, y)  # for rules that learn from the targets (drtp)
         with self._autocast():
             logits = self.net(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
