@@ -1,4 +1,6 @@
-"""The ``biotorch`` command line: ``list``, ``info``, ``train``, ``eval``, ``push``, ``robustness``; run ``biotorch --help``.
+"""The ``biotorch`` command line: list, info, train, eval, robustness, bench, push.
+
+Run ``biotorch --help``; ``biotorch COMMAND --help`` for one command.
 
 Errors are one line on stderr and exit status 2, never a traceback.
 
@@ -24,6 +26,8 @@ import typing
 from pathlib import Path
 
 from . import registry, robustness
+from .benchmark import DEFAULT_RECIPE, benchmark
+from .benchmark import table as bench_table
 from .card import pct
 from .convert import exact_gradients
 from .data import DeviceLoader, load_samples
@@ -226,6 +230,25 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+# --- bench ------------------------------------------------------------------------------------------------
+def _cmd_bench(args) -> int:
+    overrides = {"rule": args.rule, "seed": args.seed, **parse_set(args.set)}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.rule_option:
+        overrides["rule_options"] = parse_set(args.rule_option)
+    recipe = load_recipe(args.recipe or DEFAULT_RECIPE, overrides)
+    if args.budget_s is not None and not args.budget_s > 0:
+        raise ValueError(f"--budget-s must be a positive number of seconds, got {args.budget_s}")
+    if args.attack_images < 0:
+        raise ValueError(f"--attack-images must be >= 0, got {args.attack_images}")
+    run_dir = Path(args.out or f"runs/bench-{recipe.model_name}.{recipe.data}-seed{recipe.seed}")
+    rows = benchmark(recipe, run_dir, budget_s=args.budget_s, attack_images=args.attack_images,
+                     plot=Path(args.plot) if args.plot else run_dir / "bench.png")
+    print(json.dumps(rows, indent=2) if args.json else bench_table(rows))
+    return 0
+
+
 # --- push -------------------------------------------------------------------------------------------------
 def _cmd_push(args) -> int:
     folder = Path(args.folder)
@@ -301,6 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(handler=_cmd_eval)
 
     robustness.add_commands(commands)
+    parser = subparsers.add_parser(
+        "bench", help="train a rule on a zoo recipe and compare it with the published cards",
+        description="Train RULE (built in, or registered by an installed package) on one of the zoo's recipes, "
+                    "selected on validation and tested once, then print it beside every published card of the same "
+                    "architecture and data: test and val top-1, the W-B angle, top-1 under FGSM.")
+    parser.add_argument("rule", help="the learning rule, e.g. drtp")
+    parser.add_argument("--recipe", help="a recipe (default: recipes/fashion_mnist/lenet.yaml, LeNet on Fashion-MNIST)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set a recipe key")
+    parser.add_argument("--rule-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the rule")
+    parser.add_argument("--data-dir", help="folder holding the dataset files")
+    parser.add_argument("--budget-s", type=float, help="stop before an epoch that would end past this many seconds "
+                        "(e.g. ResNet-20 on the CPU); the run then says it is not a full recipe")
+    parser.add_argument("--attack-images", type=int, default=1000, help="test images FGSM attacks (0: none)")
+    parser.add_argument("--out", help="run folder (default runs/bench-<model>.<data>-seed<seed>; resumed if there)")
+    parser.add_argument("--plot", help="bar chart PNG (default <out>/bench.png)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.set_defaults(handler=_cmd_bench)
     parser = subparsers.add_parser(
         "push", help="push your model (a training run, with a model card, or a checkpoint folder) to the Hub",
         description="Push a training run (a model card is built from it: results, recipe, provenance) or a "

@@ -10,13 +10,12 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .convert import exact_gradients, rule_layers
-from .rules import DFA
+from .convert import exact_gradients, rule_layers, set_targets
 
 
 def _angle(a: Tensor, b: Tensor) -> float:
@@ -28,11 +27,12 @@ def _angle(a: Tensor, b: Tensor) -> float:
 def alignment(model: nn.Module) -> dict[str, dict]:
     """Per layer: the angle in degrees between W and the feedback its backward uses, and ‖B‖/‖W‖.
 
-    dfa layers are left out: their feedback maps the output error, it has no W-shaped counterpart.
+    The layers of direct rules (dfa, drtp, sdfa) are left out: their feedback maps the output, it has no W-shaped
+    counterpart.
     """
     result = {}
     for name, layer in rule_layers(model):
-        if isinstance(layer.rule, DFA):
+        if layer.rule.direct:
             continue
         feedback, _ = layer.rule.signal(layer, None)
         w = layer.weight
@@ -41,12 +41,14 @@ def alignment(model: nn.Module) -> dict[str, dict]:
     return result
 
 
-def gradient_alignment(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor]) -> dict[str, float]:
+def gradient_alignment(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor],
+                       targets: Optional[Tensor] = None) -> dict[str, float]:
     """Per layer: cosine between the rule's weight gradient and the true gradient on the same batch.
 
     ``loss_fn(model)`` must compute the loss of one fixed batch; it runs twice (rule, then exact) with the
     model's buffers (e.g. BatchNorm statistics) restored afterwards; existing ``.grad`` are untouched. Frozen
-    weights (``requires_grad=False``) are measured too: the update their rule would give them.
+    weights (``requires_grad=False``) are measured too: the update their rule would give them. ``targets``: the
+    batch's, for the rules that learn from them (drtp; :func:`biotorch.set_targets` before each pass).
     """
     layers = list(rule_layers(model))
     weights = [layer.weight for _, layer in layers]
@@ -55,8 +57,12 @@ def gradient_alignment(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor])
     try:
         for weight in frozen:
             weight.requires_grad_(True)
+        if targets is not None:
+            set_targets(model, targets)
         rule_grads = torch.autograd.grad(loss_fn(model), weights, allow_unused=True)
         with exact_gradients(model):
+            if targets is not None:
+                set_targets(model, targets)
             true_grads = torch.autograd.grad(loss_fn(model), weights, allow_unused=True)
     finally:
         for weight in frozen:

@@ -50,7 +50,7 @@ from .weights import fetch, folder_source
 
 RUN_METRICS = "metrics.json"
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
-CARD_FILES = ("history.csv", "curves.png", "alignment.png")  # recipe.yaml is written from Run.recipe
+CARD_FILES = ("history.csv", "curves.png", "alignment.png", "alignment.json")  # recipe.yaml: from Run.recipe
 
 # The tag a name without one resolves to: decided by the architecture alone, so every folder knows
 # whether it is the default without looking at the others. Small MLP/LeNet → Fashion-MNIST, CIFAR-sized

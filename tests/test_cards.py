@@ -46,7 +46,7 @@ def card(two_seeds, tmp_path) -> Path:
 def test_card_folder_publishes_the_best_validation_seed(card, two_seeds):
     assert sorted(p.name for p in card.iterdir()) == sorted(
         ["model.safetensors", "config.json", "README.md", "metrics.json", "history.csv", "recipe.yaml",
-         "curves.png", "alignment.png"])
+         "curves.png", "alignment.png", "alignment.json"])
     metrics = json.loads((card / "metrics.json").read_text())
     assert metrics["seed"] == 0 and metrics["val_top1"] == 90.0 and metrics["test_top1"] == 80.0
     assert metrics["seeds"] == 2 and metrics["seed_list"] == [0, 1]

@@ -60,8 +60,26 @@ def test_the_kit_names_the_broken_contract():
         assert failures[name].startswith(f"rule {name!r} {check}"), failures[name]
 
 
+def fake_fashion_mnist(folder: Path) -> Path:
+    """400 training and 100 test 28×28 images in Fashion-MNIST's files: each class a brightness level."""
+    import torch
+    from test_data import write_idx
+
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 400), ("t10k", 100)):
+        labels = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
+        images = (torch.rand(n, 28, 28, generator=g) * 60).to(torch.uint8) + (labels.view(-1, 1, 1) * 19)
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
 def test_a_rule_from_outside_biotorch_joins_the_hub(tmp_path):
-    """The done-when of the rule API: kit, recipe training, save and reload, `biotorch list`, timm."""
+    """The done-when of the rule API: kit, recipe training, save and reload, `biotorch list`, timm, and `biotorch
+    bench` (on a stand-in for Fashion-MNIST's files: tests read no real dataset) printing its row beside the LeNet
+    cards."""
+    data = fake_fashion_mnist(tmp_path / "fashion")
     result = python(f"""
         import json, pathlib, torch, timm, biotorch, my_rule
         from biotorch import cli
@@ -78,6 +96,8 @@ def test_a_rule_from_outside_biotorch_joins_the_hub(tmp_path):
         out["reloads"] = bool(torch.equal(model.eval()(x), again.eval()(x)))
         print(json.dumps(out))
         cli.main(["list", "lenet_*"])
+        cli.main(["bench", "signfa", "--data-dir", {str(data)!r}, "--set", "val_size=100", "--set", "epochs=1",
+                  "--attack-images", "20", "--out", str(run.parent / "bench")])
     """, PLUGINS, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
@@ -85,7 +105,15 @@ def test_a_rule_from_outside_biotorch_joins_the_hub(tmp_path):
     assert out["timm"] == ["lenet_signfa", "CifarResNet"]
     assert out["train"] == 0 and out["reloads"] is True
     assert out["config"] == ["signfa", "my_rule", {"scale": 2.0}]
-    assert any(line.split()[:2] == ["lenet_signfa", "signfa"] for line in result.stdout.splitlines())
+    lines = result.stdout.splitlines()
+    assert any(line.split()[:2] == ["lenet_signfa", "signfa"] for line in lines)
+    table = lines[lines.index(next(line for line in lines if line.startswith("model "))):]
+    names = [line.split()[0] for line in table[2:]]
+    assert "lenet_signfa" in names and {f"lenet_{r}.fashion_mnist" for r in ("bp", "fa", "dfa")} <= set(names)
+    mine = next(line for line in table if line.startswith("lenet_signfa (this run)"))
+    assert mine.split()[3:5] == ["signfa", json.loads((tmp_path / "bench" / "metrics.json").read_text())[
+        "test_top1"].__format__(".2f")]
+    assert (tmp_path / "bench" / "bench.png").is_file() and (tmp_path / "bench" / "bench.json").is_file()
 
     # Without the module that defines it, the checkpoint says which module to import, in one line.
     loaded = python(f"""

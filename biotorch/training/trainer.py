@@ -431,7 +431,7 @@ class Trainer:
         was_training = self.model.training
         self.model.train()
         angles = alignment(self.model)
-        cosines = gradient_alignment(self.model, lambda m: F.cross_entropy(m(x), y))
+        cosines = gradient_alignment(self.model, lambda m: F.cross_entropy(m(x), y), targets=y)
         self.model.train(was_training)
         layers = {name: {"rule": angles.get(name, {}).get("rule"), "angle": angles.get(name, {}).get("angle"),
                          "norm_ratio": angles.get(name, {}).get("norm_ratio"), "gradient_cosine": cosine}
