@@ -116,9 +116,9 @@ def resolve(source: Union[Source, PathLike]) -> Source:
     if how == "hub":
         repo_id = text[len(HUB_PREFIX):]
         try:
-            check_repo_id(repo_id, f"{text!r}: the Hub id")
+            check_repo_id(repo_id, "the repo id")
         except ValueError as error:
-            raise ConfigError(f"{error} (hf-hub:<org>/<repo>)") from None
+            raise ConfigError(f"{text!r}: a Hub id is hf-hub:<org>/<repo>; {error}") from None
         return Source("hub", text, repo_id=repo_id)
     if how == "name":
         return Source("name", text, name=get_pretrained_cfg(text).name)

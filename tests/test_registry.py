@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import biotorch
-from biotorch import factory
+from biotorch import cli, factory
 from biotorch.models import ARCHITECTURES
 
 
@@ -79,10 +79,12 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "biotorch", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_cli_list_and_info():
-    listing = _cli("list", "resnet20_*")
-    assert listing.returncode == 0 and "resnet20_kp" in listing.stdout and "0.27M" in listing.stdout
-    info = _cli("info", "resnet20_dfa")
-    assert info.returncode == 0 and "Direct Feedback Alignment" in info.stdout and "269,722" in info.stdout
-    bad = _cli("info", "resnet20_faa")
+def test_cli_list_and_info(capsys):
+    assert cli.main(["list", "resnet20_*"]) == 0
+    listing = capsys.readouterr().out
+    assert "resnet20_kp" in listing and "resnet20_sdfa" in listing and "0.27M" in listing
+    assert cli.main(["info", "resnet20_dfa"]) == 0
+    info = capsys.readouterr().out
+    assert "Direct Feedback Alignment" in info and "269,722" in info
+    bad = _cli("info", "resnet20_faa")  # the real entry point: one line, exit 2
     assert bad.returncode == 2 and "Did you mean" in bad.stderr and "Traceback" not in bad.stderr

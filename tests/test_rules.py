@@ -463,8 +463,8 @@ def test_dfa_feedback_init_xavier():
 
 
 def test_drtp_mlp_matches_hand_formula_from_the_targets():
-    """DRTP (Frenkel et al. 2021): hidden layers get −y*·B/N (y* one-hot, N the batch), never the output error;
-    the output layer learns from its true error."""
+    """DRTP (Frenkel et al. 2021): hidden layers get y*·B/N (y* one-hot, N the batch: the paper's δ = Bᵀy*), never
+    the output error; the output layer learns from its true error."""
     model = biotorch.convert(_mlp(), "drtp", seed=7)
     x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
     biotorch.set_targets(model, y)
@@ -476,7 +476,7 @@ def test_drtp_mlp_matches_hand_formula_from_the_targets():
         a2 = h1 @ l2.weight.t() + l2.bias
         h2 = a2.relu()
         e = ((h2 @ l3.weight.t() + l3.bias).softmax(1) - F.one_hot(y, 4)) / len(y)
-        target = -F.one_hot(y, 4).float() / len(y)
+        target = F.one_hot(y, 4).float() / len(y)
         d2 = (target @ l3.feedback_weight) * (a2 > 0)
         d1 = (target @ l2.feedback_weight) * (a1 > 0)
     torch.testing.assert_close(l3.weight.grad, e.t() @ h2)
