@@ -237,7 +237,8 @@ def _cmd_bench(args) -> int:
         overrides["data_dir"] = args.data_dir
     if args.rule_option:
         overrides["rule_options"] = parse_set(args.rule_option)
-    recipe = load_recipe(args.recipe or DEFAULT_RECIPE, overrides)
+    own = DEFAULT_RECIPE.with_name(f"{DEFAULT_RECIPE.stem}_{args.rule}.yaml")  # the zoo's recipe for this rule
+    recipe = load_recipe(args.recipe or (own if own.is_file() else DEFAULT_RECIPE), overrides)
     if args.budget_s is not None and not args.budget_s > 0:
         raise ValueError(f"--budget-s must be a positive number of seconds, got {args.budget_s}")
     if args.attack_images < 0:
@@ -330,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "selected on validation and tested once, then print it beside every published card of the same "
                     "architecture and data: test and val top-1, the W-B angle, top-1 under FGSM.")
     parser.add_argument("rule", help="the learning rule, e.g. drtp")
-    parser.add_argument("--recipe", help="a recipe (default: recipes/fashion_mnist/lenet.yaml, LeNet on Fashion-MNIST)")
+    parser.add_argument("--recipe", help="a recipe (default: LeNet on Fashion-MNIST, the zoo's recipe for the rule, "
+                        "recipes/fashion_mnist/lenet_<rule>.yaml, else recipes/fashion_mnist/lenet.yaml)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set a recipe key")
     parser.add_argument("--rule-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the rule")
