@@ -37,5 +37,5 @@ def test_readme_main_command_evaluates_the_bundled_checkpoint_on_the_samples(tmp
     labels = torch.tensor([int(r["label"]) for r in rows])
     with torch.no_grad():
         top1 = (model(batch).argmax(1) == labels).float().mean().item() * 100
-    assert abs(result["top1"] - top1) < 1e-6
+    assert abs(result["top1"] - top1) < 1e-4  # percentages summed in float32
     assert top1 > 60  # a trained model, not chance

@@ -190,8 +190,9 @@ def test_transforms_resize_any_size_then_crop_as_timm_does():
     with torch.no_grad():
         small = model(torch.stack([tf(Image.open(path)) for path in files])).argmax(1)
         large = model(torch.stack([tf(Image.open(path).resize((64, 64), Image.BICUBIC)) for path in files])).argmax(1)
-    accuracy = lambda predicted: 100 * (predicted == y).float().mean().item()  # noqa: E731
-    assert abs(accuracy(small) - accuracy(large)) <= 1 and (small == large).float().mean() >= 0.85
+    # 28 → 64 (bicubic) → 28 (antialiased bilinear) is not lossless: the 100-epoch lenet_fa card (2026-11-30) tells 2 of
+    # the 100 samples apart where the 15-epoch one told 1; a wrong transform (a crop without resize) loses ~50 points.
+    assert abs(int((small == y).sum()) - int((large == y).sum())) <= 2 and (small == large).float().mean() >= 0.85
     assert tuple(tf(Image.new("RGB", (200, 120))).shape) == (1, 32, 32)  # any size, any mode
 
 

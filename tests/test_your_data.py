@@ -45,7 +45,7 @@ def run_cli(capsys, *argv) -> str:
 
 def test_fine_tune_evaluate_attack_and_push_from_the_command_line(images, tmp_path, capsys, loopback_hub):
     run = tmp_path / "runs" / "shapes"
-    log = run_cli(capsys, "train", "--init-from", START, "--data", "imagefolder", "--data-dir", images, "--epochs", 5,
+    log = run_cli(capsys, "train", "--init-from", START, "--data", "imagefolder", "--data-dir", images, "--epochs", 10,
                   "--batch-size", 8, "--out", run, "--no-progress")
     assert "no test number" not in log  # the folder has test/
     metrics = json.loads((run / "metrics.json").read_text())
