@@ -145,6 +145,16 @@ def _mlp(seed=0):
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 4))
 
 
+def _mlp_forward(model, x, y):
+    """By hand, :func:`_mlp`'s forward: pre-activations, activations, and e = softmax − onehot (mean loss)."""
+    l1, l2, l3 = model[0], model[2], model[4]
+    a1 = x @ l1.weight.t() + l1.bias
+    h1 = a1.relu()
+    a2 = h1 @ l2.weight.t() + l2.bias
+    h2 = a2.relu()
+    return a1, h1, a2, h2, ((h2 @ l3.weight.t() + l3.bias).softmax(1) - F.one_hot(y, 4)) / len(y)
+
+
 def test_dfa_mlp_matches_hand_formula_and_ignores_downstream_weights():
     model = biotorch.convert(_mlp(), "dfa", seed=7)
     x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
@@ -153,12 +163,7 @@ def test_dfa_mlp_matches_hand_formula_and_ignores_downstream_weights():
     l1, l2, l3 = model[0], model[2], model[4]
     # Hand-computed DFA (Nøkland 2016): e = softmax − onehot (mean loss), δ_l = (e B_{l+1}) ⊙ relu'(a_l).
     with torch.no_grad():
-        a1 = x @ l1.weight.t() + l1.bias
-        h1 = a1.relu()
-        a2 = h1 @ l2.weight.t() + l2.bias
-        h2 = a2.relu()
-        out = h2 @ l3.weight.t() + l3.bias
-        e = (out.softmax(1) - F.one_hot(y, 4)) / len(y)
+        a1, h1, a2, h2, e = _mlp_forward(model, x, y)
         d2 = (e @ l3.feedback_weight) * (a2 > 0)
         d1 = (e @ l2.feedback_weight) * (a1 > 0)
     assert l3.feedback_weight.shape == (4, 7) and l2.feedback_weight.shape == (4, 8)
@@ -471,11 +476,7 @@ def test_drtp_mlp_matches_hand_formula_from_the_targets():
     F.cross_entropy(model(x), y).backward()
     l1, l2, l3 = model[0], model[2], model[4]
     with torch.no_grad():
-        a1 = x @ l1.weight.t() + l1.bias
-        h1 = a1.relu()
-        a2 = h1 @ l2.weight.t() + l2.bias
-        h2 = a2.relu()
-        e = ((h2 @ l3.weight.t() + l3.bias).softmax(1) - F.one_hot(y, 4)) / len(y)
+        a1, h1, a2, h2, e = _mlp_forward(model, x, y)
         target = F.one_hot(y, 4).float() / len(y)
         d2 = (target @ l3.feedback_weight) * (a2 > 0)
         d1 = (target @ l2.feedback_weight) * (a1 > 0)
@@ -508,8 +509,6 @@ def test_sdfa_feedback_has_one_connection_per_unit_and_dfa_gradients_through_it(
     dense(x)
     torch.testing.assert_close(l2.feedback_weight, dense[2].feedback_weight * (l2.feedback_weight != 0) * 2)
     with torch.no_grad():
-        a1 = x @ l1.weight.t() + l1.bias
-        e = ((((a1.relu() @ l2.weight.t() + l2.bias).relu()) @ l3.weight.t() + l3.bias).softmax(1)
-             - F.one_hot(y, 4)) / len(y)
+        a1, _, _, _, e = _mlp_forward(model, x, y)
         d1 = (e @ l2.feedback_weight) * (a1 > 0)
     torch.testing.assert_close(l1.weight.grad, d1.t() @ x)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..card import describe_start, pct
-from ..convert import feedback_step, set_targets
+from ..convert import feedback_step, rule_layers, set_targets
 from ..data import DATASETS, DatasetInfo, DeviceLoader, balanced_subset, dataset_info, has_split, imagefolder_info
 from ..factory import create_model, data_config
 from ..pretrained import init_from
@@ -269,6 +269,7 @@ class Trainer:
         if recipe.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._head = {id(p) for p in self.model.get_classifier().parameters()}
+        self._direct = any(layer.output_error is not None for _, layer in rule_layers(self.model))  # once, not per step
         self.params_forward, self.params_feedback = count_parameters(self.model)
 
     def _setup_optimization(self, recipe: Recipe) -> None:
@@ -367,7 +368,8 @@ class Trainer:
 
     def _step_ops(self, x: Tensor, y: Tensor) -> None:
         """Forward, backward, optimizer step, feedback update, statistics: all on the device."""
-        set_targets(self.model, y)  # for rules that learn from the targets (drtp)
+        if self._direct:  # rules that learn from the targets read them from the model's output context (drtp)
+            set_targets(self.model, y)
         with self._autocast():
             logits = self.net(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
