@@ -31,6 +31,7 @@ from .benchmark import table as bench_table
 from .card import pct
 from .convert import exact_gradients
 from .data import DeviceLoader, load_samples
+from .entrypoints import load_plugin
 from .errors import BiotorchError, ConfigError, shorten
 from .factory import data_config, model_parameters
 from .files import SAMPLES
@@ -266,6 +267,9 @@ def _cmd_push(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="biotorch", description=__doc__.splitlines()[0])
     root.add_argument("--version", action="version", version=f"biotorch {__version__}")
+    root.add_argument("--plugin", "-p", action="append", default=[], metavar="MODULE",
+                      help="import MODULE (a module name or a .py file) first, so that the rules it registers "
+                           "(biotorch.register_rule) can be used; repeatable")
     subparsers = commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="list models (or pretrained checkpoints)")
@@ -361,7 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(f"biotorch {args.command}", args.handler, args)
+
+    def command(args):
+        for plugin in args.plugin:
+            load_plugin(plugin)
+        return args.handler(args)
+    return run_command(f"biotorch {args.command}", command, args)
 
 
 def run_command(command: str, handler, args) -> int:
@@ -372,7 +381,7 @@ def run_command(command: str, handler, args) -> int:
     except BrokenPipeError:  # `biotorch list | head`: the reader has gone, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (BiotorchError, ValueError, OSError, KeyError, RuntimeError) as error:
+    except (BiotorchError, ValueError, OSError, KeyError, RuntimeError, ImportError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"{command}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2

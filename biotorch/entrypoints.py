@@ -7,8 +7,12 @@ Each entry point checks its arguments as timm's own do and builds through :func:
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 import warnings
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from timm.layers import register_notrace_module
@@ -21,7 +25,7 @@ from .nn import LAYERS
 from .registry import describe, model_names, split_name, timm_default_cfgs
 from .rules import RULES, Rule, add_rule
 
-__all__ = ["discover_rules", "register_rule", "register_with_timm"]
+__all__ = ["discover_rules", "load_plugin", "register_rule", "register_with_timm"]
 
 ENTRY_POINT_GROUP = "biotorch.rules"  # an installed package's rules: [project.entry-points."biotorch.rules"]
 
@@ -106,3 +110,31 @@ def discover_rules() -> list[str]:
             warnings.warn(f"biotorch: the rule {entry.name!r} of {entry.value} ({ENTRY_POINT_GROUP} entry point) "
                           f"was not registered: {type(error).__name__}: {error}", stacklevel=2)
     return found
+
+
+def load_plugin(plugin: str):
+    """Import ``plugin``, a module that registers rules (:func:`register_rule`) and is not an installed package's
+    entry point: a module name (``my_rules``, ``lab.rules``; the working directory is searched last, as
+    ``python -m`` does first) or a ``.py`` file, imported under its file name. ``biotorch --plugin`` does it
+    before a command; a checkpoint of its rule then records that module name. Returns the module."""
+    try:
+        if plugin.endswith(".py"):
+            path = Path(plugin)
+            if not path.is_file():
+                raise FileNotFoundError(f"no file at {path}")
+            name = path.stem
+            if name in sys.modules:
+                return sys.modules[name]
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = sys.modules[name] = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return module
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.append(str(Path.cwd()))
+        return importlib.import_module(plugin)
+    except Exception as error:  # the plug-in's own code: one line naming it, whatever went wrong
+        raise ImportError(f"the plug-in {plugin!r} could not be imported: {type(error).__name__}: {error}") from None

@@ -55,8 +55,8 @@ CARD_FILES = ("history.csv", "curves.png", "alignment.png", "alignment.json")  #
 # The tag a name without one resolves to: decided by the architecture alone, so every folder knows
 # whether it is the default without looking at the others. Small MLP/LeNet → Fashion-MNIST, CIFAR-sized
 # models → cifar10_jpeg, ImageNet-sized models → an ImageNet-style folder.
-DEFAULT_DATASETS = {"lenet": "fashion_mnist", "mlp": "fashion_mnist", "resnet18": "imagefolder",
-                    "resnet34": "imagefolder", "resnet50": "imagefolder"}
+DEFAULT_DATASETS = {"lenet": "fashion_mnist", "lenet_tanh": "fashion_mnist", "mlp": "fashion_mnist",
+                    "resnet18": "imagefolder", "resnet34": "imagefolder", "resnet50": "imagefolder"}
 DEFAULT_DATASET = "cifar10_jpeg"  # resnet20..110, mixer_s4 and any architecture not listed above
 
 # --------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from biotorch.models import ARCHITECTURES, DEFAULT_CFGS, CifarResNet
@@ -30,7 +31,7 @@ def small_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
 
 def test_registry_names_and_descriptions():
     assert set(ARCHITECTURES) == {
-        "lenet", "mlp", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+        "lenet", "lenet_tanh", "mlp", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
         "resnet18", "resnet34", "resnet50", "mixer_s4",
     }
     for name, factory in ARCHITECTURES.items():
@@ -48,6 +49,18 @@ def test_output_shape_on_default_input_size(name, in_chans):
     with torch.no_grad():
         out = model(torch.randn(batch, *model.default_input_size))
     assert out.shape == (batch, 10)
+
+
+def test_lenet_tanh_is_lenet_with_tanh_units():
+    relu, tanh = ARCHITECTURES["lenet"](in_chans=1), ARCHITECTURES["lenet_tanh"](in_chans=1)
+    assert {k: v.shape for k, v in relu.state_dict().items()} == {k: v.shape for k, v in tanh.state_dict().items()}
+    tanh.load_state_dict(relu.state_dict())
+    x = torch.randn(3, 1, 32, 32)
+    manual = F.max_pool2d(torch.tanh(tanh.conv2(F.max_pool2d(torch.tanh(tanh.conv1(x)), 2))), 2).flatten(1)
+    manual = tanh.head(torch.tanh(tanh.fc2(torch.tanh(tanh.fc1(manual)))))
+    torch.testing.assert_close(tanh.eval()(x), manual)
+    assert not torch.allclose(relu.eval()(x), manual)
+    assert ARCHITECTURES["lenet"](act_layer="tanh").act3.__class__ is tanh.act3.__class__
 
 
 def test_default_input_sizes():

@@ -136,7 +136,22 @@ def test_a_rule_from_outside_biotorch_joins_the_hub(tmp_path):
     """)
     assert loaded.returncode == 2 and loaded.stderr.count("\n") == 1, loaded.stderr
     assert "its rule 'signfa' is defined in the module 'readme_rule'" in loaded.stderr
-    assert "import readme_rule" in loaded.stderr
+    assert "import readme_rule" in loaded.stderr and "biotorch --plugin readme_rule" in loaded.stderr
+
+    # On the command line, --plugin imports it first: by module name (the working directory is searched, as
+    # `python -m` does) or as a file; a plug-in that cannot be imported is one line, exit 2.
+    script = Path(sys.executable).with_name("biotorch")  # the console script pip installed beside this interpreter
+    assert script.is_file(), f"no biotorch console script at {script}: pip install -e ."
+    user = tmp_path / "user"
+    for plugin, cwd in (("readme_rule", user), (str(user / "readme_rule.py"), tmp_path)):
+        shown = subprocess.run([str(script), "--plugin", plugin, "info", str(tmp_path / "run")], cwd=cwd,
+                               capture_output=True, text=True, timeout=600)
+        assert shown.returncode == 0 and "signfa" in shown.stdout, shown.stderr[-2000:]
+    for plugin, message in (("no_such_rules", "No module named 'no_such_rules'"),
+                            (str(user / "missing.py"), "no file at")):
+        failed = subprocess.run([str(script), "-p", plugin, "list"], cwd=tmp_path, capture_output=True, text=True)
+        assert failed.returncode == 2 and failed.stderr.count("\n") == 1, failed.stderr
+        assert f"the plug-in {plugin!r} could not be imported" in failed.stderr and message in failed.stderr
 
 
 def test_installed_packages_bring_rules_through_an_entry_point(tmp_path):

@@ -406,7 +406,7 @@ def test_model_interface_fx_torchscript_and_plain_torch(arch, rule):
     assert list(biotorch.rule_layers(model))  # the model itself is untouched
 
     # reset_classifier: timm's signature, the model's train/eval mode, the model's rule
-    pooled = arch not in ("lenet", "mlp")  # these heads read the whole feature map: global_pool="" only
+    pooled = arch not in ("lenet", "lenet_tanh", "mlp")  # these heads read the whole feature map: global_pool="" only
     model.reset_classifier(0, "")
     assert model.num_classes == 0 and model(x).shape == (features.shape if pooled else (2, model.head_hidden_size))
     model.reset_classifier(3, "avg" if pooled else "")

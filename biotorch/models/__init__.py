@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .lenet import LeNet, lenet
+from .lenet import LeNet, lenet, lenet_tanh
 from .mixer import MlpMixer, mixer_s4
 from .mlp import MLP, mlp
 from .resnet_cifar import CifarResNet, resnet20, resnet32, resnet44, resnet56, resnet110
@@ -35,6 +35,7 @@ __all__ = [
     "MLP",
     "MlpMixer",
     "lenet",
+    "lenet_tanh",
     "mixer_s4",
     "mlp",
     "resnet18",
@@ -51,7 +52,7 @@ __all__ = [
 # The first line of each factory's docstring is the one-line description users see.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     factory.__name__: factory
-    for factory in (lenet, mlp, resnet20, resnet32, resnet44, resnet56, resnet110,
+    for factory in (lenet, lenet_tanh, mlp, resnet20, resnet32, resnet44, resnet56, resnet110,
                     resnet18, resnet34, resnet50, mixer_s4)
 }
 
