@@ -299,8 +299,8 @@ def read_config(folder: PathLike, require_model: bool = True) -> dict:
         if (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))
                 and isinstance(rule, str) and RULE_NAME.fullmatch(rule) is not None):
             raise ConfigError(f"{path}: its rule {rule!r} is defined in the module {module!r}, which is not imported "
-                              f"(or not installed): import {module} (it registers the rule) before loading; on the command "
-                              f"line, biotorch --plugin {module} COMMAND")
+                              f"(or not installed): import {module} (it registers the rule) before loading; on the "
+                              f"command line, biotorch --plugin {module} COMMAND")
         raise ConfigError(f"{path}: 'rule' is {rule!r}; known rules: {', '.join(RULES)}")
     _positive_int(config, "num_classes", path, zero="no classifier: a headless model")
     _positive_int(config, "in_chans", path)
