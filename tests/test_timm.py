@@ -357,7 +357,7 @@ def test_fx_feature_extraction(rule):
 
 def test_features_only_needs_feature_maps():
     for name in ("mlp_fa", "mixer_s4_dfa"):
-        with pytest.raises(ValueError, match="none; the architectures with feature maps .* lenet, resnet"):
+        with pytest.raises(ValueError, match="none; the architectures with feature maps .* lenet, lenet_tanh, resnet"):
             timm.create_model(name, features_only=True)
 
 
