@@ -27,7 +27,7 @@ def same_tensors(file_a, file_b) -> list:
 
 # -- recipes ------------------------------------------------------------------------------------------
 
-def test_recipe_precedence_rule_overrides_and_resolved_roundtrip(tmp_path):
+def test_recipe_precedence_rule_overrides_and_resolved_roundtrip(tmp_path, monkeypatch):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({**TINY, "model": "lenet_fa", "lr": 0.1, "weight_decay": "1e-3",
                                     "rule_overrides": {"dfa": {"lr": 0.01, "optimizer": "adam"}}}))
@@ -43,6 +43,10 @@ def test_recipe_precedence_rule_overrides_and_resolved_roundtrip(tmp_path):
 
     save_recipe(dfa, tmp_path / "resolved.yaml")
     assert load_recipe(tmp_path / "resolved.yaml", resolved=True) == dfa
+    # a data_dir given relative to where the run started is saved absolute: the run finds it from anywhere
+    monkeypatch.chdir(tmp_path)
+    save_recipe(load_recipe(path, {"data_dir": "data/mine"}), tmp_path / "relative.yaml")
+    assert load_recipe(tmp_path / "relative.yaml", resolved=True).data_dir == str(tmp_path.resolve() / "data/mine")
 
 
 @pytest.mark.parametrize("values, expected", [

@@ -413,8 +413,13 @@ def load_recipe(path=None, overrides: Optional[dict] = None, *, resolved: bool =
 
 
 def save_recipe(recipe: Recipe, path) -> None:
+    """Write the resolved recipe; ``data_dir`` made absolute, so that the run's folder finds its data (``--resume``,
+    ``biotorch eval RUN``) from any working directory."""
+    values = recipe.to_dict()
+    if values.get("data_dir"):
+        values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
     write_text(path, "# Resolved recipe of this run: `biotorch train --recipe` reproduces it.\n"
-               + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+               + yaml.safe_dump(values, sort_keys=False))
 
 
 def parse_set(pairs) -> dict:
