@@ -177,7 +177,9 @@ def get_pretrained_cfg(name: str) -> CheckpointRecord:
 
 
 def _first_line(obj) -> str:
-    return (obj.__doc__ or "").strip().splitlines()[0]
+    """The first line of ``obj``'s own docstring; without one (a user's rule may have none), its name and module."""
+    lines = (obj.__doc__ or "").strip().splitlines()
+    return lines[0] if lines else f"{obj.__qualname__} (from {obj.__module__})."
 
 
 def describe(name: str) -> str:

@@ -143,10 +143,14 @@ def test_a_rule_from_outside_biotorch_joins_the_hub(tmp_path):
     script = Path(sys.executable).with_name("biotorch")  # the console script pip installed beside this interpreter
     assert script.is_file(), f"no biotorch console script at {script}: pip install -e ."
     user = tmp_path / "user"
-    for plugin, cwd in (("readme_rule", user), (str(user / "readme_rule.py"), tmp_path)):
-        shown = subprocess.run([str(script), "--plugin", plugin, "info", str(tmp_path / "run")], cwd=cwd,
-                               capture_output=True, text=True, timeout=600)
-        assert shown.returncode == 0 and "signfa" in shown.stdout, shown.stderr[-2000:]
+    shown = subprocess.run([str(script), "--plugin", "readme_rule", "info", str(tmp_path / "run")], cwd=user,
+                           capture_output=True, text=True, timeout=600)
+    assert shown.returncode == 0 and "signfa" in shown.stdout, shown.stderr[-2000:]
+    (user / "half_fa.py").write_text("import biotorch\n\n@biotorch.register_rule\nclass HalfFA(biotorch.rules.FA):\n"
+                                     "    name = 'halffa'\n")
+    listed = subprocess.run([str(script), "-p", str(user / "half_fa.py"), "list", "lenet_*"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert listed.returncode == 0 and "lenet_halffa" in listed.stdout.split(), listed.stderr[-2000:]
     for plugin, message in (("no_such_rules", "No module named 'no_such_rules'"),
                             (str(user / "missing.py"), "no file at")):
         failed = subprocess.run([str(script), "-p", plugin, "list"], cwd=tmp_path, capture_output=True, text=True)
