@@ -42,6 +42,7 @@ from .hub import (CONFIG_NAME, HUB_ORG, MIRROR, RUN_WEIGHTS, WEIGHTS_NAME, file_
                   load_checkpoint, read_checkpoint, read_config, recorded_sha256, save_pretrained, upload_folder,
                   verify_sha256)
 from .metrics import count_parameters
+from .models import DEFAULT_CFGS
 from .registry import PRETRAINED_INDEX, CheckpointRecord, check_name_part, check_repo_id, finetune_tag
 from .rules import RULES
 from .training import records
@@ -51,13 +52,6 @@ from .weights import fetch, folder_source
 RUN_METRICS = "metrics.json"
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 CARD_FILES = ("history.csv", "curves.png", "alignment.png", "alignment.json")  # recipe.yaml: from Run.recipe
-
-# The tag a name without one resolves to: decided by the architecture alone, so every folder knows
-# whether it is the default without looking at the others. Small MLP/LeNet → Fashion-MNIST, CIFAR-sized
-# models → cifar10_jpeg, ImageNet-sized models → an ImageNet-style folder.
-DEFAULT_DATASETS = {"lenet": "fashion_mnist", "lenet_tanh": "fashion_mnist", "mlp": "fashion_mnist",
-                    "resnet18": "imagefolder", "resnet34": "imagefolder", "resnet50": "imagefolder"}
-DEFAULT_DATASET = "cifar10_jpeg"  # resnet20..110, mixer_s4 and any architecture not listed above
 
 # --------------------------------------------------------------------------------------------------------
 # runs
@@ -215,7 +209,9 @@ def _split_text(info, run: Run) -> str:
 
 
 def default_dataset(arch: str) -> str:
-    return DEFAULT_DATASETS.get(arch, DEFAULT_DATASET)
+    """The tag a name without one resolves to: declared with the architecture (``@architecture(default_data=)``),
+    so every folder knows whether it is the default without looking at the others."""
+    return DEFAULT_CFGS[arch]["default_data"]
 
 
 # --------------------------------------------------------------------------------------------------------

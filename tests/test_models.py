@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biotorch.data import DATASETS
 from biotorch.models import ARCHITECTURES, DEFAULT_CFGS, CifarResNet
 
 NAMES = sorted(ARCHITECTURES)
@@ -119,6 +120,8 @@ def test_default_cfgs_state_what_the_architecture_is(name):
     assert cfg["pool_size"] == (tuple(features.shape[2:]) if features.ndim == 4 else None)
     assert cfg["feature_maps"] == len(model.feature_info)
     assert cfg["img_size"] == ("img_size" in inspect.signature(type(model).__init__).parameters)
+    data = DATASETS[cfg["default_data"]]  # the untagged name's dataset, of the model's image size
+    assert data.input_size[1:] == cfg["input_size"][1:] and data.num_classes in (None, cfg["num_classes"])
     for info in model.feature_info:  # timm's keys, naming modules the model has (channels: tests/test_timm.py)
         assert model.get_submodule(info["module"]) is not None and info["num_chs"] > 0 and info["reduction"] >= 1
 

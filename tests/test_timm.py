@@ -6,6 +6,7 @@ import copy
 import json
 import importlib.util
 import functools
+import inspect
 import re
 from pathlib import Path
 
@@ -24,6 +25,21 @@ from biotorch.nn import RuleLayer
 from conftest import missing_tool
 
 ARCHS = sorted(ARCHITECTURES)
+
+
+def _one_per_design(names: list[str]) -> list[str]:
+    """The smallest architecture of each design (model class and the module types it is built of): a deeper one
+    of a design (resnet32..110 beside resnet20, resnet34 beside resnet18) runs the same code with more blocks."""
+    designs = {}
+    for name in names:
+        with torch.device("meta"):
+            model = ARCHITECTURES[name]()
+        key = (type(model), frozenset(type(m) for m in model.modules()))
+        designs[key] = min(designs.get(key, (float("inf"), name)), (sum(p.numel() for p in model.parameters()), name))
+    return sorted(name for _, name in designs.values())
+
+
+DESIGNS = _one_per_design(ARCHS)
 # The interface per architecture, under a rule of each path: through a feedback tensor (fa; the other such rules
 # differ only in which tensor, and the conformance kit checks each rule's gradients, checkpoints and exports) and
 # from the output (dfa: feedback shaped by the head and the input).
@@ -363,7 +379,7 @@ def test_features_only_needs_feature_maps():
 
 # --- the model interface, fx, TorchScript, plain torch ----------------------------------------------------------
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", DESIGNS)  # every name's cfg, head and features: tests above and test_models.py
 def test_model_interface_fx_torchscript_and_plain_torch(arch, rule):
     # no classes: every rule, dfa too, builds a model without a head
     model = timm.create_model(f"{arch}_{rule}", num_classes=0, **_options(arch, rule)).eval()
@@ -406,7 +422,8 @@ def test_model_interface_fx_torchscript_and_plain_torch(arch, rule):
     assert list(biotorch.rule_layers(model))  # the model itself is untouched
 
     # reset_classifier: timm's signature, the model's train/eval mode, the model's rule
-    pooled = arch not in ("lenet", "lenet_tanh", "mlp")  # these heads read the whole feature map: global_pool="" only
+    # a head that reads the whole feature map (no global pooling) takes global_pool="" only, its default
+    pooled = inspect.signature(type(plain).__init__).parameters["global_pool"].default != ""
     model.reset_classifier(0, "")
     assert model.num_classes == 0 and model(x).shape == (features.shape if pooled else (2, model.head_hidden_size))
     model.reset_classifier(3, "avg" if pooled else "")

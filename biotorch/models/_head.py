@@ -55,15 +55,16 @@ def pool_layer(global_pool: str, num_classes: int, arch: str) -> SelectAdaptiveP
     return SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
 
 
-def architecture(model_class: type, *, input_size: tuple[int, int, int], pool_size: Optional[tuple[int, int]] = None,
-                 first_conv: Optional[str] = None, feature_maps: int = 0):
+def architecture(model_class: type, *, input_size: tuple[int, int, int], default_data: str,
+                 pool_size: Optional[tuple[int, int]] = None, first_conv: Optional[str] = None, feature_maps: int = 0):
     """Declare an architecture's factory (``resnet20``) beside its model, with what timm's ``pretrained_cfg`` says of
     it at its defaults (timm's ``_cfg``): the factory gets ``default_cfg``, and the models it builds carry its name
     as ``arch_name``, which their messages use.
 
-    ``input_size``, ``pool_size`` (the last feature map's size), ``first_conv`` and ``feature_maps`` (how many
-    ``feature_info`` lists) are stated; the classifier, ``fixed_input_size``, the default ``num_classes`` and whether
-    it takes an ``img_size`` are read from ``model_class``. tests/test_models.py checks each against an instance.
+    ``input_size``, ``pool_size`` (the last feature map's size), ``first_conv``, ``feature_maps`` (how many
+    ``feature_info`` lists) and ``default_data`` (the dataset of the tag its untagged name resolves to, as timm's
+    first listed tag) are stated; the classifier, ``fixed_input_size``, the default ``num_classes`` and whether it
+    takes an ``img_size`` are read from ``model_class``. tests/test_models.py checks each against an instance.
     """
     params = inspect.signature(model_class).parameters
 
@@ -77,7 +78,7 @@ def architecture(model_class: type, *, input_size: tuple[int, int, int], pool_si
         build.default_cfg = dict(input_size=input_size, num_classes=params["num_classes"].default,
                                  fixed_input_size=model_class.fixed_input_size, first_conv=first_conv,
                                  classifier=model_class.classifier_attr, pool_size=pool_size,
-                                 feature_maps=feature_maps, img_size="img_size" in params)
+                                 feature_maps=feature_maps, img_size="img_size" in params, default_data=default_data)
         return build
 
     return declare

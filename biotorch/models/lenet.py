@@ -79,7 +79,8 @@ class LeNet(ClassifierMixin, nn.Module):
         return x if pre_logits else self.head(x)
 
 
-@architecture(LeNet, input_size=(3, 32, 32), pool_size=(5, 5), first_conv="conv1", feature_maps=2)
+@architecture(LeNet, input_size=(3, 32, 32), default_data="fashion_mnist",
+              pool_size=(5, 5), first_conv="conv1", feature_maps=2)
 def lenet(**kwargs) -> LeNet:
     """LeNet-5 for 32×32 images, as in the BioTorch benchmarks (Sanfiz & Akrout 2021), 0.06M parameters.
 
@@ -88,7 +89,8 @@ def lenet(**kwargs) -> LeNet:
     return LeNet(**kwargs)
 
 
-@architecture(LeNet, input_size=(3, 32, 32), pool_size=(5, 5), first_conv="conv1", feature_maps=2)
+@architecture(LeNet, input_size=(3, 32, 32), default_data="fashion_mnist",
+              pool_size=(5, 5), first_conv="conv1", feature_maps=2)
 def lenet_tanh(**kwargs) -> LeNet:
     """LeNet-5 with tanh units, 0.06M parameters: the setting of DRTP (Frenkel et al. 2021), whose signal never shrinks.
 

@@ -125,7 +125,8 @@ class MlpMixer(ClassifierMixin, nn.Module):
         return x if pre_logits else self.head(x)
 
 
-@architecture(MlpMixer, input_size=(3, 32, 32), first_conv="patch_embed")
+@architecture(MlpMixer, input_size=(3, 32, 32), default_data="cifar10_jpeg",
+              first_conv="patch_embed")
 def mixer_s4(**kwargs) -> MlpMixer:
     """MLP-Mixer for 32×32 images (Tolstikhin et al. 2021), 4×4 patches, 6 blocks, 0.85M parameters.
 

@@ -73,7 +73,7 @@ class MLP(ClassifierMixin, nn.Module):
         return x if pre_logits else self.head(x)
 
 
-@architecture(MLP, input_size=(1, 32, 32))
+@architecture(MLP, input_size=(1, 32, 32), default_data="fashion_mnist")
 def mlp(**kwargs) -> MLP:
     """MLP on flattened 32×32 images, hidden layers of 512 and 256 units, 0.66M parameters for one channel.
 

@@ -124,7 +124,8 @@ class CifarResNet(PooledClassifierMixin, nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-@architecture(CifarResNet, input_size=(3, 32, 32), pool_size=(8, 8), first_conv="conv1", feature_maps=4)
+@architecture(CifarResNet, input_size=(3, 32, 32), default_data="cifar10_jpeg",
+              pool_size=(8, 8), first_conv="conv1", feature_maps=4)
 def resnet20(**kwargs) -> CifarResNet:
     """ResNet-20 for 32×32 images (He et al. 2016), 0.27M parameters.
 
@@ -133,7 +134,8 @@ def resnet20(**kwargs) -> CifarResNet:
     return CifarResNet(depth=20, **kwargs)
 
 
-@architecture(CifarResNet, input_size=(3, 32, 32), pool_size=(8, 8), first_conv="conv1", feature_maps=4)
+@architecture(CifarResNet, input_size=(3, 32, 32), default_data="cifar10_jpeg",
+              pool_size=(8, 8), first_conv="conv1", feature_maps=4)
 def resnet32(**kwargs) -> CifarResNet:
     """ResNet-32 for 32×32 images (He et al. 2016), 0.46M parameters.
 
@@ -142,7 +144,8 @@ def resnet32(**kwargs) -> CifarResNet:
     return CifarResNet(depth=32, **kwargs)
 
 
-@architecture(CifarResNet, input_size=(3, 32, 32), pool_size=(8, 8), first_conv="conv1", feature_maps=4)
+@architecture(CifarResNet, input_size=(3, 32, 32), default_data="cifar10_jpeg",
+              pool_size=(8, 8), first_conv="conv1", feature_maps=4)
 def resnet44(**kwargs) -> CifarResNet:
     """ResNet-44 for 32×32 images (He et al. 2016), 0.66M parameters.
 
@@ -151,7 +154,8 @@ def resnet44(**kwargs) -> CifarResNet:
     return CifarResNet(depth=44, **kwargs)
 
 
-@architecture(CifarResNet, input_size=(3, 32, 32), pool_size=(8, 8), first_conv="conv1", feature_maps=4)
+@architecture(CifarResNet, input_size=(3, 32, 32), default_data="cifar10_jpeg",
+              pool_size=(8, 8), first_conv="conv1", feature_maps=4)
 def resnet56(**kwargs) -> CifarResNet:
     """ResNet-56 for 32×32 images (He et al. 2016), 0.85M parameters.
 
@@ -160,7 +164,8 @@ def resnet56(**kwargs) -> CifarResNet:
     return CifarResNet(depth=56, **kwargs)
 
 
-@architecture(CifarResNet, input_size=(3, 32, 32), pool_size=(8, 8), first_conv="conv1", feature_maps=4)
+@architecture(CifarResNet, input_size=(3, 32, 32), default_data="cifar10_jpeg",
+              pool_size=(8, 8), first_conv="conv1", feature_maps=4)
 def resnet110(**kwargs) -> CifarResNet:
     """ResNet-110 for 32×32 images (He et al. 2016), 1.7M parameters.
 

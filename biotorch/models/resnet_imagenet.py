@@ -80,7 +80,8 @@ class ImageNetResNet(PooledClassifierMixin, tv_resnet.ResNet):
         return x if pre_logits else self.fc(x)
 
 
-@architecture(ImageNetResNet, input_size=(3, 224, 224), pool_size=(7, 7), first_conv="conv1", feature_maps=5)
+@architecture(ImageNetResNet, input_size=(3, 224, 224), default_data="imagefolder",
+              pool_size=(7, 7), first_conv="conv1", feature_maps=5)
 def resnet18(**kwargs) -> ImageNetResNet:
     """ResNet-18 for 224×224 images (He et al. 2016), 11.7M parameters with 1000 classes.
 
@@ -89,7 +90,8 @@ def resnet18(**kwargs) -> ImageNetResNet:
     return ImageNetResNet(tv_resnet.BasicBlock, [2, 2, 2, 2], **kwargs)
 
 
-@architecture(ImageNetResNet, input_size=(3, 224, 224), pool_size=(7, 7), first_conv="conv1", feature_maps=5)
+@architecture(ImageNetResNet, input_size=(3, 224, 224), default_data="imagefolder",
+              pool_size=(7, 7), first_conv="conv1", feature_maps=5)
 def resnet34(**kwargs) -> ImageNetResNet:
     """ResNet-34 for 224×224 images (He et al. 2016), 21.8M parameters with 1000 classes.
 
@@ -98,7 +100,8 @@ def resnet34(**kwargs) -> ImageNetResNet:
     return ImageNetResNet(tv_resnet.BasicBlock, [3, 4, 6, 3], **kwargs)
 
 
-@architecture(ImageNetResNet, input_size=(3, 224, 224), pool_size=(7, 7), first_conv="conv1", feature_maps=5)
+@architecture(ImageNetResNet, input_size=(3, 224, 224), default_data="imagefolder",
+              pool_size=(7, 7), first_conv="conv1", feature_maps=5)
 def resnet50(**kwargs) -> ImageNetResNet:
     """ResNet-50 for 224×224 images (He et al. 2016), 25.6M parameters with 1000 classes.
 
