@@ -1,7 +1,9 @@
 """Shared fixtures: finished training runs written the way ``biotorch train`` writes them, in seconds."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -14,6 +16,7 @@ import torch
 import yaml
 
 import biotorch
+from biotorch import cli
 from biotorch.hub import file_record, save_weights
 
 # The smallest valid PNG (1×1, grey): stands in for a run's plots where the test does not look at them.
@@ -120,8 +123,8 @@ def load_script(name: str):
 
 def kill_and_resume(argv: list[str], run: Path, epochs: int) -> str:
     """Start ``biotorch <argv> --out run`` in a real process, kill it once its first checkpoint is written,
-    resume it with ``--resume`` (one thread each, as the in-process reference must use) and return the
-    resumed run's stdout."""
+    resume it in this process with ``--resume`` (one thread, as the killed process and the in-process reference
+    have) and return what the resumed run printed."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     process = subprocess.Popen([sys.executable, "-m", "biotorch", *argv, "--out", str(run)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -140,11 +143,12 @@ def kill_and_resume(argv: list[str], run: Path, epochs: int) -> str:
         process.wait()
     stopped_after = json.loads(state.read_text())["epoch"]
     assert 1 <= stopped_after < epochs and not (run / "metrics.json").exists()
-    resumed = subprocess.run([sys.executable, "-m", "biotorch", "train", "--resume", str(run), "--no-progress"],
-                             env=env, capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from {run / 'checkpoint'} after epoch {stopped_after}" in resumed.stdout
-    return resumed.stdout
+    torch.set_num_threads(1)  # restored after the test (_restore_torch_globals)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert f"resumed from {run / 'checkpoint'} after epoch {stopped_after}" in printed.getvalue()
+    return printed.getvalue()
 
 
 def missing_tool(message: str) -> None:

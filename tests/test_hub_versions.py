@@ -24,8 +24,10 @@ def test_cards_and_hub_with_huggingface_hub_1x():
     version = subprocess.run([sys.executable, "-c", "import huggingface_hub; print(huggingface_hub.__version__)"],
                              env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert version == LOWEST
+    # (less the lock test: what it adds, another process holding the cards lock, is not huggingface_hub's)
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cards.py",
-                           "tests/test_hub.py", "tests/test_hub_server.py"], cwd=ROOT, env=env,
+                           "tests/test_hub.py", "tests/test_hub_server.py",
+                           "-k", "not waits_for_the_cards_lock"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and " skipped" not in done.stdout.splitlines()[-1]

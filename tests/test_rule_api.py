@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import biotorch
+from biotorch import cli
 from biotorch.rules import BUILT_IN, FA
 from biotorch.testing import CHECKS, check_rule
 
@@ -86,7 +87,7 @@ def fake_fashion_mnist(folder: Path) -> Path:
     return folder
 
 
-def test_a_rule_from_outside_biotorch_joins_the_hub(tmp_path):
+def test_a_rule_from_outside_biotorch_joins_the_hub(tmp_path, capsys):
     """The done-when of the rule API, on the README's rule as a user's module: the kit, recipe training, save and
     reload, `biotorch list`, timm, and `biotorch bench` (on a stand-in for Fashion-MNIST's files: tests read no real
     dataset) printing its row beside the LeNet cards."""
@@ -128,15 +129,13 @@ def test_a_rule_from_outside_biotorch_joins_the_hub(tmp_path):
         "test_top1"].__format__(".2f")]
     assert (tmp_path / "bench" / "bench.png").is_file() and (tmp_path / "bench" / "bench.json").is_file()
 
-    # Without the module that defines it, the checkpoint says which module to import, in one line.
-    loaded = python(f"""
-        import sys
-        from biotorch import cli
-        sys.exit(cli.main(["eval", {str(tmp_path / "run")!r}, "--data", "synthetic"]))
-    """)
-    assert loaded.returncode == 2 and loaded.stderr.count("\n") == 1, loaded.stderr
-    assert "its rule 'signfa' is defined in the module 'readme_rule'" in loaded.stderr
-    assert "import readme_rule" in loaded.stderr and "biotorch --plugin readme_rule" in loaded.stderr
+    # Without the module that defines it (as in this process, which never imported it), the checkpoint says which
+    # module to import, in one line.
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "run"), "--data", "synthetic"]) == 2
+    loaded = capsys.readouterr().err
+    assert loaded.count("\n") == 1 and "its rule 'signfa' is defined in the module 'readme_rule'" in loaded, loaded
+    assert "import readme_rule" in loaded and "biotorch --plugin readme_rule" in loaded
 
     # On the command line, --plugin imports it first: by module name (the working directory is searched, as
     # `python -m` does) or as a file; a plug-in that cannot be imported is one line, exit 2.
@@ -153,9 +152,10 @@ def test_a_rule_from_outside_biotorch_joins_the_hub(tmp_path):
     assert listed.returncode == 0 and "lenet_halffa" in listed.stdout.split(), listed.stderr[-2000:]
     for plugin, message in (("no_such_rules", "No module named 'no_such_rules'"),
                             (str(user / "missing.py"), "no file at")):
-        failed = subprocess.run([str(script), "-p", plugin, "list"], cwd=tmp_path, capture_output=True, text=True)
-        assert failed.returncode == 2 and failed.stderr.count("\n") == 1, failed.stderr
-        assert f"the plug-in {plugin!r} could not be imported" in failed.stderr and message in failed.stderr
+        assert cli.main(["-p", plugin, "list"]) == 2  # the console script's main, in this process: nothing registers
+        failed = capsys.readouterr().err
+        assert failed.count("\n") == 1 and f"the plug-in {plugin!r} could not be imported" in failed, failed
+        assert message in failed
 
 
 def test_installed_packages_bring_rules_through_an_entry_point(tmp_path):
