@@ -7,8 +7,10 @@ work tree (``--home``, default ``~/.cache/biotorch/campaign``), one folder per (
 of the recipe, so a fresh checkout on the same machine resumes them; ``<home>/campaign.json`` says what is in
 flight (epoch, images/s, ETA) and what is left; ``<home>/campaign.log`` has one line per epoch.
 
-* Only a run that can end inside ``--budget-s`` starts (its length estimated from the speed measured so far);
-  a partial run resumes where its last epoch ended and stops at an epoch boundary before the budget ends.
+* A run that can end inside ``--budget-s`` starts first (its length estimated from the speed measured so far);
+  a partial run resumes where its last epoch ended and stops at an epoch boundary before the budget ends. When
+  nothing else is left to do (no such run, no card to attack), the first new run that cannot end starts anyway if
+  ``MIN_EPOCHS`` of its epochs fit: it resumes in the next campaign, so a run longer than any one budget ends too.
 * A run whose loss becomes non-finite, or that is still at chance after ``--chance-epochs``, is stopped, kept
   as ``<folder>-diverged`` (its curve), and retried once with the entry's ``retry`` keys (lr_scale 0.5).
 * A card trained with another recipe is replaced only when the new run validates better; otherwise the
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -45,6 +48,7 @@ from biotorch import cli
 from biotorch.data.catalog import DATASETS
 from biotorch.errors import NonFiniteError, RunLockedError
 from biotorch.files import LOCK, FolderLock, load_yaml
+from biotorch.models import ARCHITECTURES
 from biotorch.publish import MIRROR, PRETRAINED_INDEX, REPO_ROOT, Run, build_card_folder, build_index, \
     update_readme_table
 from biotorch.rules import make_rule
@@ -59,15 +63,18 @@ HOME = Path(os.environ.get("BIOTORCH_CAMPAIGN", "~/.cache/biotorch/campaign")).e
 NOT_TRAINING = ("device", "data_dir", "download", "cuda_graph", "compile", "eval_batch_size", "seed",
                 "alignment_every", "val_every", "rule_overrides")  # the overrides applied are compared
 ENTRY_KEYS = {"recipe", "rules", "seeds", "set", "publish", "replace", "retry"}
-# Training images/s of one process by threads, before anything is measured here (scripts/bench_train.py on the
-# quiet 2-core AMD EPYC machine of 2026-11-30, batch 128: resnet20 with channels_last 233 with 2 threads, 140 with
-# 1; lenet 5,201 and 3,695), less what the trainer's augmentation and records cost.
-DEFAULT_SPEED = {"resnet20": {1: 130.0, 2: 200.0}, "lenet": {1: 3000.0, 2: 4300.0}}
-DEFAULT_SPEED["lenet_tanh"] = DEFAULT_SPEED["lenet"]  # the same layers, tanh for ReLU
+# Training images/s of one process by threads, before anything is measured here, for each model class at the
+# architecture named (scripts/bench_train.py on the quiet 2-core AMD EPYC machine of 2026-11-30, batch 128: resnet20
+# with channels_last 233 with 2 threads, 140 with 1; lenet 5,201 and 3,695), less what the trainer's augmentation and
+# records cost. Another architecture of the class is scaled by its parameter count (resnet56: the same blocks, 3x as
+# many), so a variant (lenet_tanh) needs no entry of its own.
+DEFAULT_SPEED = {"CifarResNet": ("resnet20", {1: 130.0, 2: 200.0}), "LeNet": ("lenet", {1: 3000.0, 2: 4300.0})}
 # Seconds to attack a card on 1,000 test images with 2 threads (measured 2026-11-30: resnet20 bp 285 s, dfa 404 s;
-# a LeNet card ~20 s): a card is attacked only when this still fits in the budget.
-ROBUSTNESS_S = {"resnet20": 450.0, "lenet": 60.0, "lenet_tanh": 60.0}
+# a LeNet card ~20 s), scaled the same way: a card is attacked only when this still fits in the budget.
+ROBUSTNESS_S = {"CifarResNet": ("resnet20", 450.0), "LeNet": ("lenet", 60.0)}
 DIVERGED = "-diverged"
+# A run that cannot end inside a campaign's budget starts, when nothing else is left, only if this many epochs fit.
+MIN_EPOCHS = 3
 
 
 def log(line: str, home: Optional[Path] = None) -> None:
@@ -222,8 +229,34 @@ def speed(home: Path, recipe: Recipe, threads: int) -> float:
     the default."""
     path = home / "speeds.json"
     measured = json.loads(path.read_text()) if path.is_file() else {}
-    return (measured.get(f"{recipe.model}.{recipe.data}@{threads}") or DEFAULT_SPEED.get(recipe.model, {}).get(threads)
-            or 100.0 * threads)
+    if measured.get(f"{recipe.model}.{recipe.data}@{threads}"):
+        return measured[f"{recipe.model}.{recipe.data}@{threads}"]
+    default, times = by_model_class(DEFAULT_SPEED, recipe.model)
+    return default[threads] / times if default else 100.0 * threads
+
+
+@functools.cache
+def _class_and_size(arch: str) -> tuple[str, int]:
+    """The model class and parameter count of ``arch`` at its defaults (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = ARCHITECTURES[arch]()
+    return type(model).__name__, sum(p.numel() for p in model.parameters())
+
+
+def by_model_class(table: dict, arch: str) -> tuple[Optional[object], float]:
+    """``arch``'s entry in a table keyed by model class (``None`` if its class has none), and how many times the
+    parameters of the entry's architecture ``arch`` has."""
+    family, size = _class_and_size(arch)
+    if family not in table:
+        return None, 1.0
+    reference, value = table[family]
+    return value, size / _class_and_size(reference)[1]
+
+
+def robustness_s(arch: str) -> float:
+    """Seconds to attack a card of ``arch`` with 2 threads (600 for a model class not measured)."""
+    seconds, times = by_model_class(ROBUSTNESS_S, arch)
+    return seconds * times if seconds else 600.0
 
 
 def train_images(recipe: Recipe) -> int:
@@ -238,10 +271,14 @@ def epochs_done(folder: Path) -> int:
         return 0
 
 
+def epoch_s(recipe: Recipe, home: Path, threads: int) -> float:
+    """Seconds of one epoch at the speed measured so far (validation counted as 10 % more images)."""
+    return train_images(recipe) * 1.1 / speed(home, recipe, threads)
+
+
 def seconds_left(recipe: Recipe, folder: Path, home: Path, threads: int) -> float:
-    """Remaining seconds of a run at the speed measured so far (validation counted as 10 % more images)."""
-    epochs = max(0, recipe.epochs - epochs_done(folder))
-    return epochs * train_images(recipe) * 1.1 / speed(home, recipe, threads) + 60.0
+    """Remaining seconds of a run at the speed measured so far, with a minute to start."""
+    return max(0, recipe.epochs - epochs_done(folder)) * epoch_s(recipe, home, threads) + 60.0
 
 
 def write_status(home: Path, jobs: list[Job], cards_dir: Path, active: dict, threads: int) -> dict:
@@ -273,6 +310,29 @@ def write_status(home: Path, jobs: list[Job], cards_dir: Path, active: dict, thr
 
 # ---------------------------------------------------------------------------------------------------------
 # one run (the worker process)
+
+
+def next_run(jobs: list[Job], home: Path, cards_dir: Path, skip: set, elsewhere: set, budget_left: float,
+             threads: int) -> tuple[Optional[tuple], Optional[tuple]]:
+    """What to train next, as ``(job, recipe, folder)``, in queue order: (the first run that can end inside
+    ``budget_left`` seconds: a partial one always can, as it stops at an epoch boundary; the first new run that
+    cannot, but of which ``MIN_EPOCHS`` epochs fit: it is started when nothing else is left to do, and resumes in
+    the next campaign). Runs named in ``skip`` are passed over; runs another process trains are added to
+    ``elsewhere`` (and removed once free)."""
+    later = None
+    for job in jobs:
+        state, recipe, folder = job_state(job, home, cards_dir)
+        if state not in ("new", "partial") or folder.name in skip:
+            continue
+        if in_use(folder):
+            elsewhere.add(folder.name)  # a worker left by an earlier campaign process: wait for it
+            continue
+        elsewhere.discard(folder.name)
+        if state == "partial" and budget_left >= 300 or seconds_left(recipe, folder, home, threads) <= budget_left:
+            return (job, recipe, folder), later
+        if later is None and state == "new" and MIN_EPOCHS * epoch_s(recipe, home, threads) + 60 <= budget_left:
+            later = (job, recipe, folder)
+    return None, later
 
 
 def train_one(recipe: Recipe, folder: Path, home: Path, deadline: float, threads: int, chance_epochs: int) -> int:
@@ -476,34 +536,30 @@ def campaign(args, jobs: list[Job]) -> int:
         # start what fits: training first, in queue order; attacks on new cards when no run fits
         now = time.time()
         while len(active) + len(attacks) < args.jobs:
-            nxt = None
-            for job in jobs:
-                state, recipe, folder = job_state(job, home, cards_dir)
-                if state not in ("new", "partial") or folder.name in active or folder.name in given_up:
+            nxt, later = next_run(jobs, home, cards_dir, set(active) | given_up, elsewhere, deadline - now, threads)
+            if len(active) + len(attacks) + len(elsewhere) >= args.jobs:
+                break  # a worker of an earlier campaign process holds a place: --jobs counts it
+            if nxt is None:
+                card = next((j.card for j in jobs if args.robustness_limit > 0 and j.card not in attacks
+                             and j.card not in given_up and now + robustness_s(j.arch) * 2 / threads <= deadline
+                             and needs_attack(j, home, cards_dir)), None)
+                if card is not None:
+                    attacks[card] = attack(card, home, cards_dir, threads, args.robustness_limit)
                     continue
-                if in_use(folder):
-                    elsewhere.add(folder.name)  # a worker left by an earlier campaign process: wait for it
-                    continue
-                elsewhere.discard(folder.name)
-                if now + (seconds_left(recipe, folder, home, threads) if state == "new" else 300) <= deadline:
-                    nxt = (job, recipe, folder)  # a new run only when it can end inside the budget
-                    break
+                nxt = later
             if nxt is not None:
                 job, recipe, folder = nxt
                 log(f"start {folder.name} ({epochs_done(folder)}/{recipe.epochs} epochs done, "
-                    f"~{seconds_left(recipe, folder, home, threads) / 60:.0f} min left at {threads} thread(s))", home)
+                    f"~{seconds_left(recipe, folder, home, threads) / 60:.0f} min left at {threads} thread(s)"
+                    f"{'' if nxt is not later else '; it cannot end inside this budget: it resumes in the next'})",
+                    home)
                 out = open(home / "logs" / f"{folder.name}.log", "a")
                 command = [sys.executable, __file__, "--worker", str(folder), "--queue", str(args.queue),
                            "--home", str(home), "--deadline", str(deadline), "--threads", str(threads),
                            "--chance-epochs", str(args.chance_epochs)]
                 active[folder.name] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), job, folder)
                 continue
-            card = next((j.card for j in jobs if args.robustness_limit > 0 and j.card not in attacks
-                         and j.card not in given_up and now + ROBUSTNESS_S.get(j.arch, 600.0) * 2 / threads <= deadline
-                         and needs_attack(j, home, cards_dir)), None)
-            if card is None:
-                break
-            attacks[card] = attack(card, home, cards_dir, threads, args.robustness_limit)
+            break
         status = write_status(home, jobs, cards_dir, active, threads)
         elsewhere = {name for name in elsewhere if in_use(home / "runs" / name)}
         if not active and not attacks and not elsewhere:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ import yaml
 from biotorch.hub import read_config
 from biotorch.publish import build_card_folder
 from biotorch.training import Trainer
+from biotorch.training.checkpoint import RunLock
 from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +60,20 @@ def test_recipe_hash_ignores_where_a_run_trains_not_what_it_learns():
     assert zoo.recipe_hash(base) == zoo.recipe_hash(same)
     for change in ({"lr": 0.01}, {"batch_size": 256}, {"amp": "bf16"}, {"rule": "bp"}, {"epochs": 31}):
         assert zoo.recipe_hash(zoo.load_recipe(LENET, {"rule": "fa", **change})) != zoo.recipe_hash(base), change
+
+
+def test_speed_before_any_measurement_comes_from_the_model_class(tmp_path):
+    """A variant of an architecture (lenet_tanh: LeNet with tanh units) gets its class's estimate without an entry
+    of its own; a deeper model of a class (resnet56) is estimated slower by its parameter count; a measurement
+    replaces the estimate."""
+    recipe = {m: zoo.load_recipe(LENET, {"model": m}) for m in ("lenet", "lenet_tanh", "resnet20", "resnet56")}
+    estimate = {m: zoo.speed(tmp_path, r, 2) for m, r in recipe.items()}
+    assert estimate["lenet_tanh"] == estimate["lenet"] and zoo.robustness_s("lenet_tanh") == zoo.robustness_s("lenet")
+    assert estimate["resnet56"] < estimate["resnet20"] / 2 < estimate["lenet"]
+    assert zoo.robustness_s("resnet56") > 2 * zoo.robustness_s("resnet20")
+    (tmp_path / "speeds.json").write_text(json.dumps({"lenet_tanh.fashion_mnist@2": 1234.0}))
+    assert zoo.speed(tmp_path, recipe["lenet_tanh"], 2) == 1234.0
+    assert zoo.speed(tmp_path, recipe["lenet"], 2) == estimate["lenet"]
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -102,7 +119,49 @@ def test_campaign_trains_publishes_and_a_second_start_has_nothing_to_do(tmp_path
     assert " new 0/1 epochs" in capsys.readouterr().out
 
 
-def test_no_run_starts_that_cannot_end_inside_the_budget(tmp_path, capsys):
+def test_a_run_longer_than_any_budget_starts_only_when_nothing_else_is_left_and_resumes_first(tmp_path):
+    home, cards = tmp_path / "home", tmp_path / "cards"
+    home.mkdir()
+    (home / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 256 / 1.1}))  # 1 s an epoch, 60 s to start
+    long, short = zoo.read_queue(write_queue(tmp_path / "q.yaml", [
+        {"recipe": LENET, "rules": ["bp"], "set": {"epochs": 100}}, {"recipe": LENET, "rules": ["fa"]}]))
+    elsewhere = set()
+    pick = lambda budget_s, skip=(): [None if run is None else run[0] for run in  # noqa: E731
+                                      zoo.next_run([long, short], home, cards, set(skip), elsewhere, budget_s, 1)]
+    assert pick(120) == [short, long]      # the 1-epoch run ends inside 120 s; the 100-epoch one would not
+    assert pick(120, {short.folder(home).name}) == [None, long]
+    assert pick(63) == [short, None]       # 3 of the long run's epochs and its start do not fit
+    (long.folder(home) / "checkpoint").mkdir(parents=True)  # its first epochs trained in an earlier campaign
+    assert pick(300) == [long, None]       # a partial run resumes first: it stops at an epoch boundary
+    assert pick(120) == [short, None]
+
+
+def test_a_worker_left_by_an_earlier_campaign_process_holds_one_of_the_jobs(tmp_path, capsys):
+    """With --jobs 1, a run still trained by a worker of a killed campaign process is waited for, not joined by a
+    second run on the same cores."""
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["fa"], "seeds": [0, 1]}])
+    first, second = zoo.read_queue(queue)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 1e9}))  # each run: its 60 s start
+    first.folder(home).mkdir(parents=True)
+    lock = RunLock(first.folder(home)).acquire()
+    started_while_held = []
+
+    def release():  # once the budget left is under a run's minute to start: after that nothing starts
+        time.sleep(3)
+        started_while_held.append((second.folder(home) / "recipe.yaml").exists())
+        lock.release()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    result = campaign(tmp_path, queue, capsys, budget=62)
+    thread.join()
+    assert started_while_held == [False] and "] start " not in result.stdout, result.stdout
+    assert result.returncode == 0 and "2 run(s) left" in result.stdout
+
+
+def test_no_run_starts_of_which_not_even_a_few_epochs_fit(tmp_path, capsys):
     queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"]}])
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 1.0}))  # 256 s an epoch
