@@ -107,6 +107,17 @@ def test_dfa_rule_gradient_at_the_input_is_the_output_error_projected_by_the_fir
     assert not torch.allclose(x.grad, direct, atol=1e-7)
 
 
+def test_drtp_rule_gradient_at_the_input_is_the_targets_projected_by_the_first_layers_feedback():
+    _, model = tiny("drtp")
+    images, labels = data()
+    crafted = robustness.craft(model, images, labels, "fgsm", 0.1, mean=MEAN, std=STD, gradient="rule")
+    targets = F.one_hot(labels, 10).float() / len(labels)  # y*, divided by the batch size as a mean loss's error
+    direct = (targets @ model[0].feedback_weight.flatten(1)).view_as(images) / STD[0]  # y*·B₁: no image in it
+    assert torch.equal(crafted, (images + 0.1 * direct.sign()).clamp(0, 1))
+    exact = robustness.craft(model, images, labels, "fgsm", 0.1, mean=MEAN, std=STD, gradient="exact")
+    assert not torch.equal(exact, crafted)
+
+
 def test_transfer_crafts_on_the_bp_model_and_never_uses_the_targets_gradient():
     _, target = tiny("fa")
     _, bp = tiny("bp", seed=1)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..convert import exact_gradients
+from ..convert import exact_gradients, set_targets
 
 ATTACKS = ("fgsm", "pgd")
 GRADIENTS = ("exact", "rule", "transfer")
@@ -113,9 +113,15 @@ def craft(model: nn.Module, images: Tensor, labels: Tensor, attack: str = "pgd",
             torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         with torch.no_grad():
             num_classes = attacked(images[:1].to(device)).shape[1]
-        classifier = PyTorchClassifier(attacked, loss=nn.CrossEntropyLoss(), input_shape=tuple(images.shape[1:]),
-                                       nb_classes=num_classes, clip_values=(0.0, 1.0), preprocessing=None,
-                                       device_type="gpu" if device.type == "cuda" else "cpu")
+        class Classifier(PyTorchClassifier):
+            def loss_gradient(self, x, y, **kwargs):
+                # the rules that learn from the targets (drtp) read the batch's labels in their backward
+                set_targets(model, torch.as_tensor(y, device=device))
+                return super().loss_gradient(x, y, **kwargs)
+
+        classifier = Classifier(attacked, loss=nn.CrossEntropyLoss(), input_shape=tuple(images.shape[1:]),
+                                nb_classes=num_classes, clip_values=(0.0, 1.0), preprocessing=None,
+                                device_type="gpu" if device.type == "cuda" else "cpu")
         if attack == "fgsm":
             method = FastGradientMethod(classifier, norm=np.inf, eps=eps, batch_size=batch_size)
         else:
