@@ -7,10 +7,11 @@ work tree (``--home``, default ``~/.cache/biotorch/campaign``), one folder per (
 of the recipe, so a fresh checkout on the same machine resumes them; ``<home>/campaign.json`` says what is in
 flight (epoch, images/s, ETA) and what is left; ``<home>/campaign.log`` has one line per epoch.
 
-* A run that can end inside ``--budget-s`` starts first (its length estimated from the speed measured so far);
-  a partial run resumes where its last epoch ended and stops at an epoch boundary before the budget ends. When
-  nothing else is left to do (no such run, no card to attack), the first new run that cannot end starts anyway if
-  ``MIN_EPOCHS`` of its epochs fit: it resumes in the next campaign, so a run longer than any one budget ends too.
+* Only a run that can end inside ``--budget-s`` starts (its length estimated from the speed measured so far);
+  a partial run resumes where its last epoch ended and stops at an epoch boundary before the budget ends. With
+  ``--carry-over``, when nothing else is left to do (no such run, no card to attack), the first new run that cannot
+  end starts anyway if ``MIN_EPOCHS`` of its epochs fit; it resumes in the next campaign: a run longer than any one
+  budget ends too.
 * A run whose loss becomes non-finite, or that is still at chance after ``--chance-epochs``, is stopped, kept
   as ``<folder>-diverged`` (its curve), and retried once with the entry's ``retry`` keys (lr_scale 0.5).
 * A card trained with another recipe is replaced only when the new run validates better; otherwise the
@@ -19,7 +20,7 @@ flight (epoch, images/s, ETA) and what is left; ``<home>/campaign.log`` has one 
 
 Example::
 
-    $ nohup python scripts/cpu_zoo.py --budget-s 9000 > /tmp/cpu_zoo.out 2>&1 &
+    $ nohup python scripts/cpu_zoo.py --budget-s 9000 --carry-over > /tmp/cpu_zoo.out 2>&1 &
     $ python scripts/cpu_zoo.py --status                  # the queue: done, partial, next; ETA
     $ python scripts/cpu_zoo.py --import ../shared/zoo-runs/resnet20_bp.cifar10_jpeg-seed0   # re-evaluated first
 """
@@ -316,8 +317,8 @@ def next_run(jobs: list[Job], home: Path, cards_dir: Path, skip: set, elsewhere:
              threads: int) -> tuple[Optional[tuple], Optional[tuple]]:
     """What to train next, as ``(job, recipe, folder)``, in queue order: (the first run that can end inside
     ``budget_left`` seconds: a partial one always can, as it stops at an epoch boundary; the first new run that
-    cannot, but of which ``MIN_EPOCHS`` epochs fit: it is started when nothing else is left to do, and resumes in
-    the next campaign). Runs named in ``skip`` are passed over; runs another process trains are added to
+    cannot, but of which ``MIN_EPOCHS`` epochs fit: with ``--carry-over`` it starts when nothing else is left to
+    do, and resumes in the next campaign). Runs named in ``skip`` are passed over; runs another process trains are added to
     ``elsewhere`` (and removed once free)."""
     later = None
     for job in jobs:
@@ -546,7 +547,7 @@ def campaign(args, jobs: list[Job]) -> int:
                 if card is not None:
                     attacks[card] = attack(card, home, cards_dir, threads, args.robustness_limit)
                     continue
-                nxt = later
+                nxt = later if args.carry_over else None
             if nxt is not None:
                 job, recipe, folder = nxt
                 log(f"start {folder.name} ({epochs_done(folder)}/{recipe.epochs} epochs done, "
@@ -604,6 +605,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-readme", action="store_true", help="leave the README's results table alone")
     parser.add_argument("--budget-s", type=float, help="no run starts that cannot end within this; partial runs "
                                                        "stop at the last epoch that ends within it")
+    parser.add_argument("--carry-over", action="store_true", help="when nothing else is left, start the first run "
+                        f"that cannot end within the budget if {MIN_EPOCHS} of its epochs fit; it resumes in the next "
+                        "campaign (for runs longer than any one budget)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
     parser.add_argument("--robustness-limit", type=int, default=1000, help="test images attacked per new card "
                                                                             "(0: no attacks)")

@@ -119,7 +119,7 @@ def test_campaign_trains_publishes_and_a_second_start_has_nothing_to_do(tmp_path
     assert " new 0/1 epochs" in capsys.readouterr().out
 
 
-def test_a_run_longer_than_any_budget_starts_only_when_nothing_else_is_left_and_resumes_first(tmp_path):
+def test_with_carry_over_a_run_longer_than_the_budget_starts_last_and_resumes_first(tmp_path):
     home, cards = tmp_path / "home", tmp_path / "cards"
     home.mkdir()
     (home / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 256 / 1.1}))  # 1 s an epoch, 60 s to start
@@ -161,11 +161,11 @@ def test_a_worker_left_by_an_earlier_campaign_process_holds_one_of_the_jobs(tmp_
     assert result.returncode == 0 and "2 run(s) left" in result.stdout
 
 
-def test_no_run_starts_of_which_not_even_a_few_epochs_fit(tmp_path, capsys):
-    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"]}])
+def test_no_run_starts_that_cannot_end_inside_the_budget(tmp_path, capsys):
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"], "set": {"epochs": 100}}])
     (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 1.0}))  # 256 s an epoch
-    result = campaign(tmp_path, queue, capsys, budget=120)
+    (tmp_path / "home" / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 256 / 1.1}))  # 1 s an epoch
+    result = campaign(tmp_path, queue, capsys, budget=120)  # 3 epochs would fit: only --carry-over starts it
     assert result.returncode == 0 and "] start " not in result.stdout and "1 run(s) left" in result.stdout
     assert not (tmp_path / "cards").exists()
 
