@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import sys
+import textwrap
 import typing
 from pathlib import Path
 
@@ -265,7 +266,14 @@ def _cmd_push(args) -> int:
 
 # --- the parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="biotorch", description=__doc__.splitlines()[0])
+    examples = [line.strip() for line in __doc__.split("Example::")[1].splitlines() if line.strip()]
+    root = argparse.ArgumentParser(
+        prog="biotorch", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill("Models that learn without exact backpropagation: list, describe, train, "
+                                  "evaluate, attack, benchmark and push them. Errors are one line on stderr and "
+                                  "exit status 2.", 79),
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in examples) + "\n\n"
+               "`biotorch COMMAND --help` for one command.")
     root.add_argument("--version", action="version", version=f"biotorch {__version__}")
     root.add_argument("--plugin", "-p", action="append", default=[], metavar="MODULE",
                       help="import MODULE (a module name or a .py file) first, so that the rules it registers "

@@ -88,3 +88,19 @@ def test_cli_list_and_info(capsys):
     assert "Direct Feedback Alignment" in info and "269,722" in info
     bad = _cli("info", "resnet20_faa")  # the real entry point: one line, exit 2
     assert bad.returncode == 2 and "Did you mean" in bad.stderr and "Traceback" not in bad.stderr
+
+
+
+def test_cli_help_is_plain_text_and_shows_the_examples(capsys):
+    """argparse prints help as written: no reStructuredText markup from a docstring (``name``, ``Example::``); the
+    root help ends with the examples of the CLI module's docstring."""
+    commands = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
+    for command in ([], *([name] for name in commands)):
+        with pytest.raises(SystemExit) as exit:
+            cli.main([*command, "--help"])
+        help_text = capsys.readouterr().out
+        assert exit.value.code == 0 and help_text.startswith("usage: biotorch")
+        assert "``" not in help_text and "::" not in help_text, (command, help_text)
+        if not command:
+            assert "\n  $ biotorch info resnet20_dfa\n" in help_text
+    assert len(commands) >= 7

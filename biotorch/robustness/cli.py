@@ -210,7 +210,8 @@ def add_commands(subparsers) -> None:
     """Register ``biotorch robustness`` on the ``biotorch`` command line."""
     parser = subparsers.add_parser(
         "robustness", help="top-1 of a pretrained model under FGSM/PGD with exact, rule or transfer gradients",
-        description=__doc__.splitlines()[0])
+        description="Top-1 of pretrained models under FGSM and PGD-10, the examples crafted with the exact gradient, "
+                    "the model's learning rule's gradient, or the bp model's (transfer).")
     parser.add_argument("name", nargs="+", help="pretrained name(s) or glob(s), e.g. lenet_fa.fashion_mnist or "
                         "'lenet_*.fashion_mnist' (transfer examples are crafted once for all), or checkpoint "
                         "folders (yours: a run, save_pretrained's) or hf-hub:<org>/<repo>")
