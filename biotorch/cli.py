@@ -142,16 +142,21 @@ def _base_type(name: str):
     return typing.get_origin(kind) or kind
 
 
-def _cmd_train(args) -> int:
-    overrides = {name: getattr(args, name) for name in FIELDS
-                 if name not in _NOT_FLAGS and getattr(args, name, None) is not None}
+def _overrides(args, flags: dict) -> dict:
+    """The recipe keys a command line sets: its flags (``flags``, ``None`` where not given), ``--set KEY=VALUE``
+    and ``--rule-option KEY=VALUE``; a key given by a flag and by --set with another value is refused."""
+    overrides = {key: value for key, value in flags.items() if value is not None}
     for key, value in parse_set(args.set).items():
         if key in overrides and str(overrides[key]) != str(value):
-            raise ConfigError(f"--{key.replace('_', '-')} {overrides[key]} and --set {key}={value} disagree: "
-                              "give one of them")
+            raise ConfigError(f"{key} {overrides[key]} (its flag) and --set {key}={value} disagree: give one of them")
         overrides[key] = value
     if args.rule_option:
         overrides["rule_options"] = parse_set(args.rule_option)
+    return overrides
+
+
+def _cmd_train(args) -> int:
+    overrides = _overrides(args, {name: getattr(args, name, None) for name in FIELDS if name not in _NOT_FLAGS})
     if args.resume:
         run_dir = Path(args.resume)
         extra = sorted(set(overrides) - {"device"}) + (["--recipe"] if args.recipe else [])
@@ -234,11 +239,7 @@ def _cmd_eval(args) -> int:
 
 # --- bench ------------------------------------------------------------------------------------------------
 def _cmd_bench(args) -> int:
-    overrides = {"rule": args.rule, "seed": args.seed, **parse_set(args.set)}
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
-    if args.rule_option:
-        overrides["rule_options"] = parse_set(args.rule_option)
+    overrides = _overrides(args, {"rule": args.rule, "seed": args.seed, "data_dir": args.data_dir})
     own = DEFAULT_RECIPE.with_name(f"{DEFAULT_RECIPE.stem}_{args.rule}.yaml")  # the zoo's recipe for this rule
     recipe = load_recipe(args.recipe or (own if own.is_file() else DEFAULT_RECIPE), overrides)
     if args.budget_s is not None and not args.budget_s > 0:

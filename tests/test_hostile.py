@@ -116,6 +116,11 @@ def test_conflicting_or_incomplete_flags(argv, message, tmp_path, capsys):
     assert message in one_line_error(capsys, train_argv(tmp_path / "run", *argv))
 
 
+def test_bench_refuses_a_set_that_contradicts_its_rule_as_train_does(tmp_path, capsys):
+    error = one_line_error(capsys, ["bench", "fa", "--set", "rule=dfa", "--out", str(tmp_path / "bench")])
+    assert "rule fa (its flag) and --set rule=dfa disagree" in error and not (tmp_path / "bench").exists()
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = Trainer(make_recipe({**TINY, "epochs": 3}), tmp_path / "run", log=None, progress=False)
     for x, y in trainer.begin_epoch():
