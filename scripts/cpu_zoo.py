@@ -499,6 +499,8 @@ def campaign(args, jobs: list[Job]) -> int:
     log(f"campaign: {len(jobs)} runs in the queue, {args.jobs} at once x {threads} thread(s), budget "
         f"{args.budget_s:.0f}s (until {time.strftime('%H:%M', time.localtime(deadline))}), home {home}", home)
     while True:
+        # runs of workers left by an earlier campaign process: those still held (a finished one is published)
+        elsewhere = {name for name in elsewhere if in_use(home / "runs" / name)}
         for name, (process, job, folder) in list(active.items()):
             code = process.poll()
             if code is None:
@@ -562,7 +564,6 @@ def campaign(args, jobs: list[Job]) -> int:
                 continue
             break
         status = write_status(home, jobs, cards_dir, active, threads)
-        elsewhere = {name for name in elsewhere if in_use(home / "runs" / name)}
         if not active and not attacks and not elsewhere:
             left = [r for r in status["runs"] if r["state"] not in ("done", "diverged")]
             log(f"campaign stops: {len(left)} run(s) left (~{status['queue_eta_s'] / 3600:.1f} h at {threads} "

@@ -138,27 +138,32 @@ def test_with_carry_over_a_run_longer_than_the_budget_starts_last_and_resumes_fi
 
 def test_a_worker_left_by_an_earlier_campaign_process_holds_one_of_the_jobs(tmp_path, capsys):
     """With --jobs 1, a run still trained by a worker of a killed campaign process is waited for, not joined by a
-    second run on the same cores."""
+    second run on the same cores; when that worker finishes, its run is published and the next one starts."""
     queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["fa"], "seeds": [0, 1]}])
     first, second = zoo.read_queue(queue)
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 1e9}))  # each run: its 60 s start
-    first.folder(home).mkdir(parents=True)
-    lock = RunLock(first.folder(home)).acquire()
+    folder = first.folder(home)
+    assert zoo.train_one(first.recipe, folder, home, time.time() + 600, 1, 3) == 0
+    (folder / "metrics.json").rename(tmp_path / "metrics.json")  # its last epoch still running, as it were
+    lock = RunLock(folder).acquire()
     started_while_held = []
 
-    def release():  # once the budget left is under a run's minute to start: after that nothing starts
+    def finish():
         time.sleep(3)
         started_while_held.append((second.folder(home) / "recipe.yaml").exists())
+        (tmp_path / "metrics.json").rename(folder / "metrics.json")
         lock.release()
 
-    thread = threading.Thread(target=release)
+    thread = threading.Thread(target=finish)
     thread.start()
-    result = campaign(tmp_path, queue, capsys, budget=62)
+    result = campaign(tmp_path, queue, capsys)
     thread.join()
-    assert started_while_held == [False] and "] start " not in result.stdout, result.stdout
-    assert result.returncode == 0 and "2 run(s) left" in result.stdout
+    assert started_while_held == [False], result.stdout
+    assert [line.split("] start ")[1].split()[0] for line in result.stdout.splitlines() if "] start " in line] \
+        == [second.folder(home).name], result.stdout
+    assert result.returncode == 0 and "0 run(s) left" in result.stdout, result.stdout
+    cfg = read_config(tmp_path / "cards" / "lenet_fa.synthetic")["pretrained_cfg"]
+    assert cfg["metrics"]["seed_list"] == [0, 1]
 
 
 def test_no_run_starts_that_cannot_end_inside_the_budget(tmp_path, capsys):
