@@ -154,7 +154,13 @@ def read_queue(path) -> list[Job]:
             make_rule(rule)  # an unknown rule fails here, with the known ones
             for seed in item.get("seeds", [0]):
                 overrides = {**(defaults.get("set") or {}), **(item.get("set") or {}), "rule": rule, "seed": seed}
-                jobs.append(Job(load_recipe(item["recipe"], overrides), bool(item.get("publish", True)),
+                recipe = load_recipe(item["recipe"], overrides)
+                undone = {k: v for k, v in recipe.applied_rule_overrides.items() if getattr(recipe, k) != v}
+                if undone:  # a `set` meant for the other rules would train this one with another optimizer's lr
+                    raise ValueError(f"{where}: `set` overrides {rule}'s rule_overrides in {item['recipe']} ("
+                                     + ", ".join(f"{k}: {v!r} -> {getattr(recipe, k)!r}" for k, v in undone.items())
+                                     + f"); give {rule} an entry of its own")
+                jobs.append(Job(recipe, bool(item.get("publish", True)),
                                 item.get("replace", "better"),
                                 _retry_recipe(item["recipe"], overrides, retry) if retry else None, index))
     return jobs

@@ -24,6 +24,7 @@ from conftest import load_script
 ROOT = Path(__file__).resolve().parent.parent
 zoo = load_script("cpu_zoo")
 LENET = str(ROOT / "recipes" / "fashion_mnist" / "lenet.yaml")
+RESNET20 = str(ROOT / "recipes" / "cifar10_jpeg" / "resnet20.yaml")
 TINY = {"device": "cpu", "data": "synthetic", "epochs": 1, "limit_train": 256, "alignment_every": 0}
 
 
@@ -51,6 +52,8 @@ def test_committed_queue_reads_and_trains_on_the_cpu_in_fp32():
     assert not pilot.publish and pilot.recipe.rule == "bp" and pilot.recipe.batch_size == 128
     assert [j.recipe.rule for j in resnets[:8]] == ["dfa", "bp", "kp", "fa", "usf", "frsf", "brsf", "wm"]
     assert len({j.recipe.lr for j in resnets[:8] if j.recipe.rule != "dfa"}) == 1  # one recipe (dfa: its override)
+    assert all((j.recipe.optimizer, j.recipe.lr) == ("adam", 1e-3) for j in jobs if j.recipe.rule == "dfa"
+               and "resnet20" in j.recipe.model)
     assert all(j.retry.lr == pytest.approx(0.5 * j.recipe.lr) for j in jobs)
 
 
@@ -83,6 +86,8 @@ def test_speed_before_any_measurement_comes_from_the_model_class(tmp_path):
     ({"recipe": LENET, "rules": ["fa"], "seeds": [-1]}, "`seeds` is a list of non-negative integers"),
     ({"recipe": LENET, "rules": ["fa"], "replace": "sometimes"}, "replace is 'better' or 'always'"),
     ({"recipe": LENET, "rules": ["fa"], "set": {"lr": "fast"}}, "'lr'"),
+    ({"recipe": RESNET20, "rules": ["bp", "dfa"], "set": {"lr": 0.1}},  # SGD's lr for dfa's Adam
+     "`set` overrides dfa's rule_overrides in " + RESNET20 + " (lr: 0.001 -> 0.1); give dfa an entry of its own"),
 ])
 def test_a_bad_queue_is_one_line_and_exit_2(tmp_path, capsys, entry, message):
     queue = write_queue(tmp_path / "q.yaml", [entry])
