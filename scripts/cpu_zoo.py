@@ -76,6 +76,7 @@ ROBUSTNESS_S = {"CifarResNet": ("resnet20", 450.0), "LeNet": ("lenet", 60.0)}
 DIVERGED = "-diverged"
 # A run that cannot end inside a campaign's budget starts, when nothing else is left, only if this many epochs fit.
 MIN_EPOCHS = 3
+START_S = 60.0  # seconds a worker takes to start (imports, data) before its first epoch
 
 
 def log(line: str, home: Optional[Path] = None) -> None:
@@ -284,8 +285,8 @@ def epoch_s(recipe: Recipe, home: Path, threads: int) -> float:
 
 
 def seconds_left(recipe: Recipe, folder: Path, home: Path, threads: int) -> float:
-    """Remaining seconds of a run at the speed measured so far, with a minute to start."""
-    return max(0, recipe.epochs - epochs_done(folder)) * epoch_s(recipe, home, threads) + 60.0
+    """Remaining seconds of a run at the speed measured so far, with its start (``START_S``)."""
+    return max(0, recipe.epochs - epochs_done(folder)) * epoch_s(recipe, home, threads) + START_S
 
 
 def write_status(home: Path, jobs: list[Job], cards_dir: Path, active: dict, threads: int) -> dict:
@@ -335,9 +336,9 @@ def next_run(jobs: list[Job], home: Path, cards_dir: Path, skip: set, elsewhere:
             elsewhere.add(folder.name)  # a worker left by an earlier campaign process: wait for it
             continue
         elsewhere.discard(folder.name)
-        if state == "partial" and budget_left >= 300 or seconds_left(recipe, folder, home, threads) <= budget_left:
+        if (state == "partial" and budget_left >= 300) or seconds_left(recipe, folder, home, threads) <= budget_left:
             return (job, recipe, folder), later
-        if later is None and state == "new" and MIN_EPOCHS * epoch_s(recipe, home, threads) + 60 <= budget_left:
+        if later is None and state == "new" and MIN_EPOCHS * epoch_s(recipe, home, threads) + START_S <= budget_left:
             later = (job, recipe, folder)
     return None, later
 
@@ -352,10 +353,10 @@ def train_one(recipe: Recipe, folder: Path, home: Path, deadline: float, threads
         chance = 100.0 / trainer.info.num_classes
         while not trainer.done:
             recent = sorted(row["epoch_time_s"] for row in trainer.history[-5:])  # the median: an epoch slowed by
-            epoch_s = (recent[len(recent) // 2] if recent else                      # a paused or busy machine is
-                       train_images(recipe) / speed(home, recipe, threads)) * 1.15  # not the next one
-            if time.time() + epoch_s > deadline:
-                log(f"[{name}] stopping at epoch {trainer.epoch}: the next (~{epoch_s:.0f}s) would pass the budget",
+            next_s = (recent[len(recent) // 2] if recent                           # a paused or busy machine is
+                      else epoch_s(recipe, home, threads)) * 1.15                   # not the next one
+            if time.time() + next_s > deadline:
+                log(f"[{name}] stopping at epoch {trainer.epoch}: the next (~{next_s:.0f}s) would pass the budget",
                     home)
                 return 3
             for x, y in trainer.begin_epoch():
