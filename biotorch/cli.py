@@ -148,7 +148,7 @@ def _overrides(args, flags: dict) -> dict:
     overrides = {key: value for key, value in flags.items() if value is not None}
     for key, value in parse_set(args.set).items():
         if key in overrides and str(overrides[key]) != str(value):
-            raise ConfigError(f"{key} {overrides[key]} (its flag) and --set {key}={value} disagree: give one of them")
+            raise ConfigError(f"{key} is {overrides[key]} on the command line but --set {key}={value}: give one of them")
         overrides[key] = value
     if args.rule_option:
         overrides["rule_options"] = parse_set(args.rule_option)
