@@ -219,7 +219,8 @@ def job_state(job: Job, home: Path, cards_dir: Path) -> tuple[str, Optional[Reci
     retried = job.retry is not None and job.folder(home).with_name(job.folder(home).name + DIVERGED).is_dir()
     recipe, folder = (job.retry, job.folder(home, True)) if retried else (job.recipe, job.folder(home))
     decided = job.replace == "better" and decision_path(home, job, recipe).is_file()  # the card validated better
-    if job.publish and (published_with(job, recipe, cards_dir) or decided):
+    # a pilot whose run is the published card's own (same recipe and seed) is done too, on any machine
+    if published_with(job, recipe, cards_dir) or (job.publish and decided):
         return "done", recipe, folder
     if finished(folder):
         return ("finished" if job.publish else "done"), recipe, folder

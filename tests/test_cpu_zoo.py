@@ -122,6 +122,11 @@ def test_campaign_trains_publishes_and_a_second_start_has_nothing_to_do(tmp_path
     other = write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["fa"], "set": {"lr": 0.02}}])
     assert zoo.main(["--queue", str(other), "--home", str(home), "--cards-dir", str(cards), "--status"]) == 0
     assert " new 0/1 epochs" in capsys.readouterr().out
+    # a pilot that is the same run as a published card is done on a machine that never trained it
+    same = write_queue(tmp_path / "q3.yaml", [{"recipe": LENET, "rules": ["fa"], "seeds": [1], "publish": False}])
+    assert zoo.main(["--queue", str(same), "--home", str(tmp_path / "fresh"), "--cards-dir", str(cards),
+                     "--status"]) == 0
+    assert capsys.readouterr().out.split()[1] == "done"
 
 
 def test_with_carry_over_a_run_longer_than_the_budget_starts_last_and_resumes_first(tmp_path):
