@@ -17,6 +17,8 @@ flight (epoch, images/s, ETA) and what is left; ``<home>/campaign.log`` has one 
 * A card trained with another recipe is replaced only when the new run validates better; otherwise the
   decision is written to ``<home>/decisions/`` and the run counts as done.
 * ``--jobs N`` trains N runs at once, each in its own process with ``cpus // N`` threads.
+* Data is found as ``biotorch train`` finds it (``$BIOTORCH_DATA/<data>``, ``~/.cache/biotorch/data/<data>``);
+  a campaign whose runs cannot find theirs stops before the first run starts (one line, exit 2).
 
 Example::
 
@@ -46,7 +48,7 @@ import torch
 import yaml
 
 from biotorch import cli
-from biotorch.data.catalog import DATASETS
+from biotorch.data import DATASETS, load_split
 from biotorch.errors import NonFiniteError, RunLockedError
 from biotorch.files import LOCK, FolderLock, load_yaml
 from biotorch.models import ARCHITECTURES
@@ -493,6 +495,23 @@ def import_run(source: Path, home: Path, jobs: list[Job], tolerance: float = 0.0
 # the campaign
 
 
+def missing_data(jobs: list[Job], home: Path, cards_dir: Path) -> Optional[str]:
+    """Why a run still to train cannot find its data, as one line; checked before the first run starts, so that a
+    machine without the data stops at once instead of failing every run of the queue in turn."""
+    checked = set()
+    for job in jobs:
+        state, recipe, _ = job_state(job, home, cards_dir)
+        if state in ("done", "finished", "diverged") or (recipe.data, recipe.data_dir) in checked:
+            continue
+        checked.add((recipe.data, recipe.data_dir))
+        try:
+            load_split(recipe.data, "val", data_dir=recipe.data_dir, download=recipe.download)
+        except FileNotFoundError as error:
+            lines = [line.strip(" -") for line in str(error).splitlines()]
+            return f"{job.card} (seed {recipe.seed}): {lines[0]} {', '.join(lines[1:-2])}. {' '.join(lines[-2:])}"
+    return None
+
+
 def campaign(args, jobs: list[Job]) -> int:
     home, cards_dir = args.home, args.cards_dir
     readme = None if args.no_readme else REPO_ROOT / "README.md"
@@ -500,6 +519,10 @@ def campaign(args, jobs: list[Job]) -> int:
     start, cpus = time.time(), os.cpu_count() or 2
     deadline = start + args.budget_s
     threads = args.threads or max(1, cpus // args.jobs)
+    missing = missing_data(jobs, home, cards_dir)
+    if missing:
+        print(f"cpu_zoo: error: {missing}", file=sys.stderr)
+        return 2
     active: dict[str, tuple[subprocess.Popen, Job, Path]] = {}   # training runs by folder name
     attacks: dict[str, subprocess.Popen] = {}                    # attacks by card
     given_up: set[str] = set()

@@ -129,6 +129,20 @@ def test_campaign_trains_publishes_and_a_second_start_has_nothing_to_do(tmp_path
     assert capsys.readouterr().out.split()[1] == "done"
 
 
+def test_a_campaign_whose_data_is_missing_stops_before_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BIOTORCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("BIOTORCH_DATA", raising=False)
+    queue = write_queue(tmp_path / "q.yaml", [
+        {"recipe": LENET, "rules": ["bp"]},   # synthetic: always there
+        {"recipe": LENET, "rules": ["fa"], "set": {"data": "cifar10_jpeg", "data_dir": str(tmp_path / "none")}}])
+    result = campaign(tmp_path, queue, capsys)
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    error = result.stderr.strip()
+    assert error.startswith("cpu_zoo: error: lenet_fa.cifar10_jpeg (seed 0): No cifar10_jpeg data found")
+    assert str(tmp_path / "none") in error and "$BIOTORCH_DATA" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "home" / "runs").exists()
+
+
 def test_with_carry_over_a_run_longer_than_the_budget_starts_last_and_resumes_first(tmp_path):
     home, cards = tmp_path / "home", tmp_path / "cards"
     home.mkdir()
