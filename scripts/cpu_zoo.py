@@ -507,8 +507,7 @@ def missing_data(jobs: list[Job], home: Path, cards_dir: Path) -> Optional[str]:
         try:
             load_split(recipe.data, "val", data_dir=recipe.data_dir, download=recipe.download)
         except FileNotFoundError as error:
-            lines = [line.strip(" -") for line in str(error).splitlines()]
-            return f"{job.card} (seed {recipe.seed}): {lines[0]} {', '.join(lines[1:-2])}. {' '.join(lines[-2:])}"
+            return f"{job.card} (seed {recipe.seed}): {' '.join(str(error).split())}"  # one line, as the CLI's
     return None
 
 
