@@ -326,10 +326,10 @@ def write_status(home: Path, jobs: list[Job], cards_dir: Path, active: dict, thr
 def next_run(jobs: list[Job], home: Path, cards_dir: Path, skip: set, elsewhere: set, budget_left: float,
              threads: int) -> tuple[Optional[tuple], Optional[tuple]]:
     """What to train next, as ``(job, recipe, folder)``, in queue order: (the first run that can end inside
-    ``budget_left`` seconds: a partial one always can, as it stops at an epoch boundary; the first new run that
-    cannot, but of which ``MIN_EPOCHS`` epochs fit: with ``--carry-over`` it starts when nothing else is left to
-    do, and resumes in the next campaign). Runs named in ``skip`` are passed over; runs another process trains are added to
-    ``elsewhere`` (and removed once free)."""
+    ``budget_left`` seconds: a partial one can when its start and one epoch fit, as it stops at an epoch boundary;
+    the first new run that cannot, but of which ``MIN_EPOCHS`` epochs fit: with ``--carry-over`` it starts when
+    nothing else is left to do, and resumes in the next campaign). Runs named in ``skip`` are passed over; runs
+    another process trains are added to ``elsewhere`` (and removed once free)."""
     later = None
     for job in jobs:
         state, recipe, folder = job_state(job, home, cards_dir)
@@ -339,7 +339,8 @@ def next_run(jobs: list[Job], home: Path, cards_dir: Path, skip: set, elsewhere:
             elsewhere.add(folder.name)  # a worker left by an earlier campaign process: wait for it
             continue
         elsewhere.discard(folder.name)
-        if (state == "partial" and budget_left >= 300) or seconds_left(recipe, folder, home, threads) <= budget_left:
+        if (state == "partial" and epoch_s(recipe, home, threads) + START_S <= budget_left
+                or seconds_left(recipe, folder, home, threads) <= budget_left):
             return (job, recipe, folder), later
         if later is None and state == "new" and MIN_EPOCHS * epoch_s(recipe, home, threads) + START_S <= budget_left:
             later = (job, recipe, folder)
@@ -525,6 +526,7 @@ def campaign(args, jobs: list[Job]) -> int:
     active: dict[str, tuple[subprocess.Popen, Job, Path]] = {}   # training runs by folder name
     attacks: dict[str, subprocess.Popen] = {}                    # attacks by card
     given_up: set[str] = set()
+    stopped: set[str] = set()  # runs stopped for the budget: it only shrinks, so they do not start again
     elsewhere: set[str] = set()                                  # runs trained by another process
     log(f"campaign: {len(jobs)} runs in the queue, {args.jobs} at once x {threads} thread(s), budget "
         f"{args.budget_s:.0f}s (until {time.strftime('%H:%M', time.localtime(deadline))}), home {home}", home)
@@ -542,7 +544,9 @@ def campaign(args, jobs: list[Job]) -> int:
                 again = job.retry is None or folder != job.folder(home)
                 log(f"{name} diverged: kept as {folder.name}{DIVERGED}; " +
                     ("not retried again" if again else "retrying once with the entry's retry keys"), home)
-            elif code not in (0, 3):
+            elif code == 3:
+                stopped.add(name)
+            elif code != 0:
                 given_up.add(name)
                 log(f"{name} failed (exit {code}); see {home / 'logs' / (name + '.log')}", home)
         for card, process in list(attacks.items()):
@@ -569,7 +573,7 @@ def campaign(args, jobs: list[Job]) -> int:
         # start what fits: training first, in queue order; attacks on new cards when no run fits
         now = time.time()
         while len(active) + len(attacks) < args.jobs:
-            nxt, later = next_run(jobs, home, cards_dir, set(active) | given_up, elsewhere, deadline - now, threads)
+            nxt, later = next_run(jobs, home, cards_dir, set(active) | given_up | stopped, elsewhere, deadline - now, threads)
             if len(active) + len(attacks) + len(elsewhere) >= args.jobs:
                 break  # a worker of an earlier campaign process holds a place: --jobs counts it
             if nxt is None:

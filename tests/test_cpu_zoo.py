@@ -146,7 +146,7 @@ def test_a_campaign_whose_data_is_missing_stops_before_any_run(tmp_path, capsys,
 def test_with_carry_over_a_run_longer_than_the_budget_starts_last_and_resumes_first(tmp_path):
     home, cards = tmp_path / "home", tmp_path / "cards"
     home.mkdir()
-    (home / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 256 / 1.1}))  # 1 s an epoch, 60 s to start
+    (home / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 256 / 1.1}))  # 1.21 s an epoch, 60 s to start
     long, short = zoo.read_queue(write_queue(tmp_path / "q.yaml", [
         {"recipe": LENET, "rules": ["bp"], "set": {"epochs": 100}}, {"recipe": LENET, "rules": ["fa"]}]))
     elsewhere = set()
@@ -156,8 +156,33 @@ def test_with_carry_over_a_run_longer_than_the_budget_starts_last_and_resumes_fi
     assert pick(120, {short.folder(home).name}) == [None, long]
     assert pick(63) == [short, None]       # 3 of the long run's epochs and its start do not fit
     (long.folder(home) / "checkpoint").mkdir(parents=True)  # its first epochs trained in an earlier campaign
-    assert pick(300) == [long, None]       # a partial run resumes first: it stops at an epoch boundary
-    assert pick(120) == [short, None]
+    assert pick(120) == [long, None]       # a partial run resumes first: it stops at an epoch boundary
+    assert pick(62) == [long, None]        # its start and one epoch fit
+    assert pick(61) == [None, None]        # they do not: nor does the short run
+
+
+def test_a_run_stopped_for_the_budget_does_not_start_again_in_the_same_campaign(tmp_path, capsys):
+    """The campaign and its worker estimate the next epoch apart (the worker adds a margin): a partial run whose
+    start and epoch fit the campaign's estimate but not its worker's stops at once (exit 3); the budget only
+    shrinks, so the campaign must not start it again and again until the budget is spent."""
+    epoch = 2 * (zoo.START_S + 10) / 0.15   # the worker's 15 % margin on one epoch exceeds START_S + 10 s
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"], "set": {"epochs": 2}}])
+    (job,) = zoo.read_queue(queue)
+    home, folder = tmp_path / "home", job.folder(tmp_path / "home")
+    trainer = Trainer(job.recipe, folder, log=None, progress=False)  # a partial run: 1 of its 2 epochs
+    for x, y in trainer.begin_epoch():
+        trainer.step(x, y)
+    trainer.end_epoch()
+    trainer.close()
+    state = json.loads((folder / "checkpoint" / "state.json").read_text())
+    state["history"][0]["epoch_time_s"] = epoch  # as it took on a busy machine
+    (folder / "checkpoint" / "state.json").write_text(json.dumps(state))
+    (home / "speeds.json").write_text(json.dumps({"lenet.synthetic@1": 256 * 1.1 / epoch}))
+    result = campaign(tmp_path, queue, capsys, budget=epoch + zoo.START_S + 10)
+    assert result.returncode == 0, result.stderr
+    lines = (home / "campaign.log").read_text().splitlines()
+    assert sum(f"start {job.folder(home).name}" in line for line in lines) == 1, lines
+    assert any("would pass the budget" in line for line in lines) and "campaign stops" in lines[-1], lines
 
 
 def test_a_worker_left_by_an_earlier_campaign_process_holds_one_of_the_jobs(tmp_path, capsys):
