@@ -573,7 +573,8 @@ def campaign(args, jobs: list[Job]) -> int:
         # start what fits: training first, in queue order; attacks on new cards when no run fits
         now = time.time()
         while len(active) + len(attacks) < args.jobs:
-            nxt, later = next_run(jobs, home, cards_dir, set(active) | given_up | stopped, elsewhere, deadline - now, threads)
+            nxt, later = next_run(jobs, home, cards_dir, set(active) | given_up | stopped, elsewhere, deadline - now,
+                                  threads)
             if len(active) + len(attacks) + len(elsewhere) >= args.jobs:
                 break  # a worker of an earlier campaign process holds a place: --jobs counts it
             if nxt is None:
