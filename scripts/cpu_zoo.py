@@ -236,14 +236,27 @@ def job_state(job: Job, home: Path, cards_dir: Path) -> tuple[str, Optional[Reci
 
 
 def speed(home: Path, recipe: Recipe, threads: int) -> float:
-    """Training images/s of the recipe's model and data with ``threads`` threads: the last measured here, else
-    the default."""
+    """Training images/s of the recipe's model and data with ``threads`` threads: the last measured here, else the
+    model's measured on other data (scaled by pixels an image: the MNISTs come padded to 32x32 as CIFAR-10), else the
+    default."""
     path = home / "speeds.json"
     measured = json.loads(path.read_text()) if path.is_file() else {}
     if measured.get(f"{recipe.model}.{recipe.data}@{threads}"):
         return measured[f"{recipe.model}.{recipe.data}@{threads}"]
+    for key, images_per_s in measured.items():
+        model, _, rest = key.partition(".")
+        data, _, at = rest.rpartition("@")
+        if model == recipe.model and at == str(threads) and _pixels(data) and _pixels(recipe.data, recipe.img_size):
+            return images_per_s * _pixels(data) / _pixels(recipe.data, recipe.img_size)
     default, times = by_model_class(DEFAULT_SPEED, recipe.model)
     return default[threads] / times if default else 100.0 * threads
+
+
+def _pixels(data: str, side: Optional[int] = None) -> Optional[int]:
+    """Pixels of an image of ``data`` as a model sees it (brought to ``side`` x ``side`` if given; ``None`` for a
+    dataset no longer known)."""
+    size = (None, side, side) if side else DATASETS[data].input_size if data in DATASETS else None
+    return size[1] * size[2] if size else None
 
 
 @functools.cache

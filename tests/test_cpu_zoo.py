@@ -79,6 +79,20 @@ def test_speed_before_any_measurement_comes_from_the_model_class(tmp_path):
     assert zoo.speed(tmp_path, recipe["lenet"], 2) == estimate["lenet"]
 
 
+def test_a_model_measured_on_other_data_is_estimated_from_it_by_pixels(tmp_path):
+    """ResNet-20 measured on CIFAR-10 gives its Fashion-MNIST estimate (padded to 32x32: the same pixels), not the
+    model class's default; at another thread count, or for another model, the measurement says nothing."""
+    (tmp_path / "speeds.json").write_text(json.dumps({"resnet20.cifar10_jpeg@2": 280.0}))
+    fashion, cifar = zoo.load_recipe(RESNET20, {"data": "fashion_mnist"}), zoo.load_recipe(RESNET20, {})
+    assert zoo.speed(tmp_path, cifar, 2) == zoo.speed(tmp_path, fashion, 2) == 280.0
+    assert zoo.epoch_s(fashion, tmp_path, 2) == pytest.approx(50_000 * 1.1 / 280.0)
+    larger = zoo.load_recipe(RESNET20, {"data": "imagefolder", "img_size": 64, "data_dir": str(tmp_path)})
+    assert zoo.speed(tmp_path, larger, 2) == pytest.approx(280.0 / 4)
+    default = zoo.speed(tmp_path / "nothing measured", fashion, 1)
+    assert zoo.speed(tmp_path, fashion, 1) == default != 280.0
+    assert zoo.speed(tmp_path, zoo.load_recipe(RESNET20, {"data": "fashion_mnist", "model": "resnet56"}), 2) != 280.0
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"recipe": LENET, "rules": ["fa"], "epochs": 3}, "unknown key(s) epochs"),
     ({"recipe": LENET, "rules": ["fx"]}, "unknown learning rule 'fx'"),
