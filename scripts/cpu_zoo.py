@@ -58,7 +58,7 @@ from biotorch.rules import make_rule
 from biotorch.training.recipe import IMAGE_KEYS, Recipe, load_recipe, make_recipe
 from biotorch.training.checkpoint import RunLock
 from biotorch.training.records import write_json
-from biotorch.training.trainer import Trainer
+from biotorch.training.trainer import Trainer, data_info
 
 HOME = Path(os.environ.get("BIOTORCH_CAMPAIGN", "~/.cache/biotorch/campaign")).expanduser()
 # Recipe keys that say where or how fast a run trains, not what it learns: two recipes differing only here
@@ -235,28 +235,26 @@ def job_state(job: Job, home: Path, cards_dir: Path) -> tuple[str, Optional[Reci
 # estimates and the status file
 
 
+def speed_key(model: str, data: str, threads: int) -> str:
+    """The key of a measured speed in ``speeds.json``."""
+    return f"{model}.{data}@{threads}"
+
+
 def speed(home: Path, recipe: Recipe, threads: int) -> float:
     """Training images/s of the recipe's model and data with ``threads`` threads: the last measured here, else the
-    model's measured on other data (scaled by pixels an image: the MNISTs come padded to 32x32 as CIFAR-10), else the
-    default."""
+    model's measured on other catalogued data (scaled by pixels an image: the MNISTs come padded to 32x32 as
+    CIFAR-10; an image folder's key does not say its size), else the default."""
     path = home / "speeds.json"
     measured = json.loads(path.read_text()) if path.is_file() else {}
-    if measured.get(f"{recipe.model}.{recipe.data}@{threads}"):
-        return measured[f"{recipe.model}.{recipe.data}@{threads}"]
-    for key, images_per_s in measured.items():
-        model, _, rest = key.partition(".")
-        data, _, at = rest.rpartition("@")
-        if model == recipe.model and at == str(threads) and _pixels(data) and _pixels(recipe.data, recipe.img_size):
-            return images_per_s * _pixels(data) / _pixels(recipe.data, recipe.img_size)
+    if measured.get(speed_key(recipe.model, recipe.data, threads)):
+        return measured[speed_key(recipe.model, recipe.data, threads)]
+    pixels = math.prod(data_info(recipe).input_size[1:])
+    for data, info in DATASETS.items():
+        other = measured.get(speed_key(recipe.model, data, threads))
+        if other and data != "imagefolder":
+            return other * math.prod(info.input_size[1:]) / pixels
     default, times = by_model_class(DEFAULT_SPEED, recipe.model)
     return default[threads] / times if default else 100.0 * threads
-
-
-def _pixels(data: str, side: Optional[int] = None) -> Optional[int]:
-    """Pixels of an image of ``data`` as a model sees it (brought to ``side`` x ``side`` if given; ``None`` for a
-    dataset no longer known)."""
-    size = (None, side, side) if side else DATASETS[data].input_size if data in DATASETS else None
-    return size[1] * size[2] if size else None
 
 
 @functools.cache
@@ -631,7 +629,7 @@ def _record_speed(home: Path, job: Job, folder: Path, threads: int) -> None:
         if measured:
             path = home / "speeds.json"
             known = json.loads(path.read_text()) if path.is_file() else {}
-            known[f"{job.arch}.{job.recipe.data}@{threads}"] = measured
+            known[speed_key(job.arch, job.recipe.data, threads)] = measured
             write_json(path, known)
 
 

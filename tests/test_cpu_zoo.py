@@ -86,7 +86,8 @@ def test_a_model_measured_on_other_data_is_estimated_from_it_by_pixels(tmp_path)
     fashion, cifar = zoo.load_recipe(RESNET20, {"data": "fashion_mnist"}), zoo.load_recipe(RESNET20, {})
     assert zoo.speed(tmp_path, cifar, 2) == zoo.speed(tmp_path, fashion, 2) == 280.0
     assert zoo.epoch_s(fashion, tmp_path, 2) == pytest.approx(50_000 * 1.1 / 280.0)
-    larger = zoo.load_recipe(RESNET20, {"data": "imagefolder", "img_size": 64, "data_dir": str(tmp_path)})
+    (tmp_path / "images" / "train" / "a").mkdir(parents=True)
+    larger = zoo.load_recipe(RESNET20, {"data": "imagefolder", "img_size": 64, "data_dir": str(tmp_path / "images")})
     assert zoo.speed(tmp_path, larger, 2) == pytest.approx(280.0 / 4)
     default = zoo.speed(tmp_path / "nothing measured", fashion, 1)
     assert zoo.speed(tmp_path, fashion, 1) == default != 280.0
