@@ -298,6 +298,13 @@ def epoch_s(recipe: Recipe, home: Path, threads: int) -> float:
     return train_images(recipe) * 1.1 / speed(home, recipe, threads)
 
 
+def next_epoch_s(history: list[dict], recipe: Recipe, home: Path, threads: int) -> float:
+    """Seconds a run's next epoch should take: the median of its last five epochs (an epoch slowed by a paused or
+    busy machine is not the next one), else, before it has any, the speed measured so far (:func:`epoch_s`)."""
+    recent = sorted(row["epoch_time_s"] for row in history[-5:])
+    return recent[len(recent) // 2] if recent else epoch_s(recipe, home, threads)
+
+
 def seconds_left(recipe: Recipe, folder: Path, home: Path, threads: int) -> float:
     """Remaining seconds of a run at the speed measured so far, with its start (``START_S``)."""
     return max(0, recipe.epochs - epochs_done(folder)) * epoch_s(recipe, home, threads) + START_S
@@ -367,9 +374,7 @@ def train_one(recipe: Recipe, folder: Path, home: Path, deadline: float, threads
     try:
         chance = 100.0 / trainer.info.num_classes
         while not trainer.done:
-            recent = sorted(row["epoch_time_s"] for row in trainer.history[-5:])  # the median: an epoch slowed by
-            next_s = (recent[len(recent) // 2] if recent                           # a paused or busy machine is
-                      else epoch_s(recipe, home, threads)) * 1.15                   # not the next one
+            next_s = next_epoch_s(trainer.history, recipe, home, threads) * 1.15  # with a margin
             if time.time() + next_s > deadline:
                 log(f"[{name}] stopping at epoch {trainer.epoch}: the next (~{next_s:.0f}s) would pass the budget",
                     home)
@@ -378,12 +383,12 @@ def train_one(recipe: Recipe, folder: Path, home: Path, deadline: float, threads
                 trainer.step(x, y)
             row = trainer.end_epoch()
             images_per_s = train_images(recipe) / row["epoch_time_s"]
-            recent = sorted(r["epoch_time_s"] for r in trainer.history[-5:])
-            eta = (recipe.epochs - trainer.epoch) * recent[len(recent) // 2] * 1.05
+            typical_s = next_epoch_s(trainer.history, recipe, home, threads)
+            eta = (recipe.epochs - trainer.epoch) * typical_s * 1.05
             write_json(folder / "status.json", {
                 "epoch": trainer.epoch, "epochs": recipe.epochs, "images_per_s": round(images_per_s),
                 "mean_images_per_s": round(trainer.images_trained / trainer.train_time_s),
-                "median_images_per_s": round(train_images(recipe) / recent[len(recent) // 2]), "eta_s": round(eta),
+                "median_images_per_s": round(train_images(recipe) / typical_s), "eta_s": round(eta),
                 "threads": threads})
             log(f"[{name}] epoch {trainer.epoch}/{recipe.epochs}: {images_per_s:,.0f} img/s ({threads} "
                 f"thread{'s' * (threads > 1)}), val top1 {row['val_top1'] or 0:.2f}, ETA of the run "

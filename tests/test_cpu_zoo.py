@@ -94,6 +94,17 @@ def test_a_model_measured_on_other_data_is_estimated_from_it_by_pixels(tmp_path)
     assert zoo.speed(tmp_path, zoo.load_recipe(RESNET20, {"data": "fashion_mnist", "model": "resnet56"}), 2) != 280.0
 
 
+def test_a_runs_next_epoch_is_the_median_of_its_last_five_else_the_measured_speed(tmp_path):
+    """One epoch slowed by a paused worker does not move the estimate; only the last five count; before its first
+    epoch a run gets the speed measured so far."""
+    (tmp_path / "speeds.json").write_text(json.dumps({"resnet20.cifar10_jpeg@2": 280.0}))
+    recipe = zoo.load_recipe(RESNET20, {})
+    assert zoo.next_epoch_s([], recipe, tmp_path, 2) == zoo.epoch_s(recipe, tmp_path, 2)
+    history = [{"epoch_time_s": s} for s in (900.0, 180.0, 176.0, 600.0, 178.0, 181.0)]
+    assert zoo.next_epoch_s(history, recipe, tmp_path, 2) == 180.0
+    assert zoo.next_epoch_s(history[:1], recipe, tmp_path, 2) == 900.0
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"recipe": LENET, "rules": ["fa"], "epochs": 3}, "unknown key(s) epochs"),
     ({"recipe": LENET, "rules": ["fx"]}, "unknown learning rule 'fx'"),
