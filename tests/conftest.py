@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 import biotorch
 from biotorch import cli
@@ -105,6 +106,13 @@ def make_run(tmp_path):
         return write_run(tmp_path / "runs" / (name or f"{key}-seed{kwargs['seed']}"), **kwargs)
 
     return make
+
+
+def same_tensors(file_a, file_b) -> list:
+    """The names of the tensors that differ between two safetensors files (which must hold the same names)."""
+    a, b = load_file(str(file_a)), load_file(str(file_b))
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
 
 
 def load_script(name: str):

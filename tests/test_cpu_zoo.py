@@ -19,13 +19,19 @@ from biotorch.hub import read_config
 from biotorch.publish import build_card_folder
 from biotorch.training import Trainer
 from biotorch.training.checkpoint import RunLock
-from conftest import load_script
+from conftest import load_script, same_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 zoo = load_script("cpu_zoo")
 LENET = str(ROOT / "recipes" / "fashion_mnist" / "lenet.yaml")
 RESNET20 = str(ROOT / "recipes" / "cifar10_jpeg" / "resnet20.yaml")
 TINY = {"device": "cpu", "data": "synthetic", "epochs": 1, "limit_train": 256, "alignment_every": 0}
+
+
+@pytest.fixture(autouse=True)
+def _carry_dir(tmp_path, monkeypatch):
+    """Partial runs a campaign carries go to the test's folder, never the work tree's ``campaign/``."""
+    monkeypatch.setattr(zoo, "CARRY", tmp_path / "carry")
 
 
 def write_queue(path: Path, runs: list[dict], defaults: dict | None = None) -> Path:
@@ -38,7 +44,7 @@ def campaign(tmp_path: Path, queue: Path, capsys, *extra: str, budget: float = 3
     args = ["--queue", str(queue), "--home", str(tmp_path / "home"), "--cards-dir", str(tmp_path / "cards"),
             "--index", str(tmp_path / "index.json"), "--no-readme", "--robustness-limit", "0", "--poll-s", "0.2",
             "--threads", "1", *extra]
-    if not {"--status", "--import", "--rebuild"} & set(extra):
+    if not {"--status", "--import", "--rebuild", "--carry"} & set(extra):
         args += ["--budget-s", str(budget)]
     code = zoo.main(args)
     out, err = capsys.readouterr()
@@ -187,6 +193,49 @@ def test_with_carry_over_a_run_longer_than_the_budget_starts_last_and_resumes_fi
     assert pick(61) == [None, None]        # they do not: nor does the short run
 
 
+def train_epochs(recipe, folder: Path, epochs: int) -> None:
+    """``epochs`` epochs of a run, then the process ends (a partial run, as a session that stops leaves it)."""
+    trainer = Trainer(recipe, folder, resume=True, log=None, progress=False)
+    for _ in range(epochs):
+        for x, y in trainer.begin_epoch():
+            trainer.step(x, y)
+        trainer.end_epoch()
+    trainer.close()
+
+
+def test_a_partial_run_carried_through_the_work_tree_resumes_on_another_machine(tmp_path, capsys):
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["fa"], "set": {"epochs": 3}}])
+    (job,) = zoo.read_queue(queue)
+    carry, one, two = tmp_path / "carry", tmp_path / "home", tmp_path / "two"
+    train_epochs(job.recipe, job.folder(one), 1)          # machine one: an epoch, then its session ends
+    assert campaign(tmp_path, queue, capsys, "--carry").returncode == 0
+    carried = carry / job.folder(one).name
+    assert zoo.epochs_done(carried) == 1 and not (carried / ".lock").exists()
+    assert {p.name for p in carried.iterdir()} >= {"checkpoint", "best.safetensors", "recipe.yaml", "history.json"}
+    train_epochs(job.recipe, job.folder(one), 1)          # a copy further on replaces the carried one, atomically
+    assert campaign(tmp_path, queue, capsys, "--carry").returncode == 0
+    assert zoo.epochs_done(carried) == 2 and [p.name for p in carry.iterdir()] == [carried.name]
+    # machine two: a fresh home; the committed copy is found before anything else
+    args = ["--queue", str(queue), "--home", str(two), "--cards-dir", str(tmp_path / "cards")]
+    assert zoo.main([*args, "--status"]) == 0
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(carried.name))
+    assert row[1:3] == ["partial", "2/3"], row
+    assert f"resumes {carried.name} at epoch 2 from {carry}" in (two / "campaign.log").read_text()
+    # it ends as the run would have ended on one machine, bit for bit
+    train_epochs(job.recipe, job.folder(two), 1)
+    train_epochs(job.recipe, tmp_path / "whole", 3)
+    train_epochs(job.recipe, job.folder(one), 1)
+    for name in ("checkpoint/model.safetensors", "checkpoint/optimizer.safetensors", "best.safetensors"):
+        assert same_tensors(job.folder(two) / name, tmp_path / "whole" / name) == [], name
+        assert same_tensors(job.folder(two) / name, job.folder(one) / name) == [], name
+    # a home further on than the carried copy keeps its own; once the card is published, the copy goes
+    assert zoo.main([*args, "--status"]) == 0 and zoo.epochs_done(job.folder(two)) == 3
+    Trainer(job.recipe, job.folder(two), resume=True, log=None, progress=False).fit()  # finish: metrics.json
+    result = campaign(tmp_path, queue, capsys, "--home", str(two))
+    assert result.returncode == 0 and "published" in result.stdout and "] start " not in result.stdout
+    assert not carry.exists()
+
+
 def test_a_run_stopped_for_the_budget_does_not_start_again_in_the_same_campaign(tmp_path, capsys):
     """The campaign and its worker estimate the next epoch apart (the worker adds a margin): a partial run whose
     start and epoch fit the campaign's estimate but not its worker's stops at once (exit 3); the budget only
@@ -208,7 +257,9 @@ def test_a_run_stopped_for_the_budget_does_not_start_again_in_the_same_campaign(
     assert result.returncode == 0, result.stderr
     lines = (home / "campaign.log").read_text().splitlines()
     assert sum(f"start {job.folder(home).name}" in line for line in lines) == 1, lines
-    assert any("would pass the budget" in line for line in lines) and "campaign stops" in lines[-1], lines
+    assert any("would pass the budget" in line for line in lines) and "campaign stops" in lines[-2], lines
+    assert f"carried {job.folder(home).name} at epoch 1 to {tmp_path / 'carry'}" in lines[-1]  # to commit
+    assert zoo.epochs_done(tmp_path / "carry" / job.folder(home).name) == 1
 
 
 def test_a_worker_left_by_an_earlier_campaign_process_holds_one_of_the_jobs(tmp_path, capsys):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from timm.models import adapt_input_conv
 
 import biotorch
-from conftest import kill_and_resume
+from conftest import kill_and_resume, same_tensors
 from biotorch import cli, hub
 from biotorch.data import DATASETS
 from biotorch.training import Trainer, make_recipe
@@ -50,12 +50,6 @@ def derived_feedback(model) -> dict:
 
 def is_feedback(key: str) -> bool:
     return key.rpartition(".")[2].startswith("feedback_")
-
-
-def same_tensors(file_a, file_b) -> list:
-    a, b = load_file(str(file_a)), load_file(str(file_b))
-    assert a.keys() == b.keys()
-    return [k for k in a if not torch.equal(a[k], b[k])]
 
 
 # -- init_from: what is taken from the checkpoint -------------------------------------------------------

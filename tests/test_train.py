@@ -7,22 +7,15 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from biotorch import cli
-from conftest import kill_and_resume, load_script
+from conftest import kill_and_resume, load_script, same_tensors
 from biotorch.training import Trainer, load_recipe, make_recipe
 from biotorch.training.optim import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": "lenet", "data": "synthetic", "epochs": 2, "batch_size": 32, "limit_train": 128,
         "alignment_every": 1, "lr": 0.05}
-
-
-def same_tensors(file_a, file_b) -> list:
-    a, b = load_file(str(file_a)), load_file(str(file_b))
-    assert a.keys() == b.keys()
-    return [k for k in a if not torch.equal(a[k], b[k])]
 
 
 # -- recipes ------------------------------------------------------------------------------------------
