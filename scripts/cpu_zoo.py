@@ -7,10 +7,11 @@ work tree (``--home``, default ``~/.cache/biotorch/campaign``), one folder per (
 of the recipe, so a fresh checkout on the same machine resumes them; ``<home>/campaign.json`` says what is in
 flight (epoch, images/s, ETA) and what is left; ``<home>/campaign.log`` has one line per epoch.
 
-* A run longer than one session must also survive a move to another machine: when a campaign stops, each partial
-  run is copied (checkpoint, best weights, history: ~4.5 MB for a ResNet-20) to ``--carry-dir`` (default
-  ``campaign/`` in the work tree), to be committed; a campaign that finds there a run further on than its home's
-  copy resumes from it, and the copy is removed once the run's card is published (``--carry`` copies now).
+* A run longer than one session must also survive a move to another machine: each partial run is copied
+  (checkpoint, best weights, history: ~4.5 MB for a ResNet-20) to ``--carry-dir`` (default ``campaign/`` in the
+  work tree), to be committed: after each epoch by a worker whose run cannot end inside the budget, and when the
+  campaign stops (``--carry`` copies now). A campaign that finds there a run further on than its home's copy
+  resumes from it; the copy is removed once the run's card is published.
 
 * Only a run that can end inside ``--budget-s`` starts (its length estimated from the speed measured so far);
   a partial run resumes where its last epoch ended and stops at an epoch boundary before the budget ends. With
@@ -371,9 +372,11 @@ def next_run(jobs: list[Job], home: Path, cards_dir: Path, skip: set, elsewhere:
     return None, later
 
 
-def train_one(recipe: Recipe, folder: Path, home: Path, deadline: float, threads: int, chance_epochs: int) -> int:
-    """Train (or resume) one run until it ends or the next epoch would pass ``deadline`` (a time.time()).
-    Exit codes: 0 finished, 3 stopped for the budget, 4 diverged."""
+def train_one(recipe: Recipe, folder: Path, home: Path, deadline: float, threads: int, chance_epochs: int,
+              carry: Optional[Path] = None) -> int:
+    """Train (or resume) one run until it ends or the next epoch would pass ``deadline`` (a time.time()). A run
+    that cannot end by then is copied to ``carry`` after each epoch: a session that stops without warning leaves
+    it in the work tree. Exit codes: 0 finished, 3 stopped for the budget, 4 diverged."""
     torch.set_num_threads(threads)
     name = folder.name
     trainer = Trainer(recipe, folder, resume=True, progress=False, name=name, log=lambda line: log(line, home))
@@ -399,6 +402,8 @@ def train_one(recipe: Recipe, folder: Path, home: Path, deadline: float, threads
             log(f"[{name}] epoch {trainer.epoch}/{recipe.epochs}: {images_per_s:,.0f} img/s ({threads} "
                 f"thread{'s' * (threads > 1)}), val top1 {row['val_top1'] or 0:.2f}, ETA of the run "
                 f"{eta / 60:.0f} min ({time.strftime('%H:%M', time.localtime(time.time() + eta))})", home)
+            if carry is not None and time.time() + eta > deadline:  # it resumes elsewhere, maybe on another machine
+                _copy_run(folder, carry / name)
             if trainer.epoch == chance_epochs and max(r["val_top1"] or 0 for r in trainer.history) < chance + 2:
                 raise NonFiniteError(f"{name}: validation top-1 {row['val_top1']:.2f} after {trainer.epoch} epochs, "
                                      f"at chance ({chance:.0f}%)")
@@ -673,7 +678,7 @@ def campaign(args, jobs: list[Job]) -> int:
                 out = open(home / "logs" / f"{folder.name}.log", "a")
                 command = [sys.executable, __file__, "--worker", str(folder), "--queue", str(args.queue),
                            "--home", str(home), "--deadline", str(deadline), "--threads", str(threads),
-                           "--chance-epochs", str(args.chance_epochs)]
+                           "--chance-epochs", str(args.chance_epochs), "--carry-dir", str(args.carry_dir)]
                 active[folder.name] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), job, folder)
                 continue
             break
@@ -766,7 +771,8 @@ def main(argv=None) -> int:
         if not match:
             print(f"cpu_zoo: error: {args.worker.name} is not a run of {args.queue}", file=sys.stderr)
             return 2
-        return train_one(match[0][1], args.worker, args.home, args.deadline, args.threads, args.chance_epochs)
+        return train_one(match[0][1], args.worker, args.home, args.deadline, args.threads, args.chance_epochs,
+                         args.carry_dir)
     if args.imports:
         for source in args.imports:
             try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from biotorch.hub import read_config
@@ -234,6 +235,23 @@ def test_a_partial_run_carried_through_the_work_tree_resumes_on_another_machine(
     result = campaign(tmp_path, queue, capsys, "--home", str(two))
     assert result.returncode == 0 and "published" in result.stdout and "] start " not in result.stdout
     assert not carry.exists()
+
+
+def test_a_worker_whose_run_cannot_end_in_the_budget_carries_it_after_each_epoch(tmp_path):
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"], "set": {"epochs": 100},
+                                               "publish": False}])
+    (job,) = zoo.read_queue(queue)
+    home, carry = tmp_path / "home", tmp_path / "carry"
+    folder = job.folder(home)
+    chance_epochs = 0  # no check for chance: 100 epochs' warm-up leaves the first at chance on this data
+    code = zoo.train_one(job.recipe, folder, home, time.time() + 4, torch.get_num_threads(), chance_epochs, carry)
+    assert code == 3 and 1 <= zoo.epochs_done(folder) < 100       # stopped for the budget at an epoch boundary
+    assert zoo.epochs_done(carry / folder.name) == zoo.epochs_done(folder)  # its last epoch is in the work tree
+    assert same_tensors(carry / folder.name / "best.safetensors", folder / "best.safetensors") == []
+    short = zoo.read_queue(write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["fa"]}]))[0]
+    assert zoo.train_one(short.recipe, short.folder(home), home, time.time() + 600, torch.get_num_threads(), 3,
+                         carry) == 0
+    assert not (carry / short.folder(home).name).exists()         # a run that ends in the budget is not copied
 
 
 def test_a_run_stopped_for_the_budget_does_not_start_again_in_the_same_campaign(tmp_path, capsys):
