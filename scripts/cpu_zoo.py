@@ -7,11 +7,13 @@ work tree (``--home``, default ``~/.cache/biotorch/campaign``), one folder per (
 of the recipe, so a fresh checkout on the same machine resumes them; ``<home>/campaign.json`` says what is in
 flight (epoch, images/s, ETA) and what is left; ``<home>/campaign.log`` has one line per epoch.
 
-* A run longer than one session must also survive a move to another machine: each partial run is copied
-  (checkpoint, best weights, history: ~4.5 MB for a ResNet-20) to ``--carry-dir`` (default ``campaign/`` in the
-  work tree), to be committed: after each epoch by a worker whose run cannot end inside the budget, and when the
-  campaign stops (``--carry`` copies now). A campaign that finds there a run further on than its home's copy
-  resumes from it; the copy is removed once the run's card is published.
+* A run longer than one session must also survive a move to another machine: a run not done (partial, finished
+  but unpublished, diverged with its retry) is copied (checkpoint, best weights, history: ~4.5 MB for a
+  ResNet-20) to ``--carry-dir`` (default ``campaign/`` in the work tree), to be committed: after each epoch by a
+  worker whose run cannot end inside the budget, and when the campaign stops (``--carry`` copies now), as is a
+  finished run whose card still waits for its attacks (the card is rebuilt from it after them). A campaign (or
+  ``--status``) first copies into its home what is further on there; a copy goes once its card is published and
+  attacked.
 
 * Only a run that can end inside ``--budget-s`` starts (its length estimated from the speed measured so far);
   a partial run resumes where its last epoch ended and stops at an epoch boundary before the budget ends. With
@@ -292,11 +294,20 @@ def train_images(recipe: Recipe) -> int:
     return recipe.limit_train or DATASETS[recipe.data].train_size or 50_000
 
 
-def epochs_done(folder: Path) -> int:
-    state = folder / "checkpoint" / "state.json"
+def checkpoint_state(folder: Path) -> dict:
+    """The run's ``checkpoint/state.json`` ({} when it has none, or an unreadable one)."""
+    path = folder / "checkpoint" / "state.json"
     try:
-        return int(json.loads(state.read_text())["epoch"]) if state.is_file() else 0
-    except (ValueError, KeyError, TypeError):
+        state = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def epochs_done(folder: Path) -> int:
+    try:
+        return int(checkpoint_state(folder).get("epoch", 0))
+    except (ValueError, TypeError):
         return 0
 
 
@@ -313,8 +324,11 @@ def next_epoch_s(history: list[dict], recipe: Recipe, home: Path, threads: int) 
 
 
 def seconds_left(recipe: Recipe, folder: Path, home: Path, threads: int) -> float:
-    """Remaining seconds of a run at the speed measured so far, with its start (``START_S``)."""
-    return max(0, recipe.epochs - epochs_done(folder)) * epoch_s(recipe, home, threads) + START_S
+    """Remaining seconds of a run, with its start (``START_S``): at the pace of its own last epochs when it has
+    any (also those trained on another machine and carried here), else at the speed measured so far."""
+    history = [row for row in checkpoint_state(folder).get("history") or []
+               if isinstance(row, dict) and isinstance(row.get("epoch_time_s"), (int, float))]
+    return max(0, recipe.epochs - epochs_done(folder)) * next_epoch_s(history, recipe, home, threads) + START_S
 
 
 def write_status(home: Path, jobs: list[Job], cards_dir: Path, active: dict, threads: int) -> dict:
@@ -402,11 +416,14 @@ def train_one(recipe: Recipe, folder: Path, home: Path, deadline: float, threads
             log(f"[{name}] epoch {trainer.epoch}/{recipe.epochs}: {images_per_s:,.0f} img/s ({threads} "
                 f"thread{'s' * (threads > 1)}), val top1 {row['val_top1'] or 0:.2f}, ETA of the run "
                 f"{eta / 60:.0f} min ({time.strftime('%H:%M', time.localtime(time.time() + eta))})", home)
-            if carry is not None and time.time() + eta > deadline:  # it resumes elsewhere, maybe on another machine
-                _copy_run(folder, carry / name)
             if trainer.epoch == chance_epochs and max(r["val_top1"] or 0 for r in trainer.history) < chance + 2:
                 raise NonFiniteError(f"{name}: validation top-1 {row['val_top1']:.2f} after {trainer.epoch} epochs, "
                                      f"at chance ({chance:.0f}%)")
+            if carry is not None and time.time() + eta > deadline:  # it ends elsewhere, maybe on another machine
+                try:
+                    _copy_run(folder, carry / name)
+                except OSError as error:  # the run goes on: the copy is for another machine, not for this one
+                    log(f"[{name}] could not copy it to {carry}: {error}", home)
         trainer.finish()
         return 0
     except NonFiniteError as error:
@@ -488,11 +505,16 @@ def rebuild(card: str, jobs: list[Job], home: Path, cards_dir: Path, readme, ind
 # partial runs carried to another machine
 
 
-def _carried(job: Job, home: Path, cards_dir: Path) -> list[Path]:
-    """The folders a partial run needs elsewhere: its own, and for a retry the diverged first run that makes it one."""
-    _, _, folder = job_state(job, home, cards_dir)
-    first = job.folder(home)
-    return [folder] + ([first.with_name(first.name + DIVERGED)] if folder != first else [])
+def _run_folders(job: Job, home: Path) -> list[Path]:
+    """Every folder a job may have in ``home`` (there or not): its run, its retry, and their diverged copies."""
+    runs = [job.folder(home)] + ([job.folder(home, True)] if job.retry is not None else [])
+    return [f for run in runs for f in (run, run.with_name(run.name + DIVERGED))]
+
+
+def _behind(copy: Path, run: Path) -> bool:
+    """Whether ``copy`` holds less of a run than ``run`` does: missing, fewer epochs, or unfinished."""
+    return run.is_dir() and (not copy.is_dir() or epochs_done(copy) < epochs_done(run)
+                             or finished(run) and not finished(copy))
 
 
 def _copy_run(source: Path, target: Path) -> None:
@@ -504,41 +526,67 @@ def _copy_run(source: Path, target: Path) -> None:
     replace_folder(staging, target)
 
 
-def carry_out(jobs: list[Job], home: Path, cards_dir: Path, carry: Path) -> list[str]:
-    """Copy each partial run that no process trains to ``carry`` when it is further on than the copy there, and
-    remove the copies of runs that are done; returns what was copied, as log lines."""
-    copied = []
+def _settle(carry: Path) -> None:
+    """Mend the copies a stopped process cut short in ``carry``: a run whose swap stopped between its two renames
+    gets its previous copy back (``.<run>.old``); staging folders go."""
+    for old in sorted(carry.glob(".*.old")) if carry.is_dir() else []:
+        run = old.with_name(old.name[1:-len(".old")])
+        if run.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, run)
+    for staging in carry.glob(".*.new") if carry.is_dir() else []:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def carry_out(jobs: list[Job], home: Path, cards_dir: Path, carry: Path, attacks: bool = True) -> list[str]:
+    """Keep in ``carry`` what a campaign elsewhere needs of each run not done (partial, finished but unpublished, or
+    diverged, with its retry) and, with ``attacks``, of each finished run whose card waits for its attacks (the
+    card is rebuilt from it after them): each of its folders is copied when the copy there is behind and no
+    process trains it. Copies of runs that are done, or that the home no longer holds (a run renamed when it
+    diverged), are removed. Returns what happened, as log lines."""
+    _settle(carry)
+    wanted, unwanted = {}, set()
     for job in jobs:
         state, _, folder = job_state(job, home, cards_dir)
-        if state == "done":
-            for name in {folder.name, job.folder(home).name}:
-                shutil.rmtree(carry / name, ignore_errors=True)
-                shutil.rmtree(carry / (name + DIVERGED), ignore_errors=True)
-        elif state == "partial" and not in_use(folder) and epochs_done(folder) > epochs_done(carry / folder.name):
-            for source in _carried(job, home, cards_dir):
-                _copy_run(source, carry / source.name)
-            copied.append(f"{folder.name} at epoch {epochs_done(folder)}")
+        waits = state == "done" and attacks and finished(folder) and needs_attack(job, home, cards_dir)
+        if state in ("partial", "finished", "diverged") or waits:
+            for f in _run_folders(job, home):
+                if f.is_dir():
+                    wanted[f.name] = f
+                else:
+                    unwanted.add(f.name)
+        elif state == "done":
+            unwanted |= {f.name for f in _run_folders(job, home)}
+    for name in unwanted - set(wanted):
+        shutil.rmtree(carry / name, ignore_errors=True)
+    lines = []
+    for name, folder in wanted.items():
+        if _behind(carry / name, folder) and not in_use(folder):
+            try:
+                _copy_run(folder, carry / name)
+                what = ("finished" if finished(folder) else "diverged" if name.endswith(DIVERGED)
+                        else f"epoch {epochs_done(folder)}")
+                lines.append(f"carried {name} ({what}) to {carry}: commit it, and a campaign elsewhere resumes it")
+            except OSError as error:
+                lines.append(f"could not carry {name} to {carry}: {error}")
     if carry.is_dir() and not any(carry.iterdir()):
         carry.rmdir()
-    return copied
+    return lines
 
 
 def carry_in(jobs: list[Job], home: Path, carry: Path) -> list[str]:
-    """Copy into ``home`` each run of the queue that ``carry`` holds further on than ``home`` does (one a campaign
-    on another machine carried out); returns what was copied, as log lines."""
-    copied = []
-    if not carry.is_dir():
-        return copied
+    """Copy into ``home`` each folder of the queue's runs that ``carry`` holds further on than ``home`` does (what
+    a campaign on another machine carried out); a finished run here is never replaced. Returns log lines."""
+    _settle(carry)
+    lines = []
     for job in jobs:
-        for folder in filter(None, (job.folder(home), job.retry and job.folder(home, True))):
+        for folder in _run_folders(job, home):
             source = carry / folder.name
-            if epochs_done(source) > epochs_done(folder) and not finished(folder) and not in_use(folder):
-                diverged = carry / (job.folder(home).name + DIVERGED)
-                if folder != job.folder(home) and diverged.is_dir():
-                    _copy_run(diverged, home / "runs" / diverged.name)
+            if _behind(folder, source) and not finished(folder) and not in_use(folder):
                 _copy_run(source, folder)
-                copied.append(f"{folder.name} at epoch {epochs_done(folder)}")
-    return copied
+                lines.append(f"resumes {folder.name} at epoch {epochs_done(folder)} from {carry}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -687,8 +735,8 @@ def campaign(args, jobs: list[Job]) -> int:
             left = [r for r in status["runs"] if r["state"] not in ("done", "diverged")]
             log(f"campaign stops: {len(left)} run(s) left (~{status['queue_eta_s'] / 3600:.1f} h at {threads} "
                 f"thread(s)), {time.time() - start:.0f}s used of {args.budget_s:.0f}s", home)
-            for line in carry_out(jobs, home, cards_dir, args.carry_dir):
-                log(f"carried {line} to {args.carry_dir}: commit it, and another machine resumes it", home)
+            for line in carry_out(jobs, home, cards_dir, args.carry_dir, args.robustness_limit > 0):
+                log(line, home)
             return 0
         time.sleep(args.poll_s)
 
@@ -782,10 +830,10 @@ def main(argv=None) -> int:
                 return 2
         return 0
     for line in carry_in(jobs, args.home, args.carry_dir):
-        log(f"resumes {line} from {args.carry_dir}", args.home)
+        log(line, args.home)
     if args.carry:
-        for line in carry_out(jobs, args.home, args.cards_dir, args.carry_dir):
-            log(f"carried {line} to {args.carry_dir}: commit it, and another machine resumes it", args.home)
+        for line in carry_out(jobs, args.home, args.cards_dir, args.carry_dir, args.robustness_limit > 0):
+            log(line, args.home)
         return 0
     if args.status:
         return show_status(args, jobs)

@@ -6,6 +6,7 @@ own worker process as the campaign trains them; cards go to a temporary folder, 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -110,6 +111,14 @@ def test_a_runs_next_epoch_is_the_median_of_its_last_five_else_the_measured_spee
     history = [{"epoch_time_s": s} for s in (900.0, 180.0, 176.0, 600.0, 178.0, 181.0)]
     assert zoo.next_epoch_s(history, recipe, tmp_path, 2) == 180.0
     assert zoo.next_epoch_s(history[:1], recipe, tmp_path, 2) == 900.0
+    # what is left of a partial run goes at its own pace (carried from another machine too), not the measured speed
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "state.json").write_text(json.dumps({"epoch": 6, "history": history}))
+    recipe = zoo.load_recipe(RESNET20, {"epochs": 10})
+    assert zoo.seconds_left(recipe, run, tmp_path, 2) == 4 * 180.0 + zoo.START_S
+    fresh = 10 * zoo.epoch_s(recipe, tmp_path, 2) + zoo.START_S
+    assert zoo.seconds_left(recipe, tmp_path / "new", tmp_path, 2) == fresh
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -235,23 +244,63 @@ def test_a_partial_run_carried_through_the_work_tree_resumes_on_another_machine(
     result = campaign(tmp_path, queue, capsys, "--home", str(two))
     assert result.returncode == 0 and "published" in result.stdout and "] start " not in result.stdout
     assert not carry.exists()
+    # a card published before its attacks (they did not fit): its finished run travels, to rebuild the card after
+    cards, three = tmp_path / "cards", tmp_path / "three"
+    (line,) = zoo.carry_out([job], two, cards, carry)
+    assert line.startswith(f"carried {carried.name} (finished) to {carry}")
+    assert zoo.carry_in([job], three, carry) == [f"resumes {carried.name} at epoch 3 from {carry}"]
+    assert zoo.finished(job.folder(three))
+    config = json.loads((cards / job.card / "config.json").read_text())
+    config["pretrained_cfg"]["metrics"]["robustness"] = [{"attack": "fgsm"}]  # as the attacks' rebuild leaves it
+    (cards / job.card / "config.json").write_text(json.dumps(config))
+    assert zoo.carry_out([job], three, cards, carry) == [] and not carry.exists()
 
 
 def test_a_worker_whose_run_cannot_end_in_the_budget_carries_it_after_each_epoch(tmp_path):
-    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"], "set": {"epochs": 100},
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"], "set": {"epochs": 1000},
                                                "publish": False}])
     (job,) = zoo.read_queue(queue)
     home, carry = tmp_path / "home", tmp_path / "carry"
     folder = job.folder(home)
-    chance_epochs = 0  # no check for chance: 100 epochs' warm-up leaves the first at chance on this data
-    code = zoo.train_one(job.recipe, folder, home, time.time() + 4, torch.get_num_threads(), chance_epochs, carry)
-    assert code == 3 and 1 <= zoo.epochs_done(folder) < 100       # stopped for the budget at an epoch boundary
+    chance_epochs = 0  # no check for chance: a long warm-up leaves the first epochs at chance on this data
+    code = zoo.train_one(job.recipe, folder, home, time.time() + 6, torch.get_num_threads(), chance_epochs, carry)
+    assert code == 3 and 1 <= zoo.epochs_done(folder) < 1000      # stopped for the budget at an epoch boundary
     assert zoo.epochs_done(carry / folder.name) == zoo.epochs_done(folder)  # its last epoch is in the work tree
     assert same_tensors(carry / folder.name / "best.safetensors", folder / "best.safetensors") == []
     short = zoo.read_queue(write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["fa"]}]))[0]
     assert zoo.train_one(short.recipe, short.folder(home), home, time.time() + 600, torch.get_num_threads(), 3,
                          carry) == 0
     assert not (carry / short.folder(home).name).exists()         # a run that ends in the budget is not copied
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder should be")      # the copy fails: the run trains on regardless
+    before = zoo.epochs_done(folder)
+    assert zoo.train_one(job.recipe, folder, home, time.time() + 6, torch.get_num_threads(), chance_epochs,
+                         blocked) == 3
+    assert zoo.epochs_done(folder) > before and "could not copy it to" in (home / "campaign.log").read_text()
+
+
+def test_a_diverged_run_travels_as_diverged_with_its_retry_and_is_never_resumed(tmp_path):
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["fa"], "set": {"epochs": 3}}],
+                        {"retry": {"lr_scale": 0.5}})
+    (job,) = zoo.read_queue(queue)
+    home, carry, cards = tmp_path / "home", tmp_path / "carry", tmp_path / "cards"
+    first, retry = job.folder(home), job.folder(home, True)
+    kept = sorted([first.name + zoo.DIVERGED, retry.name])
+    train_epochs(job.recipe, first, 1)
+    assert zoo.carry_out([job], home, cards, carry) and zoo.epochs_done(carry / first.name) == 1
+    os.replace(first, first.with_name(first.name + zoo.DIVERGED))  # it diverged: kept, as the campaign keeps it
+    train_epochs(job.retry, retry, 1)                              # and its retry trained an epoch
+    assert len(zoo.carry_out([job], home, cards, carry)) == 2
+    assert sorted(p.name for p in carry.iterdir()) == kept          # the copy from before it diverged is gone
+    fresh = tmp_path / "fresh"
+    assert len(zoo.carry_in([job], fresh, carry)) == 2
+    state, recipe, folder = zoo.job_state(job, fresh, cards)
+    assert (state, folder.name, zoo.epochs_done(folder), recipe.lr) == ("partial", retry.name, 1, job.retry.lr)
+    # a copy cut short by a stopped process: the swap between its renames is undone, the staging folder goes
+    os.replace(carry / retry.name, carry / f".{retry.name}.old")
+    (carry / f".{retry.name}.new").mkdir()
+    assert len(zoo.carry_in([job], tmp_path / "third", carry)) == 2
+    assert sorted(p.name for p in carry.iterdir()) == kept
 
 
 def test_a_run_stopped_for_the_budget_does_not_start_again_in_the_same_campaign(tmp_path, capsys):
@@ -276,7 +325,7 @@ def test_a_run_stopped_for_the_budget_does_not_start_again_in_the_same_campaign(
     lines = (home / "campaign.log").read_text().splitlines()
     assert sum(f"start {job.folder(home).name}" in line for line in lines) == 1, lines
     assert any("would pass the budget" in line for line in lines) and "campaign stops" in lines[-2], lines
-    assert f"carried {job.folder(home).name} at epoch 1 to {tmp_path / 'carry'}" in lines[-1]  # to commit
+    assert f"carried {job.folder(home).name} (epoch 1) to {tmp_path / 'carry'}: commit it" in lines[-1]
     assert zoo.epochs_done(tmp_path / "carry" / job.folder(home).name) == 1
 
 
