@@ -69,7 +69,8 @@ from biotorch.training.records import write_json
 from biotorch.training.trainer import Trainer, data_info
 
 HOME = Path(os.environ.get("BIOTORCH_CAMPAIGN", "~/.cache/biotorch/campaign")).expanduser()
-CARRY = REPO_ROOT / "campaign"  # partial runs carried to the next machine through the work tree (committed)
+# runs carried to the next machine through the work tree (committed): this script's own, in whichever clone it runs
+CARRY = Path(__file__).resolve().parent.parent / "campaign"
 # Recipe keys that say where or how fast a run trains, not what it learns: two recipes differing only here
 # are the same run.
 NOT_TRAINING = ("device", "data_dir", "download", "cuda_graph", "compile", "eval_batch_size", "seed",
