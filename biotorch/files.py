@@ -75,6 +75,15 @@ def replace_folder(staging: Path, folder: Path) -> Path:
     return folder
 
 
+def restore_folder(folder: Path) -> Path:
+    """Undo a :func:`replace_folder` stopped between its renames: a missing ``folder`` gets its previous version
+    back from :func:`previous_folder`; returns ``folder``."""
+    old = previous_folder(folder)
+    if old.is_dir() and not folder.exists():
+        os.replace(old, folder)
+    return folder
+
+
 def write_bytes(path: PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 

@@ -58,13 +58,13 @@ import yaml
 from biotorch import cli
 from biotorch.data import DATASETS, load_split
 from biotorch.errors import NonFiniteError, RunLockedError
-from biotorch.files import LOCK, FolderLock, load_yaml, replace_folder
+from biotorch.files import LOCK, FolderLock, load_yaml, replace_folder, restore_folder
 from biotorch.models import ARCHITECTURES
 from biotorch.publish import MIRROR, PRETRAINED_INDEX, REPO_ROOT, Run, build_card_folder, build_index, \
     update_readme_table
 from biotorch.rules import make_rule
 from biotorch.training.recipe import IMAGE_KEYS, Recipe, load_recipe, make_recipe
-from biotorch.training.checkpoint import RunLock
+from biotorch.training.checkpoint import RunLock, find_checkpoint
 from biotorch.training.records import write_json
 from biotorch.training.trainer import Trainer, data_info
 
@@ -296,11 +296,11 @@ def train_images(recipe: Recipe) -> int:
 
 
 def checkpoint_state(folder: Path) -> dict:
-    """The run's ``checkpoint/state.json`` ({} when it has none, or an unreadable one)."""
-    path = folder / "checkpoint" / "state.json"
+    """The state.json of the run's checkpoint, as resume finds it ({} when it has none, or an unreadable one)."""
+    found = find_checkpoint(folder)
     try:
-        state = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
+        state = json.loads((found / "state.json").read_text()) if found is not None else {}
+    except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
 
@@ -518,26 +518,25 @@ def _behind(copy: Path, run: Path) -> bool:
                              or finished(run) and not finished(copy))
 
 
+def _staging(target: Path) -> Path:
+    return target.with_name(f".{target.name}.new")
+
+
 def _copy_run(source: Path, target: Path) -> None:
     """Copy a run folder whole (not its lock): staged beside ``target``, then swapped in by renames."""
-    staging = target.with_name(f".{target.name}.new")
+    staging = _staging(target)
     shutil.rmtree(staging, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns(LOCK))
     replace_folder(staging, target)
 
 
-def _settle(carry: Path) -> None:
-    """Mend the copies a stopped process cut short in ``carry``: a run whose swap stopped between its two renames
-    gets its previous copy back (``.<run>.old``); staging folders go."""
-    for old in sorted(carry.glob(".*.old")) if carry.is_dir() else []:
-        run = old.with_name(old.name[1:-len(".old")])
-        if run.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, run)
-    for staging in carry.glob(".*.new") if carry.is_dir() else []:
-        shutil.rmtree(staging, ignore_errors=True)
+def _settle(jobs: list[Job], home: Path, carry: Path) -> None:
+    """Mend the copies in ``carry`` that a stopped process cut short: a copy whose swap stopped between its two
+    renames gets its previous version back; staging folders go."""
+    for folder in (f for job in jobs for f in _run_folders(job, home)):
+        restore_folder(carry / folder.name)
+        shutil.rmtree(_staging(carry / folder.name), ignore_errors=True)
 
 
 def carry_out(jobs: list[Job], home: Path, cards_dir: Path, carry: Path, attacks: bool = True) -> list[str]:
@@ -546,7 +545,7 @@ def carry_out(jobs: list[Job], home: Path, cards_dir: Path, carry: Path, attacks
     card is rebuilt from it after them): each of its folders is copied when the copy there is behind and no
     process trains it. Copies of runs that are done, or that the home no longer holds (a run renamed when it
     diverged), are removed. Returns what happened, as log lines."""
-    _settle(carry)
+    _settle(jobs, home, carry)
     wanted, unwanted = {}, set()
     for job in jobs:
         state, _, folder = job_state(job, home, cards_dir)
@@ -579,7 +578,7 @@ def carry_out(jobs: list[Job], home: Path, cards_dir: Path, carry: Path, attacks
 def carry_in(jobs: list[Job], home: Path, carry: Path) -> list[str]:
     """Copy into ``home`` each folder of the queue's runs that ``carry`` holds further on than ``home`` does (what
     a campaign on another machine carried out); a finished run here is never replaced. Returns log lines."""
-    _settle(carry)
+    _settle(jobs, home, carry)
     lines = []
     for job in jobs:
         for folder in _run_folders(job, home):

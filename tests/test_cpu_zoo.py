@@ -311,11 +311,7 @@ def test_a_run_stopped_for_the_budget_does_not_start_again_in_the_same_campaign(
     queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"], "set": {"epochs": 2}}])
     (job,) = zoo.read_queue(queue)
     home, folder = tmp_path / "home", job.folder(tmp_path / "home")
-    trainer = Trainer(job.recipe, folder, log=None, progress=False)  # a partial run: 1 of its 2 epochs
-    for x, y in trainer.begin_epoch():
-        trainer.step(x, y)
-    trainer.end_epoch()
-    trainer.close()
+    train_epochs(job.recipe, folder, 1)  # a partial run: 1 of its 2 epochs
     state = json.loads((folder / "checkpoint" / "state.json").read_text())
     state["history"][0]["epoch_time_s"] = epoch  # as it took on a busy machine
     (folder / "checkpoint" / "state.json").write_text(json.dumps(state))
