@@ -238,7 +238,7 @@ def job_state(job: Job, home: Path, cards_dir: Path) -> tuple[str, Optional[Reci
         return ("finished" if job.publish else "done"), recipe, folder
     if (retried or job.retry is None) and folder.with_name(folder.name + DIVERGED).is_dir():
         return "diverged", recipe, folder   # reported, not retried (again)
-    return ("partial" if (folder / "checkpoint").is_dir() else "new"), recipe, folder
+    return ("partial" if find_checkpoint(folder) is not None else "new"), recipe, folder
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import yaml
 from biotorch.hub import read_config
 from biotorch.publish import build_card_folder
 from biotorch.training import Trainer
+from biotorch.files import previous_folder
 from biotorch.training.checkpoint import RunLock
 from conftest import load_script, same_tensors
 
@@ -301,6 +302,21 @@ def test_a_diverged_run_travels_as_diverged_with_its_retry_and_is_never_resumed(
     (carry / f".{retry.name}.new").mkdir()
     assert len(zoo.carry_in([job], tmp_path / "third", carry)) == 2
     assert sorted(p.name for p in carry.iterdir()) == kept
+
+
+def test_a_run_is_partial_only_with_a_checkpoint_resume_can_read(tmp_path):
+    """A first checkpoint cut short (a folder without its state) is no run to resume: the run is new, so the
+    campaign budgets it whole; a later swap cut short leaves the previous checkpoint, which resume finds."""
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"], "set": {"epochs": 3}}])
+    (job,) = zoo.read_queue(queue)
+    home, cards = tmp_path / "home", tmp_path / "cards"
+    folder = job.folder(home)
+    (folder / "checkpoint").mkdir(parents=True)  # the first save stopped before its state was written
+    assert zoo.job_state(job, home, cards)[0] == "new" and zoo.epochs_done(folder) == 0
+    previous = previous_folder(folder / "checkpoint")
+    previous.mkdir()
+    (previous / "state.json").write_text(json.dumps({"epoch": 2, "history": []}))
+    assert zoo.job_state(job, home, cards)[0] == "partial" and zoo.epochs_done(folder) == 2
 
 
 def test_a_run_stopped_for_the_budget_does_not_start_again_in_the_same_campaign(tmp_path, capsys):
