@@ -23,7 +23,8 @@ flight (epoch, images/s, ETA) and what is left; ``<home>/campaign.log`` has one 
 * A run whose loss becomes non-finite, or that is still at chance after ``--chance-epochs``, is stopped, kept
   as ``<folder>-diverged`` (its curve), and retried once with the entry's ``retry`` keys (lr_scale 0.5).
 * A card trained with another recipe is replaced only when the new run validates better; otherwise the
-  decision is written to ``<home>/decisions/`` and the run counts as done.
+  decision is written to ``<home>/decisions/`` (and carried with the runs) and the run counts as done. An entry
+  whose card a later entry of the queue has published, or kept, is done too: the longer schedule took over.
 * ``--jobs N`` trains N runs at once, each in its own process with ``cpus // N`` threads.
 * Data is found as ``biotorch train`` finds it (``$BIOTORCH_DATA/<data>``, ``~/.cache/biotorch/data/<data>``);
   a campaign whose runs cannot find theirs stops before the first run starts (one line, exit 2).
@@ -86,6 +87,7 @@ DEFAULT_SPEED = {"CifarResNet": ("resnet20", {1: 130.0, 2: 200.0}), "LeNet": ("l
 # a LeNet card ~20 s), scaled the same way: a card is attacked only when this still fits in the budget.
 ROBUSTNESS_S = {"CifarResNet": ("resnet20", 450.0), "LeNet": ("lenet", 60.0)}
 DIVERGED = "-diverged"
+DECISIONS = "decisions"  # a card kept over a run of another recipe: in the home, and carried with the runs
 # A run that cannot end inside a campaign's budget starts, when nothing else is left, only if this many epochs fit.
 MIN_EPOCHS = 3
 START_S = 60.0  # seconds a worker takes to start (imports, data) before its first epoch
@@ -121,6 +123,8 @@ class Job:
     replace: str            # better | always
     retry: Optional[Recipe]  # the one retry after a divergence
     index: int              # its entry in the queue
+    # the queue's later entries that publish the same card: one of them done, this one is passed over
+    later: tuple = dataclasses.field(default=(), repr=False, compare=False)
 
     @property
     def card(self) -> str:
@@ -176,6 +180,8 @@ def read_queue(path) -> list[Job]:
                 jobs.append(Job(recipe, bool(item.get("publish", True)),
                                 item.get("replace", "better"),
                                 _retry_recipe(item["recipe"], overrides, retry) if retry else None, index))
+    for job in jobs:
+        job.later = tuple(j for j in jobs if j.card == job.card and j.index > job.index and j.publish)
     return jobs
 
 
@@ -208,7 +214,7 @@ def load_recipe_dict(values: dict) -> Recipe:
 
 
 def decision_path(home: Path, job: Job, recipe: Recipe) -> Path:
-    return home / "decisions" / f"{job.card}-seed{recipe.seed}-{recipe_hash(recipe)}.json"
+    return home / DECISIONS / f"{job.card}-seed{recipe.seed}-{recipe_hash(recipe)}.json"
 
 
 def in_use(folder: Path) -> bool:
@@ -231,8 +237,10 @@ def job_state(job: Job, home: Path, cards_dir: Path) -> tuple[str, Optional[Reci
     retried = job.retry is not None and job.folder(home).with_name(job.folder(home).name + DIVERGED).is_dir()
     recipe, folder = (job.retry, job.folder(home, True)) if retried else (job.recipe, job.folder(home))
     decided = job.replace == "better" and decision_path(home, job, recipe).is_file()  # the card validated better
-    # a pilot whose run is the published card's own (same recipe and seed) is done too, on any machine
-    if published_with(job, recipe, cards_dir) or (job.publish and decided):
+    # a pilot whose run is the published card's own (same recipe and seed) is done too, on any machine; so is an
+    # entry whose card a later entry has taken over (a longer schedule published, or kept out by a better card)
+    if (published_with(job, recipe, cards_dir) or (job.publish and decided)
+            or any(job_state(j, home, cards_dir)[0] == "done" for j in job.later)):
         return "done", recipe, folder
     if finished(folder):
         return ("finished" if job.publish else "done"), recipe, folder
@@ -495,9 +503,15 @@ def build_card(folders: list[Path], cards_dir: Path, readme, index_path, *, card
             update_readme_table(readme, index_path)
 
 
+def published_job(card: str, jobs: list[Job], home: Path, cards_dir: Path) -> Optional[Job]:
+    """The queue's job whose recipe ``card`` is published with (None when the card holds no run of the queue)."""
+    return next((j for j in jobs if j.card == card and published_with(j, job_state(j, home, cards_dir)[1],
+                                                                        cards_dir)), None)
+
+
 def rebuild(card: str, jobs: list[Job], home: Path, cards_dir: Path, readme, index_path) -> None:
     """Build a published card again from its runs (after the attacks: the card shows their block)."""
-    job = next(j for j in jobs if j.card == card and job_state(j, home, cards_dir)[0] == "done")
+    job = published_job(card, jobs, home, cards_dir)
     folders = [job_state(j, home, cards_dir)[2] for j in jobs if j.card == card and j.index == job.index]
     build_card([f for f in folders if finished(f)], cards_dir, readme, index_path, card=card)
 
@@ -529,6 +543,16 @@ def _copy_run(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns(LOCK))
     replace_folder(staging, target)
+
+
+def _copy_decisions(source: Path, target: Path) -> list[str]:
+    """Copy each decision ``source`` holds and ``target`` does not (a decision is never changed)."""
+    lines = []
+    for path in sorted(source.glob("*.json")):
+        if not (target / path.name).is_file():
+            write_json(target / path.name, json.loads(path.read_text()))
+            lines.append(f"carried the decision {path.stem} to {target}")
+    return lines
 
 
 def _settle(jobs: list[Job], home: Path, carry: Path) -> None:
@@ -570,6 +594,7 @@ def carry_out(jobs: list[Job], home: Path, cards_dir: Path, carry: Path, attacks
                 lines.append(f"carried {name} ({what}) to {carry}: commit it, and a campaign elsewhere resumes it")
             except OSError as error:
                 lines.append(f"could not carry {name} to {carry}: {error}")
+    lines += _copy_decisions(home / DECISIONS, carry / DECISIONS)  # without it, the run would train again
     if carry.is_dir() and not any(carry.iterdir()):
         carry.rmdir()
     return lines
@@ -586,6 +611,7 @@ def carry_in(jobs: list[Job], home: Path, carry: Path) -> list[str]:
             if _behind(folder, source) and not finished(folder) and not in_use(folder):
                 _copy_run(source, folder)
                 lines.append(f"resumes {folder.name} at epoch {epochs_done(folder)} from {carry}")
+    _copy_decisions(carry / DECISIONS, home / DECISIONS)
     return lines
 
 
@@ -839,9 +865,9 @@ def main(argv=None) -> int:
         return show_status(args, jobs)
     if args.rebuild:
         readme = None if args.no_readme else REPO_ROOT / "README.md"
-        cards = list(dict.fromkeys(j.card for j in sorted(jobs, key=lambda j: j.recipe.rule != "bp")
-                                   if j.publish and job_state(j, args.home, args.cards_dir)[0] == "done"
-                                   and finished(job_state(j, args.home, args.cards_dir)[2])))
+        published = (j for j in sorted(jobs, key=lambda j: j.recipe.rule != "bp")
+                     if j.publish and published_job(j.card, jobs, args.home, args.cards_dir) is j)
+        cards = list(dict.fromkeys(j.card for j in published if finished(job_state(j, args.home, args.cards_dir)[2])))
         for card in cards:
             rebuild(card, jobs, args.home, args.cards_dir, readme, args.index)
             log(f"rebuilt {args.cards_dir / card}", args.home)

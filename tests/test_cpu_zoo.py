@@ -406,11 +406,35 @@ def test_a_card_of_another_recipe_is_replaced_only_by_a_better_run(tmp_path, mak
     assert (card / "model.safetensors").read_bytes() == before
     assert len(list((tmp_path / "home" / "decisions").iterdir())) == 1
     assert "0 run(s) left" in campaign(tmp_path, better, capsys).stdout  # decided: done, nothing trains again
+    assert len(list((tmp_path / "carry" / "decisions").iterdir())) == 1  # carried, as the runs are
+    fresh = campaign(tmp_path, better, capsys, "--home", str(tmp_path / "fresh"))  # another machine knows it too
+    assert "0 run(s) left" in fresh.stdout and "] start " not in fresh.stdout
     always = write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["fa"], "replace": "always"}])
     result = campaign(tmp_path, always, capsys)
     assert result.returncode == 0 and "] start " not in result.stdout  # the finished run is published as it is
     assert read_config(card)["pretrained_cfg"]["recipe"]["batch_size"] == 128  # the queue's, not the old card's 64
     assert (card / "model.safetensors").read_bytes() != before
+
+
+def test_an_entry_whose_card_a_later_entry_took_over_is_done(tmp_path, capsys):
+    """A longer schedule later in the queue for the same card, once published, passes the earlier entry over: the
+    card no longer holds the earlier recipe, yet the earlier run does not train again, here or elsewhere; the
+    card is rebuilt from the later entry's run."""
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["bp"]},
+                                              {"recipe": LENET, "rules": ["bp"], "set": {"epochs": 2},
+                                               "replace": "always"}])
+    first, longer = zoo.read_queue(queue)
+    assert first.later == (longer,) and longer.later == ()
+    result = campaign(tmp_path, queue, capsys)
+    assert result.returncode == 0 and result.stdout.count("] start ") == 2, result.stdout + result.stderr
+    card = tmp_path / "cards" / "lenet_bp.synthetic"
+    assert read_config(card)["pretrained_cfg"]["recipe"]["epochs"] == 2
+    assert result.stdout.count(" published ") == 2 and "kept the published card" not in result.stdout
+    assert not (tmp_path / "carry").exists()  # nothing is left to do, so nothing is carried
+    again = campaign(tmp_path, queue, capsys, "--home", str(tmp_path / "fresh"))
+    assert again.returncode == 0 and "] start " not in again.stdout and "0 run(s) left" in again.stdout
+    assert campaign(tmp_path, queue, capsys, "--rebuild").returncode == 0
+    assert read_config(card)["pretrained_cfg"]["recipe"]["epochs"] == 2
 
 
 def test_a_handed_over_run_is_re_measured_on_the_test_set_before_it_joins(tmp_path, capsys):
