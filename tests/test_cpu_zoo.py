@@ -199,6 +199,7 @@ def test_with_carry_over_a_run_longer_than_the_budget_starts_last_and_resumes_fi
     assert pick(120, {short.folder(home).name}) == [None, long]
     assert pick(63) == [short, None]       # 3 of the long run's epochs and its start do not fit
     (long.folder(home) / "checkpoint").mkdir(parents=True)  # its first epochs trained in an earlier campaign
+    (long.folder(home) / "checkpoint" / "state.json").write_text(json.dumps({"epoch": 1, "history": []}))
     assert pick(120) == [long, None]       # a partial run resumes first: it stops at an epoch boundary
     assert pick(62) == [long, None]        # its start and one epoch fit
     assert pick(61) == [None, None]        # they do not: nor does the short run
