@@ -59,7 +59,7 @@ import yaml
 from biotorch import cli
 from biotorch.data import DATASETS, load_split
 from biotorch.errors import NonFiniteError, RunLockedError
-from biotorch.files import LOCK, FolderLock, load_yaml, replace_folder, restore_folder
+from biotorch.files import LOCK, FolderLock, load_yaml, replace_folder, restore_folder, write_bytes
 from biotorch.models import ARCHITECTURES
 from biotorch.publish import MIRROR, PRETRAINED_INDEX, REPO_ROOT, Run, build_card_folder, build_index, \
     update_readme_table
@@ -328,16 +328,17 @@ def epoch_s(recipe: Recipe, home: Path, threads: int) -> float:
 def next_epoch_s(history: list[dict], recipe: Recipe, home: Path, threads: int) -> float:
     """Seconds a run's next epoch should take: the median of its last five epochs (an epoch slowed by a paused or
     busy machine is not the next one), else, before it has any, the speed measured so far (:func:`epoch_s`)."""
-    recent = sorted(row["epoch_time_s"] for row in history[-5:])
+    times = [row.get("epoch_time_s") for row in history if isinstance(row, dict)]  # a carried file may be odd
+    recent = sorted([t for t in times if isinstance(t, (int, float))][-5:])
     return recent[len(recent) // 2] if recent else epoch_s(recipe, home, threads)
 
 
 def seconds_left(recipe: Recipe, folder: Path, home: Path, threads: int) -> float:
     """Remaining seconds of a run, with its start (``START_S``): at the pace of its own last epochs when it has
     any (also those trained on another machine and carried here), else at the speed measured so far."""
-    history = [row for row in checkpoint_state(folder).get("history") or []
-               if isinstance(row, dict) and isinstance(row.get("epoch_time_s"), (int, float))]
-    return max(0, recipe.epochs - epochs_done(folder)) * next_epoch_s(history, recipe, home, threads) + START_S
+    history = checkpoint_state(folder).get("history")
+    return (max(0, recipe.epochs - epochs_done(folder))
+            * next_epoch_s(history if isinstance(history, list) else [], recipe, home, threads) + START_S)
 
 
 def write_status(home: Path, jobs: list[Job], cards_dir: Path, active: dict, threads: int) -> dict:
@@ -510,10 +511,16 @@ def published_job(card: str, jobs: list[Job], home: Path, cards_dir: Path) -> Op
 
 
 def rebuild(card: str, jobs: list[Job], home: Path, cards_dir: Path, readme, index_path) -> None:
-    """Build a published card again from its runs (after the attacks: the card shows their block)."""
+    """Build a published card again from its runs (after the attacks: the card shows their block). Every seed's run
+    must be here: a card is never rebuilt from fewer runs than it was published with."""
     job = published_job(card, jobs, home, cards_dir)
+    if job is None:
+        raise FileNotFoundError(f"{cards_dir / card} holds no run of the queue")
     folders = [job_state(j, home, cards_dir)[2] for j in jobs if j.card == card and j.index == job.index]
-    build_card([f for f in folders if finished(f)], cards_dir, readme, index_path, card=card)
+    missing = [f.name for f in folders if not finished(f)]
+    if missing:
+        raise FileNotFoundError(f"{card}: no finished run in {folders[0].parent} for {', '.join(missing)}")
+    build_card(folders, cards_dir, readme, index_path, card=card)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -550,7 +557,7 @@ def _copy_decisions(source: Path, target: Path) -> list[str]:
     lines = []
     for path in sorted(source.glob("*.json")):
         if not (target / path.name).is_file():
-            write_json(target / path.name, json.loads(path.read_text()))
+            write_bytes(target / path.name, path.read_bytes())  # byte for byte, atomically
             lines.append(f"carried the decision {path.stem} to {target}")
     return lines
 
@@ -818,7 +825,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--import", dest="imports", type=Path, nargs="+", help="finished runs handed over: "
                         "re-evaluate each on the test set here and add it to the campaign")
     parser.add_argument("--rebuild", action="store_true", help="build every published card of the queue again "
-                                                                   "from its runs (after a change to the card text)")
+                        "from its runs (after a change to the card text); a card whose runs are not all here is skipped")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help="threads per run (default: the cores / --jobs)")
@@ -867,10 +874,12 @@ def main(argv=None) -> int:
         readme = None if args.no_readme else REPO_ROOT / "README.md"
         published = (j for j in sorted(jobs, key=lambda j: j.recipe.rule != "bp")
                      if j.publish and published_job(j.card, jobs, args.home, args.cards_dir) is j)
-        cards = list(dict.fromkeys(j.card for j in published if finished(job_state(j, args.home, args.cards_dir)[2])))
-        for card in cards:
-            rebuild(card, jobs, args.home, args.cards_dir, readme, args.index)
-            log(f"rebuilt {args.cards_dir / card}", args.home)
+        for card in dict.fromkeys(j.card for j in published):
+            try:
+                rebuild(card, jobs, args.home, args.cards_dir, readme, args.index)
+                log(f"rebuilt {args.cards_dir / card}", args.home)
+            except FileNotFoundError as error:
+                log(f"skipped {error}", args.home)
         return 0
     return campaign(args, jobs)
 

@@ -112,6 +112,8 @@ def test_a_runs_next_epoch_is_the_median_of_its_last_five_else_the_measured_spee
     history = [{"epoch_time_s": s} for s in (900.0, 180.0, 176.0, 600.0, 178.0, 181.0)]
     assert zoo.next_epoch_s(history, recipe, tmp_path, 2) == 180.0
     assert zoo.next_epoch_s(history[:1], recipe, tmp_path, 2) == 900.0
+    odd = history + [{"epoch_time_s": None}, {}, "not a row", {"epoch_time_s": "fast"}]  # a damaged carried file
+    assert zoo.next_epoch_s(odd, recipe, tmp_path, 2) == 180.0
     # what is left of a partial run goes at its own pace (carried from another machine too), not the measured speed
     run = tmp_path / "run"
     (run / "checkpoint").mkdir(parents=True)
@@ -120,6 +122,8 @@ def test_a_runs_next_epoch_is_the_median_of_its_last_five_else_the_measured_spee
     assert zoo.seconds_left(recipe, run, tmp_path, 2) == 4 * 180.0 + zoo.START_S
     fresh = 10 * zoo.epoch_s(recipe, tmp_path, 2) + zoo.START_S
     assert zoo.seconds_left(recipe, tmp_path / "new", tmp_path, 2) == fresh
+    (run / "checkpoint" / "state.json").write_text(json.dumps({"epoch": 6, "history": "damaged"}))
+    assert zoo.seconds_left(recipe, run, tmp_path, 2) == 4 * zoo.epoch_s(recipe, tmp_path, 2) + zoo.START_S
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -370,6 +374,13 @@ def test_a_worker_left_by_an_earlier_campaign_process_holds_one_of_the_jobs(tmp_
     assert result.returncode == 0 and "0 run(s) left" in result.stdout, result.stdout
     cfg = read_config(tmp_path / "cards" / "lenet_fa.synthetic")["pretrained_cfg"]
     assert cfg["metrics"]["seed_list"] == [0, 1]
+    # --rebuild where one seed's run is not here (another machine's home) leaves the two-seed card as it is
+    shutil.rmtree(second.folder(home))
+    rebuilt = campaign(tmp_path, queue, capsys, "--rebuild")
+    assert rebuilt.returncode == 0 and "rebuilt" not in rebuilt.stdout, rebuilt.stdout
+    assert f"skipped lenet_fa.synthetic: no finished run in {home / 'runs'} for {second.folder(home).name}" \
+        in rebuilt.stdout, rebuilt.stdout
+    assert read_config(tmp_path / "cards" / "lenet_fa.synthetic")["pretrained_cfg"]["metrics"]["seed_list"] == [0, 1]
 
 
 def test_no_run_starts_that_cannot_end_inside_the_budget(tmp_path, capsys):
@@ -407,7 +418,8 @@ def test_a_card_of_another_recipe_is_replaced_only_by_a_better_run(tmp_path, mak
     assert (card / "model.safetensors").read_bytes() == before
     assert len(list((tmp_path / "home" / "decisions").iterdir())) == 1
     assert "0 run(s) left" in campaign(tmp_path, better, capsys).stdout  # decided: done, nothing trains again
-    assert len(list((tmp_path / "carry" / "decisions").iterdir())) == 1  # carried, as the runs are
+    (decided,) = (tmp_path / "home" / "decisions").iterdir()
+    assert (tmp_path / "carry" / "decisions" / decided.name).read_bytes() == decided.read_bytes()  # carried as is
     fresh = campaign(tmp_path, better, capsys, "--home", str(tmp_path / "fresh"))  # another machine knows it too
     assert "0 run(s) left" in fresh.stdout and "] start " not in fresh.stdout
     always = write_queue(tmp_path / "q2.yaml", [{"recipe": LENET, "rules": ["fa"], "replace": "always"}])
