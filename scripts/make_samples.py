@@ -23,7 +23,7 @@ import tarfile
 from collections import defaultdict
 from pathlib import Path
 
-from torchvision.io import encode_png
+from PIL import Image
 
 from biotorch.data import DATASETS, load_split
 
@@ -48,7 +48,7 @@ def fashion_mnist(source: Path, out: Path, count: int = 100) -> None:
     rows = []
     for i, (image, label) in enumerate(zip(images, labels.tolist())):
         name = f"{i:04d}_{slug(names[label])}.png"
-        (out / name).write_bytes(encode_png(image, compression_level=9).numpy().tobytes())
+        Image.fromarray(image[0].numpy()).save(out / name, compress_level=9)
         rows.append((name, label))
     write_labels(out, rows)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 
 import biotorch
@@ -25,11 +26,18 @@ TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d494844520000000100000001080000
                          "0000000a49444154789c636800000082008177cd72b60000000049454e44ae426082")
 
 
+def encoded(pixels: torch.Tensor, format: str = "PNG", **options) -> bytes:
+    """A uint8 (C, H, W) image encoded as a file's bytes (PNG, or JPEG with ``quality=``), by Pillow."""
+    array = pixels.permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
 def make_imagefolder(root: Path, per_class: int = 12, size: int = 48, splits=("train", "test"),
                      classes=("circle", "cross", "square")) -> Path:
     """A user's folder of RGB PNGs, ``<root>/<split>/<class>/<n>.png``: each class a bright shape (a disc, a cross, a
     square outline) at a random place on dark noise, in a random colour, so a model can learn them."""
-    from torchvision.io import encode_png
     g = torch.Generator().manual_seed(len(splits) * 1000 + size)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     for split in splits:
@@ -44,7 +52,7 @@ def make_imagefolder(root: Path, per_class: int = 12, size: int = 48, splits=("t
                 colour = 0.6 + 0.4 * torch.rand(3, 1, 1, generator=g)
                 image = 0.15 * torch.rand(3, size, size, generator=g) + shape.float() * colour
                 pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-                (root / split / name / f"{n:03d}.png").write_bytes(encode_png(pixels).numpy().tobytes())
+                (root / split / name / f"{n:03d}.png").write_bytes(encoded(pixels))
     return root
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
+import json
 import struct
 import tarfile
 from pathlib import Path
@@ -11,13 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg, encode_png
+from torchvision.transforms.functional import pil_to_tensor
 
 from biotorch import data
 from biotorch.data import sources
 from biotorch.data import DATASETS, DeviceLoader, eval_transform, imagefolder_info, load_samples, load_split
+from conftest import encoded
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -62,7 +66,7 @@ def write_jpeg_folder(root: Path, classes: dict[str, int], seed: int = 0) -> Non
         (root / cls).mkdir(parents=True)
         for i in range(count):
             image = torch.randint(0, 256, (3, 32, 32), generator=g, dtype=torch.uint8)
-            (root / cls / f"{i:04d}.jpg").write_bytes(encode_jpeg(image, quality=90).numpy().tobytes())
+            (root / cls / f"{i:04d}.jpg").write_bytes(encoded(image, "JPEG", quality=90))
 
 
 @pytest.fixture
@@ -161,8 +165,8 @@ def test_cifar10_jpeg_folder_decodes_and_caches(tiny_cifar_jpeg, tmp_path):
     images, labels = load_split("cifar10_jpeg", "test", data_dir=tiny_cifar_jpeg)
     assert images.shape == (6, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.tolist() == [0, 0, 3, 3, 9, 9]  # ImageFolder order, CIFAR-10 label indices
-    first = (tiny_cifar_jpeg / "test" / "airplane" / "0000.jpg").read_bytes()
-    assert torch.equal(images[0], decode_jpeg(torch.frombuffer(bytearray(first), dtype=torch.uint8)))
+    with Image.open(tiny_cifar_jpeg / "test" / "airplane" / "0000.jpg") as first:
+        assert torch.equal(images[0], pil_to_tensor(first.convert("RGB")))
     cached = list((tmp_path / "cache" / "decoded").glob("cifar10_jpeg-*/test_images.npy"))
     assert len(cached) == 1
     again, _ = load_split("cifar10_jpeg", "test", data_dir=tiny_cifar_jpeg)  # from the cache
@@ -176,8 +180,9 @@ def test_cifar10_jpeg_gray_is_the_luma_of_the_same_files(tiny_cifar_jpeg, tmp_pa
     gray, labels = load_split("cifar10_jpeg_gray", "test", data_dir=tiny_cifar_jpeg)
     color, color_labels = load_split("cifar10_jpeg", "test", data_dir=tiny_cifar_jpeg)
     assert gray.shape == (6, 1, 32, 32) and torch.equal(labels, color_labels)
-    first = (tiny_cifar_jpeg / "test" / "airplane" / "0000.jpg").read_bytes()
-    luma = decode_jpeg(torch.frombuffer(bytearray(first), dtype=torch.uint8), mode=ImageReadMode.GRAY)
+    with Image.open(tiny_cifar_jpeg / "test" / "airplane" / "0000.jpg") as first:
+        first.draft("YCbCr", first.size)  # libjpeg's YCbCr output: its Y plane as stored, before any colour maths
+        luma = pil_to_tensor(first)[:1]
     assert torch.equal(gray[0], luma)  # the JPEG's own Y plane: 0.299 R + 0.587 G + 0.114 B
     weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
     assert ((color.float() * weights).sum(1, keepdim=True) - gray.float()).abs().mean() < 3  # up to chroma rounding
@@ -194,6 +199,31 @@ def test_cifar10_jpeg_tarball_matches_folder(tiny_cifar_jpeg, tmp_path):
     from_folder = load_split("cifar10_jpeg", "train", data_dir=tiny_cifar_jpeg, val_size=0)
     assert all(torch.equal(a, b) for a, b in zip(from_tar, from_folder))
     assert load_split("cifar10_jpeg", "test", data_dir=tmp_path)[0].shape == (6, 3, 32, 32)  # finds the tarball
+
+
+def test_jpeg_pixels_are_the_ones_the_zoo_was_trained_on():
+    """The cifar10_jpeg cards were trained on torchvision.io's decoding (deprecated since torchvision 0.29); Pillow's
+    gives the same pixels bit for bit, RGB and gray. The fixture holds each sample image's sha256 as torchvision
+    0.29.1 decoded it (through ``load_samples``, before the switch)."""
+    golden = json.loads((FIXTURES / "cifar10_jpeg_samples_sha256.json").read_text())["images"]
+    with open(SAMPLES / "cifar10_jpeg" / "labels.csv", newline="") as f:
+        files = [row["file"] for row in csv.DictReader(f)]
+    for dataset, expected in golden.items():
+        images, _ = load_samples(SAMPLES / "cifar10_jpeg", dataset=dataset)
+        got = {name: hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest() for name, x in zip(files, images)}
+        differ = [name for name in expected if got.get(name) != expected[name]]
+        assert len(expected) == 100 and not differ, f"{dataset}: {len(differ)} images decode differently: {differ[:5]}"
+
+
+def test_an_image_that_cannot_be_decoded_is_named(tiny_cifar_jpeg, tmp_path):
+    (tiny_cifar_jpeg / "test" / "cat" / "0001.jpg").write_bytes(b"\xff\xd8 cut short")
+    with pytest.raises(ValueError, match=r"cifar10-jpeg/test/cat/0001\.jpg: cannot decode an image"):
+        load_split("cifar10_jpeg", "test", data_dir=tiny_cifar_jpeg)
+    bad = tmp_path / "user" / "train" / "ant"
+    bad.mkdir(parents=True)
+    (bad / "a.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match=r"train/ant/a\.png: cannot decode an image"):
+        load_split("imagefolder", "train", data_dir=tmp_path / "user")
 
 
 def test_cifar10_jpeg_rejects_unknown_classes(tmp_path):
@@ -228,7 +258,7 @@ def test_imagefolder_resizes_and_reads_classes(tmp_path):
     for split, cls, size in (("train", "ant", (40, 60)), ("train", "bee", (50, 50)), ("val", "bee", (64, 48))):
         (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
         image = torch.randint(0, 256, (3, *size), dtype=torch.uint8)
-        (tmp_path / split / cls / "a.png").write_bytes(encode_png(image).numpy().tobytes())
+        (tmp_path / split / cls / "a.png").write_bytes(encoded(image))
     info = imagefolder_info(tmp_path)
     assert info.num_classes == 2 and info.label_names == ("ant", "bee")
     images, labels = load_split("imagefolder", "train", data_dir=tmp_path)

@@ -28,6 +28,7 @@ import csv
 import functools
 import gzip
 import hashlib
+import io
 import math
 import os
 import tarfile
@@ -39,8 +40,8 @@ from typing import Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from ..files import atomic_write
 from .catalog import _CIFAR10_CLASSES, DATASETS, SPLIT_SEED, SYNTHETIC, DatasetInfo, Split
@@ -176,19 +177,18 @@ def _load_cifar(name: str, part: str, data_dir: PathLike | None, download: bool)
 # Image folders (cifar10_jpeg and its grayscale variant, imagefolder)
 
 
-def _decode_all(blobs: list[bytes], mode: ImageReadMode) -> list[Tensor]:
-    """Decode encoded images; JPEGs go through torchvision's batched decoder."""
-    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-    jpeg = [i for i, b in enumerate(blobs) if b[:2] == b"\xff\xd8"]
-    out: list[Tensor | None] = [None] * len(blobs)
-    for start in range(0, len(jpeg), 4096):
-        chunk = jpeg[start:start + 4096]
-        for i, image in zip(chunk, decode_jpeg([tensors[i] for i in chunk], mode=mode)):
-            out[i] = image
-    for i, image in enumerate(out):
-        if image is None:
-            out[i] = decode_image(tensors[i], mode=mode)
-    return out  # type: ignore[return-value]
+def _decode(blob: bytes, gray: bool, where: str) -> Tensor:
+    """One encoded image (JPEG, PNG, WebP) as a uint8 (C, H, W) tensor, RGB or gray, decoded by Pillow. A JPEG's gray
+    is its own Y plane as libjpeg-turbo outputs it, not a conversion of its RGB: the pixels torchvision.io decoded
+    before it was deprecated, bit for bit (``tests/test_data.py`` pins them)."""
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            if gray and image.format == "JPEG":
+                image.draft("L", image.size)  # libjpeg's grayscale output: no scaling at the same size
+            pixels = np.asarray(image.convert("L" if gray else "RGB"))
+    except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for a file it cannot read
+        raise ValueError(f"{where}: cannot decode an image ({error})") from None
+    return torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1).transpose(2, 0, 1).copy())  # C order, writable
 
 
 def _list_class_folder(root: Path) -> list[tuple[str, Path]]:
@@ -201,16 +201,16 @@ def _list_class_folder(root: Path) -> list[tuple[str, Path]]:
     ]
 
 
-def _stack(info: DatasetInfo, classes: tuple[str, ...], items: list[tuple[str, bytes]], where: str):
-    unknown = sorted({c for c, _ in items} - set(classes))
+def _stack(info: DatasetInfo, classes: tuple[str, ...], items: list[tuple[str, str, bytes]], where: str):
+    """Decode (class, file name, encoded bytes) items into (images, labels)."""
+    unknown = sorted({c for c, _, _ in items} - set(classes))
     if unknown:
         raise ValueError(f"{where}: unexpected class folders {unknown}; expected {list(classes)}")
     if not items:
         raise ValueError(f"{where}: no images ({', '.join(_IMAGE_SUFFIXES)}) in class folders")
-    mode = ImageReadMode.GRAY if info.in_chans == 1 else ImageReadMode.RGB
-    images = [fit(info)(x) for x in _decode_all([b for _, b in items], mode)]
+    images = [fit(info)(_decode(b, info.in_chans == 1, f"{where}/{c}/{n}")) for c, n, b in items]
     index = {c: i for i, c in enumerate(classes)}
-    return torch.stack(images), torch.tensor([index[c] for c, _ in items], dtype=torch.int64)
+    return torch.stack(images), torch.tensor([index[c] for c, _, _ in items], dtype=torch.int64)
 
 
 def _find_jpeg_source(data_dir: PathLike | None) -> tuple[Path | None, list[str]]:
@@ -239,8 +239,8 @@ def _source_key(source: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _read_jpeg_source(source: Path) -> dict[str, list[tuple[str, bytes]]]:
-    """(class, encoded bytes) per split, in ImageFolder order (class, then file name)."""
+def _read_jpeg_source(source: Path) -> dict[str, list[tuple[str, str, bytes]]]:
+    """(class, file name, encoded bytes) per split, in ImageFolder order (class, then file name)."""
     parts: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
     if source.is_file():
         with tarfile.open(source, "r:*") as tar:
@@ -252,8 +252,7 @@ def _read_jpeg_source(source: Path) -> dict[str, list[tuple[str, bytes]]]:
     else:
         for part in parts:
             parts[part] = [(c, f.name, f.read_bytes()) for c, f in _list_class_folder(source / part)]
-    return {part: [(c, b) for c, _, b in sorted(items, key=lambda t: (t[0], t[1]))]
-            for part, items in parts.items()}
+    return {part: sorted(items, key=lambda t: (t[0], t[1])) for part, items in parts.items()}
 
 
 def _save_npy(array: np.ndarray, path: str) -> None:
@@ -277,7 +276,7 @@ def _load_cifar10_jpeg(name: str, part: str, data_dir: PathLike | None, download
     files = {p: (cache / f"{p}_images.npy", cache / f"{p}_labels.npy") for p in ("train", "test")}
     if not all(f.is_file() for pair in files.values() for f in pair):
         info = DATASETS[name]
-        decoded = {p: _stack(info, _CIFAR10_CLASSES, items, f"{source} {p}")
+        decoded = {p: _stack(info, _CIFAR10_CLASSES, items, f"{source}/{p}")
                    for p, items in _read_jpeg_source(source).items()}
         cache.mkdir(parents=True, exist_ok=True)
         for p, (images, labels) in decoded.items():
@@ -299,7 +298,7 @@ def _load_imagefolder(part: str, data_dir: PathLike | None, info: DatasetInfo | 
     if not root.is_dir():
         raise _not_found("imagefolder", [str(root)], "Expected <data_dir>/{train,val,test}/<class>/<image>.")
     info = info or imagefolder_info(data_dir)
-    items = [(c, f.read_bytes()) for c, f in _list_class_folder(root)]
+    items = [(c, f.name, f.read_bytes()) for c, f in _list_class_folder(root)]
     return _stack(info, info.label_names, items, str(root))
 
 
@@ -447,9 +446,9 @@ def load_samples(folder: PathLike, dataset: str | None = None) -> tuple[Tensor, 
     labels = torch.tensor([int(r["label"]) for r in rows], dtype=torch.int64)
     if info.num_classes is not None and not bool(((labels >= 0) & (labels < info.num_classes)).all()):
         raise ValueError(f"{table}: labels must lie in [0, {info.num_classes})")
-    mode = ImageReadMode.GRAY if info.in_chans == 1 else ImageReadMode.RGB
-    images = _decode_all([(folder / r["file"]).read_bytes() for r in rows], mode)
-    return torch.stack([fit(info)(x) for x in images]), labels
+    images = [fit(info)(_decode((folder / r["file"]).read_bytes(), info.in_chans == 1, str(folder / r["file"])))
+              for r in rows]
+    return torch.stack(images), labels
 
 
 def _synthetic(test: bool) -> tuple[Tensor, Tensor]:
