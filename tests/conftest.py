@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
+from torchvision.transforms.functional import to_pil_image
 
 import biotorch
 from biotorch import cli
@@ -28,9 +28,8 @@ TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d494844520000000100000001080000
 
 def encoded(pixels: torch.Tensor, format: str = "PNG", **options) -> bytes:
     """A uint8 (C, H, W) image encoded as a file's bytes (PNG, or JPEG with ``quality=``), by Pillow."""
-    array = pixels.permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buffer, format=format, **options)
+    to_pil_image(pixels).save(buffer, format=format, **options)
     return buffer.getvalue()
 
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+from torchvision.transforms.functional import pil_to_tensor
 
 from ..files import atomic_write
 from .catalog import _CIFAR10_CLASSES, DATASETS, SPLIT_SEED, SYNTHETIC, DatasetInfo, Split
@@ -185,10 +186,9 @@ def _decode(blob: bytes, gray: bool, where: str) -> Tensor:
         with Image.open(io.BytesIO(blob)) as image:
             if gray and image.format == "JPEG":
                 image.draft("L", image.size)  # libjpeg's grayscale output: no scaling at the same size
-            pixels = np.asarray(image.convert("L" if gray else "RGB"))
+            return pil_to_tensor(image.convert("L" if gray else "RGB"))
     except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for a file it cannot read
         raise ValueError(f"{where}: cannot decode an image ({error})") from None
-    return torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1).transpose(2, 0, 1).copy())  # C order, writable
 
 
 def _list_class_folder(root: Path) -> list[tuple[str, Path]]:
