@@ -5,6 +5,7 @@ own worker process as the campaign trains them; cards go to a temporary folder, 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -54,20 +55,29 @@ def campaign(tmp_path: Path, queue: Path, capsys, *extra: str, budget: float = 3
     return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
-def test_committed_queue_reads_and_trains_on_the_cpu_in_fp32():
+def test_committed_queue_reads_and_trains_on_the_cpu_fp32_then_resnets_in_bf16():
     jobs = zoo.read_queue(ROOT / "recipes" / "cpu_zoo.yaml")
-    assert all(j.recipe.device == "cpu" and j.recipe.amp == "none" for j in jobs)
+    first_bf16 = next(i for i, j in enumerate(jobs) if j.recipe.amp == "bf16")
+    assert all(j.recipe.device == "cpu" and j.recipe.amp == "none" for j in jobs[:first_bf16])  # (a)-(f): fp32
+    later = jobs[first_bf16:]   # (g) on: every ResNet-20 in bf16 (issue 44), the LeNets in fp32
+    assert all(j.recipe.amp == ("bf16" if j.recipe.model == "resnet20" else "none") for j in later)
     pilot, *resnets = [j for j in jobs if j.recipe.model == "resnet20" and j.recipe.data == "cifar10_jpeg"]
     assert not pilot.publish and pilot.recipe.rule == "bp" and pilot.recipe.batch_size == 128
     assert [j.recipe.rule for j in resnets[:8]] == ["dfa", "bp", "kp", "fa", "usf", "frsf", "brsf", "wm"]
     assert len({j.recipe.lr for j in resnets[:8] if j.recipe.rule != "dfa"}) == 1  # one recipe (dfa: its override)
     assert all((j.recipe.optimizer, j.recipe.lr) == ("adam", 1e-3) for j in jobs if j.recipe.rule == "dfa"
                and "resnet20" in j.recipe.model)
+    search = [j for j in later if j.recipe.model == "resnet20"][1:]   # (h): 30 epochs each, nothing published
+    assert {j.recipe.epochs for j in search} == {30} and not any(j.publish for j in search)
+    assert {j.recipe.rule for j in search} == {"fa", "dfa", "wm"}
     assert all(j.retry.lr == pytest.approx(0.5 * j.recipe.lr) for j in jobs)
 
 
 def test_recipe_hash_ignores_where_a_run_trains_not_what_it_learns():
     base = zoo.load_recipe(LENET, {"rule": "fa", "seed": 0})
+    # keys newer than the campaign count only away from their defaults: the runs named before them keep their names
+    assert "weight_init" not in zoo.recipe_key(base) and "img_size" not in zoo.recipe_key(base)
+    assert zoo.recipe_hash(zoo.load_recipe(LENET, {"rule": "fa", "weight_init": "xavier"})) != zoo.recipe_hash(base)
     same = zoo.load_recipe(LENET, {"rule": "fa", "seed": 3, "device": "cpu", "cuda_graph": False, "val_every": 2})
     assert zoo.recipe_hash(base) == zoo.recipe_hash(same)
     for change in ({"lr": 0.01}, {"batch_size": 256}, {"amp": "bf16"}, {"rule": "bp"}, {"epochs": 31}):
@@ -133,6 +143,9 @@ def test_a_runs_next_epoch_is_the_median_of_its_last_five_else_the_measured_spee
     ({"recipe": LENET, "rules": ["fa"], "seeds": [-1]}, "`seeds` is a list of non-negative integers"),
     ({"recipe": LENET, "rules": ["fa"], "replace": "sometimes"}, "replace is 'better' or 'always'"),
     ({"recipe": LENET, "rules": ["fa"], "set": {"lr": "fast"}}, "'lr'"),
+    (42, "entry 0 is 42, not a mapping"),
+    ({"recipe": LENET, "rules": ["fa"], "set": [1, 2]}, "entry 0: `set` is a mapping of recipe keys, got [1, 2]"),
+    ({"recipe": LENET, "rules": ["fa"], "retry": 5}, "entry 0: `retry` is a mapping of recipe keys, got 5"),
     ({"recipe": RESNET20, "rules": ["bp", "dfa"], "set": {"lr": 0.1}},  # SGD's lr for dfa's Adam
      "`set` overrides dfa's rule_overrides in " + RESNET20 + " (lr: 0.001 -> 0.1); give dfa an entry of its own"),
 ])
@@ -141,6 +154,29 @@ def test_a_bad_queue_is_one_line_and_exit_2(tmp_path, capsys, entry, message):
     assert zoo.main(["--queue", str(queue), "--home", str(tmp_path / "home"), "--status"]) == 2
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1, error
+
+
+def test_bad_defaults_are_one_line_and_exit_2(tmp_path, capsys):
+    queue = tmp_path / "q.yaml"
+    queue.write_text(yaml.safe_dump({"defaults": [1], "runs": [{"recipe": LENET, "rules": ["fa"]}]}))
+    assert zoo.main(["--queue", str(queue), "--home", str(tmp_path / "home"), "--status"]) == 2
+    error = capsys.readouterr().err
+    assert "`defaults` is a mapping" in error and str(queue) in error and len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, text", [("speeds.json", "{not json"), ("speeds.json", '{"lenet.synthetic@1": "fast"}'),
+                                        ("speeds.json", "[1]"), ("status.json", "[1, 2]")])
+def test_a_damaged_record_of_the_campaign_is_one_line_naming_it(tmp_path, capsys, name, text):
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["fa"]}])
+    (job,) = zoo.read_queue(queue)
+    home = tmp_path / "home"
+    path = home / name if name == "speeds.json" else job.folder(home) / name
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    assert zoo.main(["--queue", str(queue), "--home", str(home), "--cards-dir", str(tmp_path / "cards"),
+                     "--status"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"cpu_zoo: error: {path} is damaged") and len(error.splitlines()) == 1, error
 
 
 def test_campaign_trains_publishes_and_a_second_start_has_nothing_to_do(tmp_path, capsys):
@@ -475,3 +511,54 @@ def test_a_handed_over_run_is_re_measured_on_the_test_set_before_it_joins(tmp_pa
     assert zoo.main([*args, "--budget-s", "60"]) == 0  # published as it is: nothing to train
     out = capsys.readouterr().out
     assert "] start " not in out and "published" in out and (fresh / "cards" / "lenet_kp.synthetic").is_dir()
+
+
+def test_a_carried_run_is_re_measured_here_before_its_card_is_built(tmp_path, capsys):
+    """A finished run carried from another machine is input: its numbers are measured again on its bytes, so an
+    edited metrics.json, or another seed's weights with their sha256 record copied along, publish nothing."""
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["fa"]}])
+    (job,) = zoo.read_queue(queue)
+    trained, other = tmp_path / "trained", tmp_path / "other"
+    Trainer(job.recipe, trained, log=None, progress=False).fit()
+    Trainer(dataclasses.replace(job.recipe, seed=1), other, log=None, progress=False).fit()
+    carried = zoo.CARRY / job.folder(tmp_path).name
+
+    def carry(edit) -> SimpleNamespace:
+        shutil.rmtree(zoo.CARRY, ignore_errors=True)
+        shutil.copytree(trained, carried, ignore=shutil.ignore_patterns(".lock"))
+        edit(carried)
+        home = tmp_path / f"home{len(list(tmp_path.glob('home*')))}"
+        return campaign(tmp_path, queue, capsys, "--home", str(home))
+
+    def lie(folder):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "test_top1": 97.0}))
+
+    def swap(folder):  # another seed's weights, with the files record that vouches for them
+        for name in ("best.safetensors", "config.json"):
+            shutil.copy(other / name, folder / name)
+
+    for edit, why in ((lie, "differs from metrics.json's 97.00"), (swap, "not the weights it describes")):
+        result = carry(edit)
+        assert result.returncode == 0 and why in result.stdout, result.stdout
+        assert "published" not in result.stdout and not (tmp_path / "cards" / job.card).exists()
+    result = carry(lambda folder: None)
+    assert "re-measured here" in result.stdout and "published" in result.stdout
+    claimed = json.loads((trained / "metrics.json").read_text())["test_top1"]
+    assert read_config(tmp_path / "cards" / job.card)["pretrained_cfg"]["metrics"]["test_top1"] == claimed
+
+
+def test_a_run_whose_test_set_was_measured_under_autocast_is_published_with_fp32_numbers(tmp_path):
+    recipe = zoo.load_recipe(LENET, {**TINY, "amp": "bf16", "rule": "fa"})
+    run = tmp_path / "run"
+    metrics = Trainer(recipe, run, log=None, progress=False).fit()
+    fp32 = metrics["test_top1"]
+    older = {k: v for k, v in metrics.items() if k != "test_precision"}   # as runs trained before the fp32 test
+    (run / "metrics.json").write_text(json.dumps({**older, "test_top1": fp32 + 0.5, "test_loss": 9.0}))
+    measured = zoo.remeasure(run, tmp_path)
+    after = json.loads((run / "metrics.json").read_text())
+    assert measured["top1"] == pytest.approx(fp32) and after["test_top1"] == pytest.approx(fp32)
+    assert after["test_precision"] == "fp32" and after["test_top1_autocast"] == pytest.approx(fp32 + 0.5)
+    (run / "metrics.json").write_text(json.dumps({**older, "test_top1": fp32 + 5.0}))  # not a rounding: refused
+    with pytest.raises(RuntimeError, match="differs from metrics.json"):
+        zoo.remeasure(run, tmp_path)

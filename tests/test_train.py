@@ -12,6 +12,8 @@ from biotorch import cli
 from conftest import kill_and_resume, load_script, same_tensors
 from biotorch.training import Trainer, load_recipe, make_recipe
 from biotorch.training.optim import lr_factor
+from biotorch.training.runtime import resolve_amp
+from biotorch.training.trainer import data_info, seeded_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": "lenet", "data": "synthetic", "epochs": 2, "batch_size": 32, "limit_train": 128,
@@ -55,6 +57,8 @@ def test_recipe_precedence_rule_overrides_and_resolved_roundtrip(tmp_path, monke
     ({"data": "fashion-mnist"}, "Did you mean fashion_mnist"),
     ({"schedule": "step"}, "'milestones' is needed"),
     ({"amp": "fp16", "cuda_graph": True}, "amp: bf16 with cuda_graph"),
+    ({"weight_init": "glorot"}, "'weight_init'"),
+    ({"amp": "fastest"}, "'amp'"),
     ({"rule_overrides": {"dfa": {"seed": 3}}}, "rule_overrides.dfa may not set 'seed'"),
     ({"rule_overrides": {"dfa": {"lrr": 3}}}, "rule_overrides.dfa: unknown recipe key 'lrr'"),
 ])
@@ -198,6 +202,63 @@ def test_bf16_autocast_and_channels_last_run_on_cpu(tmp_path, rule):
                           "channels_last": True, "device": "cpu"})
     metrics = Trainer(recipe, tmp_path, log=None).fit()
     assert math.isfinite(metrics["test_top1"])
+
+
+def test_weight_init_xavier_draws_every_conv_and_linear_weight_glorot_uniform_from_the_seed():
+    recipe = make_recipe({**TINY, "rule": "fa", "weight_init": "xavier", "device": "cpu"})
+    model = seeded_model(recipe, data_info(recipe), torch.device("cpu"))
+    default = seeded_model(make_recipe({**TINY, "rule": "fa", "device": "cpu"}), data_info(recipe), torch.device("cpu"))
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) == 5  # LeNet: conv1, conv2, fc1, fc2, the head
+    for layer in layers:
+        fan_out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+        fan_out *= layer.weight[0, 0].numel()  # a conv's receptive field counts in both fans (torch's convention)
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+    assert not torch.equal(layers[0].weight, next(m for m in default.modules() if isinstance(m, torch.nn.Conv2d)).weight)
+    again = seeded_model(recipe, data_info(recipe), torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+@pytest.mark.parametrize("units, expected", [(("_is_amx_tile_supported",), "bf16"),
+                                             (("_is_avx512_bf16_supported",), "bf16"), ((), "none")])
+def test_amp_auto_is_bf16_where_the_cpu_has_bf16_units(monkeypatch, units, expected):
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda probe=probe: probe in units, raising=False)
+    amp, why = resolve_amp("auto", torch.device("cpu"))
+    assert amp == expected and ("fp32" in why) == (expected == "none")
+    assert resolve_amp("none", torch.device("cpu"))[0] == "none"   # an explicit precision is kept
+
+
+def test_a_bf16_run_reports_its_test_set_in_fp32_as_eval_measures_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    recipe = make_recipe({**TINY, "epochs": 1, "limit_train": 64, "amp": "auto", "device": "cpu"})
+    lines = []
+    metrics = Trainer(recipe, tmp_path / "run", log=lines.append).fit()
+    assert metrics["amp"] == "bf16" and metrics["test_precision"] == "fp32"
+    assert any("precision: bf16 autocast (amp auto: this CPU has" in line for line in lines)
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", "synthetic", "--json"]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    assert measured["top1"] == pytest.approx(metrics["test_top1"], abs=1e-9)
+    assert measured["loss"] == pytest.approx(metrics["test_loss"], abs=1e-6)   # bf16 logits would differ here
+
+
+def test_amp_auto_resumes_in_the_precision_it_started_in(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    recipe = make_recipe({**TINY, "epochs": 2, "limit_train": 64, "amp": "auto", "device": "cpu",
+                          "alignment_every": 0})
+    part = Trainer(recipe, tmp_path, log=None)
+    for x, y in part.begin_epoch():
+        part.step(x, y)
+    part.end_epoch()
+    part.close()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)  # another machine
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    lines = []
+    metrics = Trainer(recipe, tmp_path, resume=True, log=lines.append).fit()
+    assert metrics["amp"] == "bf16"
+    assert any("as resolved where the run started" in line for line in lines)
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (ROOT / "recipes").glob("**/*.yaml")

@@ -34,7 +34,8 @@ from ..weights import kind, resolve
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
-AMP = ("none", "bf16", "fp16")
+AMP = ("none", "bf16", "fp16", "auto")
+WEIGHT_INITS = ("default", "xavier")
 COMPILE = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")  # what resizes a uint8 tensor
 IMAGE_KEYS = ("img_size", "in_chans", "mean", "std", "interpolation")  # an image folder's, only
@@ -72,6 +73,8 @@ class Recipe:
     warmup_epochs: float = 0.0          # linear warmup from 0 (not for onecycle, which has its own)
     augment: str = "none"               # none | crop | crop_flip
     label_smoothing: float = 0.0
+    weight_init: str = "default"        # default (each layer's own) | xavier: Glorot-uniform Conv/Linear weights, as
+    #                                     BioTorch initialises (with rule option feedback_init: xavier for B)
     rule: Optional[str] = None          # overrides the model name's rule; default bp
     rule_options: dict = field(default_factory=dict)
     rule_overrides: dict = field(default_factory=dict)  # {rule: {key: value}} applied when that rule runs
@@ -86,7 +89,7 @@ class Recipe:
     deterministic: bool = False         # deterministic kernels (bitwise-reproducible resume on CPU)
     val_every: int = 1                  # validate every N epochs (and always at the last)
     alignment_every: int = 5            # record alignment every N epochs (0: never)
-    amp: str = "none"                   # none | bf16 | fp16 autocast
+    amp: str = "none"                   # none | bf16 | fp16 autocast | auto (the fastest the device has)
     channels_last: bool = False
     compile: str = "none"               # torch.compile mode, or none
     cuda_graph: bool = False            # capture the whole training step in one CUDA graph
@@ -282,6 +285,7 @@ def _validate(recipe: Recipe) -> None:
     _choice("schedule", recipe.schedule, SCHEDULES)
     _choice("augment", recipe.augment, AUGMENTS)
     _choice("amp", recipe.amp, AMP)
+    _choice("weight_init", recipe.weight_init, WEIGHT_INITS)
     _choice("compile", recipe.compile, COMPILE)
     device = recipe.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):

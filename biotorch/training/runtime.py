@@ -4,6 +4,7 @@ Example::
 
     >>> device = resolve_device("auto")          # cuda:LOCAL_RANK when a GPU is there, else cpu
     >>> configure_determinism(True)
+    >>> resolve_amp("auto", torch.device("cpu"))   # ('bf16', 'this CPU has avx512_bf16') on a CPU with bf16 units
 """
 from __future__ import annotations
 
@@ -62,3 +63,25 @@ def configure_determinism(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
+
+
+def _cpu_bf16_units() -> list[str]:
+    # torch.cpu's probes of cpuinfo; absent from some builds, where the answer is "none found"
+    probes = (("AMX", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
+    return [unit for unit, probe in probes if getattr(torch.cpu, probe, lambda: False)()]
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """The autocast precision a run trains in, and why (for its log). ``amp: auto`` is the fastest this device
+    has, as measured (scripts/bench_train.py): bf16 on a CPU with bf16 matrix units (AMX, avx512_bf16) or a GPU
+    that computes in bf16, fp32 (``none``) elsewhere."""
+    if amp != "auto":
+        return amp, "the recipe's amp"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"amp auto: {torch.cuda.get_device_name(device)} computes in bf16"
+        return "none", f"amp auto: {torch.cuda.get_device_name(device)} has no bf16: fp32"
+    units = _cpu_bf16_units()
+    if units:
+        return "bf16", f"amp auto: this CPU has {' and '.join(units)}"
+    return "none", "amp auto: this CPU has no bf16 matrix units (AMX, avx512_bf16): fp32"

@@ -53,7 +53,7 @@ from .evaluate import evaluate
 from .optim import create_optimizer, create_scheduler
 from .recipe import Recipe, save_recipe
 from .records import TensorBoard, plot_alignment, plot_curves, write_history
-from .runtime import Distributed, configure_determinism, resolve_device
+from .runtime import Distributed, configure_determinism, resolve_amp, resolve_device
 
 _GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (allocates optimizer state)
 
@@ -109,6 +109,10 @@ def seeded_model(recipe: Recipe, info: DatasetInfo, device: torch.device) -> nn.
                                 interpolation=info.interpolation, crop_pct=info.crop_pct,
                                 label_names=tuple(info.label_names) or None)
     model.biotorch_config["input_size"] = list(info.input_size)
+    if recipe.weight_init == "xavier":  # from the run's seed, after the model drew its own
+        for module in model.modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
     return model
 
 
@@ -205,6 +209,8 @@ class Trainer:
                                                   scheduler=self.scheduler, scaler=self.scaler,
                                                   device=self.device, epochs=recipe.epochs))
             self.log(f"[{self.name}] resumed from {found} after epoch {self.epoch}")
+        self.log(f"[{self.name}] precision: {'fp32' if self.amp == 'none' else self.amp + ' autocast'} "
+                 f"({self._amp_why}); the test set is evaluated in fp32")
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_recipe(recipe, self.run_dir / "recipe.yaml")
@@ -275,8 +281,9 @@ class Trainer:
     def _setup_optimization(self, recipe: Recipe) -> None:
         self.optimizer = create_optimizer(self.model, recipe, self.device, head=self._head)
         self.scheduler = create_scheduler(self.optimizer, recipe, len(self.train_loader))
-        self.scaler = torch.amp.GradScaler(self.device.type) if recipe.amp == "fp16" else None
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp)
+        self.amp, why = resolve_amp(recipe.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
+        self._amp_why = why
 
     def _wrap(self) -> nn.Module:
         """The module the step calls: the model, in DDP across processes, compiled when the recipe asks."""
@@ -320,6 +327,9 @@ class Trainer:
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
         self.history, self.alignment_records = state["history"], state["alignment"]
         self.train_time_s, self.images_trained = state["train_time_s"], state["images_trained"]
+        if self.recipe.amp == "auto" and state.get("amp") in ("none", "bf16"):
+            # amp auto was resolved where the run started: it ends in the same precision, on any machine
+            self.amp, self._amp_why = state["amp"], "amp auto, as resolved where the run started"
 
     @property
     def done(self) -> bool:
@@ -329,9 +339,10 @@ class Trainer:
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def _autocast(self):
-        if self.amp_dtype is None:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.recipe.cuda_graph)
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.recipe.cuda_graph)
 
     # -- the training step --------------------------------------------------------------------------
 
@@ -492,7 +503,7 @@ class Trainer:
         return {"epoch": self.epoch, "global_step": self.global_step, "best_val": self.best_val,
                 "best_epoch": self.best_epoch, "history": self.history, "alignment": self.alignment_records,
                 "train_time_s": self.train_time_s, "images_trained": self.images_trained,
-                "started_from": self.started_from, "biotorch_version": __version__}
+                "started_from": self.started_from, "amp": self.amp, "biotorch_version": __version__}
 
     # -- the end ------------------------------------------------------------------------------------
 
@@ -527,7 +538,8 @@ class Trainer:
             test_x, test_y = datasets.load(self.recipe.data, "test", self.recipe.data_dir,
                                            download=self.recipe.download, info=self.info, device=self.device)
             loader = DeviceLoader(test_x, test_y, self.recipe.eval_batch_size, train=False, **self._norm)
-            test = evaluate(self.model, loader, self.info.num_classes, autocast=self._autocast)
+            # fp32 whatever the run trained in: the card's number is the one `biotorch eval` gives on these bytes
+            test = evaluate(self.model, loader, self.info.num_classes)
         r = self.recipe
         return {"model": r.model_name, "arch": r.model, "rule": r.rule, "dataset": r.data, "seed": r.seed,
                 "epochs": r.epochs, "epochs_trained": self.epoch, "best_epoch": self.best_epoch,
@@ -538,7 +550,8 @@ class Trainer:
                 "images_per_s": self.images_trained / self.train_time_s if self.train_time_s else None,
                 "params_forward": self.params_forward, "params_feedback": self.params_feedback,
                 "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-                "world_size": self.dist.world_size, "biotorch_version": __version__, "recipe": r.to_dict(),
+                "world_size": self.dist.world_size, "amp": self.amp, "test_precision": "fp32",
+                "biotorch_version": __version__, "recipe": r.to_dict(),
                 "init_from": self.started_from}
 
     def close(self) -> None:
