@@ -59,15 +59,20 @@ def test_committed_queue_reads_and_trains_on_the_cpu_fp32_then_resnets_in_bf16()
     jobs = zoo.read_queue(ROOT / "recipes" / "cpu_zoo.yaml")
     first_bf16 = next(i for i, j in enumerate(jobs) if j.recipe.amp == "bf16")
     assert all(j.recipe.device == "cpu" and j.recipe.amp == "none" for j in jobs[:first_bf16])  # (a)-(f): fp32
-    later = jobs[first_bf16:]   # (g) on: every ResNet-20 in bf16 (issue 44), the LeNets in fp32
-    assert all(j.recipe.amp == ("bf16" if j.recipe.model == "resnet20" else "none") for j in later)
+    later = jobs[first_bf16:]   # (g) on: ResNet-20 in bf16 (issue 44), the LeNets in fp32; one fp32 control
+    resnets_later = [j for j in later if j.recipe.model == "resnet20"]
+    assert all(j.recipe.amp == "none" for j in later if j.recipe.model != "resnet20")
+    controls = [j for j in resnets_later if j.recipe.amp == "none"]
+    assert [(j.recipe.rule, j.recipe.seed, j.recipe.epochs, j.publish) for j in controls] == [("bp", 1, 30, False)]
+    twin = next(j for j in resnets_later if j.recipe.seed == 1 and j.recipe.amp == "bf16")   # the same run in bf16
+    assert zoo.recipe_key(dataclasses.replace(twin.recipe, amp="none")) == zoo.recipe_key(controls[0].recipe)
     pilot, *resnets = [j for j in jobs if j.recipe.model == "resnet20" and j.recipe.data == "cifar10_jpeg"]
     assert not pilot.publish and pilot.recipe.rule == "bp" and pilot.recipe.batch_size == 128
     assert [j.recipe.rule for j in resnets[:8]] == ["dfa", "bp", "kp", "fa", "usf", "frsf", "brsf", "wm"]
     assert len({j.recipe.lr for j in resnets[:8] if j.recipe.rule != "dfa"}) == 1  # one recipe (dfa: its override)
     assert all((j.recipe.optimizer, j.recipe.lr) == ("adam", 1e-3) for j in jobs if j.recipe.rule == "dfa"
                and "resnet20" in j.recipe.model)
-    search = [j for j in later if j.recipe.model == "resnet20"][1:]   # (h): 30 epochs each, nothing published
+    search = [j for j in resnets_later if j.recipe.rule != "bp"]   # (h): 30 epochs each, nothing published
     assert {j.recipe.epochs for j in search} == {30} and not any(j.publish for j in search)
     assert {j.recipe.rule for j in search} == {"fa", "dfa", "wm"}
     assert all(j.retry.lr == pytest.approx(0.5 * j.recipe.lr) for j in jobs)
