@@ -186,7 +186,9 @@ def _decode(blob: bytes, gray: bool, where: str) -> Tensor:
         with Image.open(io.BytesIO(blob)) as image:
             if gray and image.format == "JPEG":
                 image.draft("L", image.size)  # libjpeg's grayscale output: no scaling at the same size
-            return pil_to_tensor(image.convert("L" if gray else "RGB"))
+            if image.mode.startswith("I"):  # 16-bit gray (a PNG's): convert() would clip it at 255, not scale it
+                image = Image.fromarray((np.asarray(image).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8))
+            return pil_to_tensor(image.convert("L" if gray else "RGB"))  # 16-bit RGB: Pillow keeps the high byte
     except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for a file it cannot read
         raise ValueError(f"{where}: cannot decode an image ({error})") from None
 
