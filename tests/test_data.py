@@ -227,7 +227,7 @@ def test_an_image_that_cannot_be_decoded_is_named(tiny_cifar_jpeg, tmp_path):
 
 
 def test_16_bit_pngs_are_brought_to_8_bits_not_saturated(tmp_path):
-    """A 16-bit PNG's value v is the 8-bit v >> 8, gray or RGB, read as gray or RGB (issue 47: gray saturated to 255)."""
+    """A 16-bit PNG's value v is the 8-bit v >> 8, gray or RGB, read as gray or RGB (issue 47: gray went to 255)."""
     import numpy as np
 
     Image.fromarray(np.full((28, 28), 16384, np.uint16)).save(tmp_path / "gray16.png")  # Pillow writes 16-bit gray
