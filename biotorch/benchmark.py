@@ -22,6 +22,7 @@ from typing import Optional
 
 from . import registry
 from .card import pct
+from .errors import ConfigError
 from .files import REPO_ROOT, write_json
 from .hub import MIRROR
 from .pretrained import from_checkpoint
@@ -29,7 +30,7 @@ from .registry import CheckpointRecord
 from .robustness.attacks import HEADLINE_EPS, evaluate_robustness
 from .robustness.cli import load_images
 from .robustness.report import find_row
-from .training.recipe import Recipe
+from .training.recipe import Recipe, load_recipe, recipe_changes
 from .training.records import save_figure
 from .training.trainer import Trainer
 
@@ -66,7 +67,12 @@ def _card_row(record: CheckpointRecord) -> dict:
 
 def _train(recipe: Recipe, run_dir: Path, budget_s: Optional[float], log) -> tuple[dict, int]:
     """Train (or resume) the run, within ``budget_s`` when given; returns (metrics, epochs trained)."""
-    trainer = Trainer(recipe, run_dir, resume=(run_dir / "recipe.yaml").is_file(), progress=False, log=log)
+    saved = run_dir / "recipe.yaml"
+    changed = recipe_changes(load_recipe(saved, resolved=True), recipe) if saved.is_file() else []
+    if changed:  # the run would go on with its saved optimizer and schedule under a recipe.yaml that says otherwise
+        raise ConfigError(f"{run_dir} holds a bench run of another recipe ({'; '.join(changed)}): run it again as "
+                          "it was, or choose another --out")
+    trainer = Trainer(recipe, run_dir, resume=saved.is_file(), progress=False, log=log)
     start = time.monotonic()
     try:
         last = 0.0

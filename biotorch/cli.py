@@ -56,6 +56,11 @@ def _format_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _printable(name: str) -> str:
+    """A class name as one cell of a line: what is not printable escaped (a newline as \\n), never a line break."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 def _accuracy(cfg: CheckpointRecord) -> str:
     m = cfg.metrics
     text = f"{m['test_top1']:.2f}"
@@ -92,7 +97,7 @@ def _info_folder(source: str) -> int:
     labels = cfg.get("label_names") or ()
     print(f"{source}\n  model: {config['arch']}_{config['rule']}"
           + (f" (rule options {config['rule_options']})" if config.get("rule_options") else "")
-          + f"\n  classes: {config['num_classes']}" + (f" ({', '.join(labels)})" if labels else "")
+          + f"\n  classes: {config['num_classes']}" + (f" ({', '.join(map(_printable, labels))})" if labels else "")
           + f"\n  input: {'x'.join(map(str, cfg['input_size']))}, mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])}, "
           f"crop_pct {cfg['crop_pct']:.4g}, {cfg['interpolation']}\n  weights: {found.file}"
           + (f" (sha256 {found.sha256[:12]}…)" if found.sha256 else ""))
@@ -229,7 +234,7 @@ def _cmd_eval(args) -> int:
     print(f"{name} on {args.data} {split} ({result['images']:,} images, {source}): "
           f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     if args.per_class:
-        names = list(info.label_names) or [str(i) for i in range(info.num_classes)]
+        names = [_printable(n) for n in info.label_names] or [str(i) for i in range(info.num_classes)]
         width = max(len(n) for n in names + ["class"])
         print(f"{'class':<{width}}  {'images':>7}  {'top-1':>7}")
         for label, row in zip(names, result["per_class"]):

@@ -91,6 +91,13 @@ def register_rule(cls: type[Rule]) -> type[Rule]:
         ...     name = "signfa"
         >>> biotorch.create_model("lenet_signfa")
     """
+    name = cls.__dict__.get("name") if isinstance(cls, type) else None
+    if isinstance(name, str) and name not in RULES:  # add_rule checks the rest
+        taken = {*ARCHITECTURES, *model_names()}
+        for arch in ARCHITECTURES:
+            if f"{arch}_{name}" in taken:
+                raise ValueError(f"rule name {name!r}: {arch}_{name} would name two models ({arch} with this rule, "
+                                 f"and the {arch}_{name} there is); choose another name")
     if add_rule(cls) and default_cfgs:
         _register_names(f"{arch}_{cls.name}" for arch in ARCHITECTURES)
     return cls
@@ -106,7 +113,9 @@ def discover_rules() -> list[str]:
             cls = entry.load()
             register_rule(cls)
             found.append(cls.name)
-        except Exception as error:  # a plug-in's own bug must not stop biotorch from importing
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # a plug-in's own bug, even a sys.exit at import, must not stop biotorch
             warnings.warn(f"biotorch: the rule {entry.name!r} of {entry.value} ({ENTRY_POINT_GROUP} entry point) "
                           f"was not registered: {type(error).__name__}: {error}", stacklevel=2)
     return found
@@ -115,7 +124,8 @@ def discover_rules() -> list[str]:
 def load_plugin(plugin: str):
     """Import ``plugin``, a module that registers rules (:func:`register_rule`) and is not an installed package's
     entry point: a module name (``my_rules``, ``lab.rules``; the working directory is searched last, as
-    ``python -m`` does first) or a ``.py`` file, imported under its file name. ``biotorch --plugin`` does it
+    ``python -m`` does first) or a ``.py`` file, imported under its file name (refused when that name is another
+    module's: ``json.py``, a second ``myrules.py``). ``biotorch --plugin`` does it
     before a command; a checkpoint of its rule then records that module name. Returns the module."""
     try:
         if plugin.endswith(".py"):
@@ -123,8 +133,13 @@ def load_plugin(plugin: str):
             if not path.is_file():
                 raise FileNotFoundError(f"no file at {path}")
             name = path.stem
-            if name in sys.modules:
-                return sys.modules[name]
+            taken = sys.modules.get(name)
+            found = importlib.util.find_spec(name) if taken is None and name.isidentifier() else None
+            where = getattr(taken, "__file__", None) if taken is not None else found and found.origin
+            if (taken or found) and (not where or Path(where).resolve() != path.resolve()):
+                raise ImportError(f"its module name {name!r} is taken by {where or 'a module'}: rename the file")
+            if taken is not None:  # this very file, imported already
+                return taken
             spec = importlib.util.spec_from_file_location(name, path)
             module = sys.modules[name] = importlib.util.module_from_spec(spec)
             try:
@@ -136,5 +151,7 @@ def load_plugin(plugin: str):
         if "" not in sys.path and str(Path.cwd()) not in sys.path:
             sys.path.append(str(Path.cwd()))
         return importlib.import_module(plugin)
-    except Exception as error:  # the plug-in's own code: one line naming it, whatever went wrong
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # the plug-in's own code (a sys.exit too): one line naming it, whatever went wrong
         raise ImportError(f"the plug-in {plugin!r} could not be imported: {type(error).__name__}: {error}") from None

@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,16 @@ def encoded(pixels: torch.Tensor, format: str = "PNG", **options) -> bytes:
     buffer = io.BytesIO()
     to_pil_image(pixels).save(buffer, format=format, **options)
     return buffer.getvalue()
+
+
+def raw_png(width: int, height: int, rows: bytes, colour: int = 2, depth: int = 16) -> bytes:
+    """A PNG written byte by byte, for what Pillow does not write (16-bit RGB, a header that lies about its size):
+    ``rows`` are the image's filtered scanlines (a 0 byte, then big-endian samples, per row)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def make_imagefolder(root: Path, per_class: int = 12, size: int = 48, splits=("train", "test"),

@@ -18,7 +18,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from biotorch import data
 from biotorch.data import sources
 from biotorch.data import DATASETS, DeviceLoader, eval_transform, imagefolder_info, load_samples, load_split
-from conftest import encoded
+from conftest import encoded, raw_png
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -224,6 +224,20 @@ def test_an_image_that_cannot_be_decoded_is_named(tiny_cifar_jpeg, tmp_path):
     (bad / "a.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(ValueError, match=r"train/ant/a\.png: cannot decode an image"):
         load_split("imagefolder", "train", data_dir=tmp_path / "user")
+
+
+def test_16_bit_pngs_are_brought_to_8_bits_not_saturated(tmp_path):
+    """A 16-bit PNG's value v is the 8-bit v >> 8, gray or RGB, read as gray or RGB (issue 47: gray went to 255)."""
+    import numpy as np
+
+    Image.fromarray(np.full((28, 28), 16384, np.uint16)).save(tmp_path / "gray16.png")  # Pillow writes 16-bit gray
+    (tmp_path / "rgb16.png").write_bytes(raw_png(28, 28, (b"\0" + struct.pack(">HHH", 16384, 32768, 65535) * 28) * 28))
+    (tmp_path / "labels.csv").write_text("file,label\ngray16.png,0\nrgb16.png,1\n")
+    gray_of_rgb = Image.new("RGB", (1, 1), (64, 128, 255)).convert("L").getpixel((0, 0))
+    rgb, _ = load_samples(tmp_path, "cifar10")          # RGB, resized to 32x32 (a flat image stays flat)
+    gray, _ = load_samples(tmp_path, "fashion_mnist")   # gray, padded to 32x32
+    assert rgb[0, :, 16, 16].tolist() == [64, 64, 64] and rgb[1, :, 16, 16].tolist() == [64, 128, 255]
+    assert gray[0, 0, 16, 16] == 64 and gray[1, 0, 16, 16] == gray_of_rgb
 
 
 def test_cifar10_jpeg_rejects_unknown_classes(tmp_path):

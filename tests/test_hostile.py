@@ -14,14 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 import biotorch
 from biotorch import cli, hub
+from biotorch.data import imagefolder_info, load_split
 from biotorch.errors import CheckpointError, ConfigError, NonFiniteError, RunLockedError
 from biotorch.files import atomic_write, sha256
 from biotorch.training import Trainer, load_recipe, make_recipe
 from biotorch.training.checkpoint import RunLock
+from conftest import make_imagefolder, raw_png
 
 ROOT = Path(__file__).resolve().parent.parent
 CARD = ROOT / "model_cards" / "lenet_fa.fashion_mnist"
@@ -461,3 +464,93 @@ def test_a_run_with_impossible_metrics_is_not_published(change, message, make_ru
     (run / "metrics.json").write_text(json.dumps({**metrics, **change}))  # json writes NaN as a bare NaN
     with pytest.raises(ValueError, match=re.escape(message)):
         biotorch.publish.Run(run)
+
+
+# issue 47: every number matches its weights --------------------------------------------------------------------
+
+def bench_argv(recipe: Path, out: Path, *extra) -> list:
+    return ["bench", "fa", "--recipe", str(recipe), "--attack-images", "0", "--out", str(out), *extra]
+
+
+def stopped_bench(tmp_path) -> tuple[Path, Path]:
+    """A 3-epoch bench recipe and its run stopped after epoch 1 as ``--budget-s`` stops one (trained, then finished:
+    the best weights tested)."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "epochs": 3}))
+    trainer = Trainer(load_recipe(recipe, {"rule": "fa", "seed": 0}), tmp_path / "bench", log=None, progress=False)
+    for x, y in trainer.begin_epoch():
+        trainer.step(x, y)
+    trainer.end_epoch()
+    assert trainer.finish()["epochs_trained"] == 1
+    return recipe, tmp_path / "bench"
+
+
+def test_a_bench_stopped_by_its_budget_then_run_again_reports_its_final_weights(tmp_path, capsys):
+    recipe, run = stopped_bench(tmp_path)
+    assert cli.main(bench_argv(recipe, run)) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert metrics["epochs_trained"] == 3 and metrics["best_epoch"] == state["best_epoch"]
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--json"]) == 0  # the test split, measured again on best.safetensors
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(metrics["test_top1"], abs=1e-9)
+
+
+def test_a_bench_with_another_recipe_in_a_used_folder_is_refused(tmp_path, capsys):
+    recipe, run = stopped_bench(tmp_path)
+    saved = (run / "recipe.yaml").read_text()
+    error = one_line_error(capsys, bench_argv(recipe, run, "--set", "lr=0.001", "--set", "weight_decay=0.01"))
+    assert "lr" in error and "weight_decay" in error and str(run) in error
+    assert (run / "recipe.yaml").read_text() == saved
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == 1
+
+
+def folder_argv(data: Path, out: Path) -> list:
+    return ["train", "--model", "lenet_fa", "--data", "imagefolder", "--data-dir", str(data), "--epochs", "1",
+            "--batch-size", "4", "--alignment-every", "0", "--no-progress", "--out", str(out)]
+
+
+def test_hidden_folders_are_no_class_and_an_empty_class_is_named(tmp_path, capsys):
+    data = make_imagefolder(tmp_path / "images", per_class=2, size=32, classes=("ant", "bee"))
+    shutil.copytree(data / "train" / "ant", data / "train" / ".ipynb_checkpoints")
+    assert imagefolder_info(data).label_names == ("ant", "bee")
+    assert load_split("imagefolder", "train", data_dir=data, val_size=0)[1].tolist() == [0, 0, 1, 1]
+    (data / "train" / "cat").mkdir()
+    error = one_line_error(capsys, folder_argv(data, tmp_path / "run"))
+    assert "train/cat: a class folder without images" in error and not (tmp_path / "run").exists()
+
+
+def test_a_test_class_that_train_lacks_is_refused_before_the_first_epoch(tmp_path, capsys):
+    data = make_imagefolder(tmp_path / "images", per_class=2, size=32, classes=("ant", "bee"))
+    make_imagefolder(data, per_class=1, size=32, splits=("test",), classes=("cat",))
+    error = one_line_error(capsys, folder_argv(data, tmp_path / "run"))
+    assert "test" in error and "cat" in error and not (tmp_path / "run").exists()
+
+
+def test_a_decompression_bomb_is_one_line_and_a_named_pipe_is_not_read(tmp_path, capsys):
+    data = make_imagefolder(tmp_path / "images", per_class=2, size=32, classes=("ant", "bee"))
+    os.mkfifo(data / "train" / "ant" / "pipe.png")  # reading it would wait for a writer forever
+
+    def hung(*_):
+        raise TimeoutError("reading the image folder hangs")
+    before = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        assert load_split("imagefolder", "train", data_dir=data, val_size=0)[1].tolist() == [0, 0, 1, 1]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    (data / "train" / "bee" / "bomb.png").write_bytes(raw_png(40000, 40000, b"", colour=0, depth=8))
+    error = one_line_error(capsys, folder_argv(data, tmp_path / "run"))
+    assert "bomb.png: cannot decode an image" in error and "decompression bomb" in error
+
+
+def test_per_class_names_are_printed_escaped(tmp_path, capsys):
+    data = make_imagefolder(tmp_path / "images", per_class=4, size=32, classes=("ant", "bee\nrow"))
+    recipe = make_recipe({**TINY, "data": "imagefolder", "data_dir": str(data), "epochs": 1, "batch_size": 4,
+                          "limit_train": None})
+    Trainer(recipe, tmp_path / "run", log=None, progress=False).fit()
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "run"), "--per-class"]) == 0
+    table = capsys.readouterr().out.splitlines()[-3:]
+    assert [line.split()[0] for line in table] == ["class", "ant", "bee\\nrow"]

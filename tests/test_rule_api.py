@@ -178,6 +178,65 @@ def test_installed_packages_bring_rules_through_an_entry_point(tmp_path):
     assert "the rule 'broken' of no_such_module:X (biotorch.rules entry point) was not registered" in warning
 
 
+def test_a_plug_in_that_exits_at_import_is_skipped_or_one_line(tmp_path):
+    """sys.exit, or an argparse parser that reads biotorch's own command line, at a plug-in's import: an entry point
+    is skipped with a warning (`import biotorch` and `biotorch list` go on), a --plugin file is one line, exit 2."""
+    site = tmp_path / "site"
+    dist = site / "biotorch_exits-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: biotorch-exits\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[biotorch.rules]\nexits = exits_at_import:X\n"
+                                           "parses = parses_at_import:X\n")
+    (site / "exits_at_import.py").write_text("import sys\nsys.exit(3)\n")
+    (site / "parses_at_import.py").write_text("import argparse\nparser = argparse.ArgumentParser()\n"
+                                              "parser.add_argument('needed')\nparser.parse_args()\n")
+    result = python(f"""
+        import contextlib, io, warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import biotorch
+            from biotorch import cli
+            listed = cli.main(["list", "lenet_fa"])
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            loaded = cli.main(["-p", {str(site / "exits_at_import.py")!r}, "list"])
+        print(listed, loaded, repr(err.getvalue()))
+        print(*[str(w.message) for w in caught if "entry point" in str(w.message)], sep="\\n")
+    """, site)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    codes = next(line for line in lines if line.startswith("0 "))
+    assert codes.startswith("0 2 ") and codes.count("\\n") == 1 and "could not be imported: SystemExit: 3" in codes
+    for name, value in (("exits", "exits_at_import:X"), ("parses", "parses_at_import:X")):
+        assert any(f"the rule {name!r} of {value} (biotorch.rules entry point) was not registered: SystemExit" in line
+                   for line in lines), result.stdout
+
+
+def test_a_plug_in_file_is_never_taken_for_another_module(tmp_path):
+    """A --plugin file is imported under its file name, or refused in one line when that name is another module's
+    (json.py: the standard library's; a second myrules.py); the same file twice is imported once."""
+    for folder, name, rule in (("plug", "json", "jsonfa"), ("a", "myrules", "arule"), ("b", "myrules", "brule")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.py").write_text(
+            f"import biotorch\n\n@biotorch.register_rule\nclass R(biotorch.rules.FA):\n    name = {rule!r}\n")
+    result = python("""
+        import contextlib, io, json
+        from biotorch import cli
+        out = []
+        for plugins in (["plug/json.py"], ["a/myrules.py", "a/myrules.py"], ["a/myrules.py", "b/myrules.py"]):
+            with contextlib.redirect_stdout(io.StringIO()) as listed, contextlib.redirect_stderr(io.StringIO()) as err:
+                code = cli.main([arg for p in plugins for arg in ("-p", p)] + ["list", "lenet_*"])
+            out.append([code, listed.getvalue().split(), err.getvalue()])
+        print(json.dumps(out))
+    """, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (stdlib, twice, other) = json.loads(result.stdout.splitlines()[-1])
+    assert stdlib[0] == 2 and stdlib[2].count("\n") == 1 and "'plug/json.py' could not be imported" in stdlib[2]
+    assert "module name 'json' is taken" in stdlib[2], stdlib[2]
+    assert twice[0] == 0 and "lenet_arule" in twice[1]
+    assert other[0] == 2 and other[2].count("\n") == 1 and "'b/myrules.py' could not be imported" in other[2]
+    assert "module name 'myrules' is taken" in other[2] and "a/myrules.py" in other[2], other[2]
+
+
 class NotARule:
     name = "notarule"
 
@@ -189,6 +248,7 @@ class NotARule:
     (lambda: type("Taken", (FA,), {"name": "fa"}), "rule name 'fa' is taken by biotorch.rules.FA"),
     (lambda: type("Needs", (FA,), {"name": "needs", "__init__": lambda self, k: None}), "constructible with no"),
     (lambda: type("Opts", (FA,), {"name": "opts", "options": "k"}), "`options` must be a tuple"),
+    (lambda: type("Tanh", (FA,), {"name": "tanh"}), "lenet_tanh would name two models"),
 ])
 def test_register_rule_refuses_what_is_not_a_rule(make, message):
     before = dict(biotorch.RULES)

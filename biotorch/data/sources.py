@@ -186,19 +186,36 @@ def _decode(blob: bytes, gray: bool, where: str) -> Tensor:
         with Image.open(io.BytesIO(blob)) as image:
             if gray and image.format == "JPEG":
                 image.draft("L", image.size)  # libjpeg's grayscale output: no scaling at the same size
-            return pil_to_tensor(image.convert("L" if gray else "RGB"))
-    except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for a file it cannot read
+            if image.mode.startswith("I"):  # 16-bit gray (a PNG's): convert() would clip it at 255, not scale it
+                image = Image.fromarray((np.asarray(image).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8))
+            return pil_to_tensor(image.convert("L" if gray else "RGB"))  # 16-bit RGB: Pillow keeps the high byte
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # Pillow's "cannot read it"
         raise ValueError(f"{where}: cannot decode an image ({error})") from None
+
+
+def _images(folder: Path):
+    """A class folder's image files: regular files only (a named pipe would be waited on forever), hidden ones
+    (``._x.png``, ``.x.png``) aside."""
+    return (f for f in folder.iterdir()
+            if f.suffix.lower() in _IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())
+
+
+def _class_folders(root: Path) -> list[Path]:
+    """An ImageFolder split's class folders, sorted by name: a hidden folder (``.ipynb_checkpoints``) is no class,
+    and a class without images is refused by name, as torchvision's ``ImageFolder`` does."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"{root}: no class folders (expected {root}/<class>/<image>)")
+    for folder in folders:
+        if next(_images(folder), None) is None:
+            raise ValueError(f"{folder}: a class folder without images ({', '.join(_IMAGE_SUFFIXES)}): add its "
+                             "images or remove it")
+    return folders
 
 
 def _list_class_folder(root: Path) -> list[tuple[str, Path]]:
     """(class name, file) pairs of an ImageFolder split, classes and files sorted by name."""
-    return [
-        (c.name, f)
-        for c in sorted(p for p in root.iterdir() if p.is_dir())
-        for f in sorted(c.iterdir())
-        if f.suffix.lower() in _IMAGE_SUFFIXES
-    ]
+    return [(c.name, f) for c in _class_folders(root) for f in sorted(_images(c))]
 
 
 def _stack(info: DatasetInfo, classes: tuple[str, ...], items: list[tuple[str, str, bytes]], where: str):
@@ -315,15 +332,19 @@ def imagefolder_info(data_dir: PathLike, like: DatasetInfo | None = None) -> Dat
         (1, 32, 32)
     """
     root = _imagefolder_root(data_dir)
-    for part in ("train", "val", "test"):
-        if (root / part).is_dir():
-            classes = tuple(sorted(p.name for p in (root / part).iterdir() if p.is_dir()))
-            size = "x".join(map(str, (like or DATASETS["imagefolder"]).input_size))
-            return replace(like or DATASETS["imagefolder"], name="imagefolder", num_classes=len(classes),
-                           label_names=classes, train_size=None, val_size=None, test_size=None,
-                           description=f"the image folder {root}, {len(classes)} classes, brought to {size}")
-    raise _not_found("imagefolder", [str(root / p) for p in ("train", "val", "test")],
-                     "Expected <data_dir>/{train,val,test}/<class>/<image>.")
+    splits = [root / part for part in ("train", "val", "test") if (root / part).is_dir()]
+    if not splits:
+        raise _not_found("imagefolder", [str(root / p) for p in ("train", "val", "test")],
+                         "Expected <data_dir>/{train,val,test}/<class>/<image>.")
+    classes = tuple(c.name for c in _class_folders(splits[0]))
+    for split in splits[1:]:  # every split's classes, before anything trains (test/ is read after training)
+        unknown = sorted({c.name for c in _class_folders(split)} - set(classes))
+        if unknown:
+            raise ValueError(f"{split}: unexpected class folders {unknown}; expected {list(classes)}")
+    size = "x".join(map(str, (like or DATASETS["imagefolder"]).input_size))
+    return replace(like or DATASETS["imagefolder"], name="imagefolder", num_classes=len(classes),
+                   label_names=classes, train_size=None, val_size=None, test_size=None,
+                   description=f"the image folder {root}, {len(classes)} classes, brought to {size}")
 
 
 def has_split(name: str, data_dir: PathLike | None, split: Split) -> bool:

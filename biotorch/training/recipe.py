@@ -416,14 +416,27 @@ def load_recipe(path=None, overrides: Optional[dict] = None, *, resolved: bool =
     return make_recipe(values, overrides=overrides, resolved=resolved, where=str(path or "recipe"))
 
 
-def save_recipe(recipe: Recipe, path) -> None:
-    """Write the resolved recipe; ``data_dir`` made absolute, so that the run's folder finds its data (``--resume``,
-    ``biotorch eval RUN``) from any working directory."""
+def _saved_values(recipe: Recipe) -> dict:
+    """The recipe as a run folder keeps it: ``data_dir`` made absolute, so that the run's folder finds its data
+    (``--resume``, ``biotorch eval RUN``) from any working directory."""
     values = recipe.to_dict()
     if values.get("data_dir"):
         values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
+    return values
+
+
+def save_recipe(recipe: Recipe, path) -> None:
+    """Write the resolved recipe (``data_dir`` absolute)."""
     write_text(path, "# Resolved recipe of this run: `biotorch train --recipe` reproduces it.\n"
-               + yaml.safe_dump(values, sort_keys=False))
+               + yaml.safe_dump(_saved_values(recipe), sort_keys=False))
+
+
+def recipe_changes(saved: Recipe, recipe: Recipe) -> list[str]:
+    """Where ``recipe`` differs from ``saved`` (a run's own), as ``"lr 0.03 there, 0.001 here"``; the device and
+    ``cuda_graph`` aside: they say where a run goes on, not what it trains."""
+    there, here = _saved_values(saved), _saved_values(recipe)
+    return [f"{key} {_short(there[key])} there, {_short(value)} here" for key, value in here.items()
+            if key not in ("device", "cuda_graph") and there[key] != value]
 
 
 def parse_set(pairs) -> dict:

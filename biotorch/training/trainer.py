@@ -483,6 +483,8 @@ class Trainer:
             self.alignment_records.append(self._record_alignment(epoch))
         self.epoch = epoch
         if self.dist.main:
+            # A run finished early (bench's budget, a deadline) and now trained on: its numbers were the old weights'
+            (self.run_dir / "metrics.json").unlink(missing_ok=True)
             if improved:
                 best = save_weights(self.model, self.run_dir / RUN_WEIGHTS)
                 files = {RUN_WEIGHTS: file_record(best)}
@@ -512,7 +514,7 @@ class Trainer:
         metrics = None
         if self.dist.main:
             metrics_path = self.run_dir / "metrics.json"
-            if metrics_path.is_file():  # a finished run resumed: the test set was already used
+            if metrics_path.is_file():  # a run resumed with nothing left to train: the test set was already used
                 metrics = json.loads(metrics_path.read_text())
             else:
                 metrics = self._test_metrics()
