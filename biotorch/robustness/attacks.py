@@ -30,7 +30,7 @@ SQUARE_QUERIES = 5000  # AutoAttack's (Croce & Hein 2020)
 PRECISIONS = ("auto", "fp32")  # auto: bf16 for Square's queries where that is faster and agrees with fp32
 ATTACK_TITLES = {"fgsm": "FGSM", "pgd": f"PGD-{PGD_STEPS}", "square": "Square", "worst": "worst case"}
 GRADIENT_TITLES = {"exact": "exact gradient", "rule": "the rule's gradient", "transfer": "transfer from bp",
-                   "queries": "queries (no gradient)", "all": "every attack above"}
+                   "queries": "queries (no gradient)", "all": "worst case"}
 
 
 def default_eps(attack: str) -> tuple[float, ...]:
@@ -136,7 +136,6 @@ def _remembering(classifier_class):
 
     class Remembering(classifier_class):
         recent: list[dict] = []  # image bytes → outputs, of the last calls
-        queries = 0  # images the model was run on
 
         def predict(self, x, batch_size=128, **kwargs):
             keys = [row.tobytes() for row in x]
@@ -144,7 +143,6 @@ def _remembering(classifier_class):
             new = [i for i, k in enumerate(keys) if k not in known]
             if new:
                 known.update(zip((keys[i] for i in new), super().predict(x[new], batch_size=batch_size, **kwargs)))
-            self.queries += len(new)
             outputs = np.stack([known[k] for k in keys])
             self.recent = [dict(zip(keys, outputs)), *self.recent[:2]]
             return outputs

@@ -212,7 +212,7 @@ sends back to its input; *transfer*, examples crafted on `{cfg['arch']}_bp.{cfg[
 
 ![top-1 against ε per gradient source](robustness.png)
 
-{bp_note}Reproduce: `biotorch robustness {cfg['name']}`{" --attack fgsm,pgd,square --eps 8/255,0.05" if square else ""}.
+{bp_note}Reproduce: `biotorch robustness {cfg['name']}{" --attack fgsm,pgd,square --eps 8/255,0.05" if square else ""}`.
 """
 
 
