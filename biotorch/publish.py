@@ -311,12 +311,14 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
         weights = staging / WEIGHTS_NAME
         cfg["files"] = {WEIGHTS_NAME: file_record(weights)}
         config = json.loads((staging / CONFIG_NAME).read_text())
-        cfg["metrics"].update(robustness.carried_over(out_dir, recorded_sha256(cfg)))  # same weights
+        kept = robustness.carried_over(out_dir, recorded_sha256(cfg))  # same weights
+        # the config and the index carry the numbers; only metrics.json the per-image outcomes (worst-case joins)
+        cfg["metrics"].update({key: robustness.without_outcomes(block) for key, block in kept.items()})
         config["files"], config["pretrained_cfg"] = cfg["files"], cfg
         write_json(staging / CONFIG_NAME, config)  # JSON without NaN
 
         has_alignment = _copy_records(best, staging)
-        metrics_file = {"name": name, "arch": arch, "rule": rule, "dataset": dataset, **cfg["metrics"],
+        metrics_file = {"name": name, "arch": arch, "rule": rule, "dataset": dataset, **cfg["metrics"], **kept,
                         "runs": [r.metrics for r in runs]}
         write_json(staging / "metrics.json", metrics_file)
         baseline = None if rule == "bp" else _baseline(arch, tag, baseline_runs, out_dir)

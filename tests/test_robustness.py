@@ -1,4 +1,5 @@
-"""Adversarial robustness: attacks crafted with the exact, the rule's or the bp model's gradient, and the card."""
+"""Adversarial robustness: attacks crafted with the exact, the rule's or the bp model's gradient, Square with no
+gradient, the worst case per image, and the card."""
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,9 @@ def test_eps_zero_gives_the_clean_accuracy():
     clean = robustness.accuracy(model, images, labels, mean=MEAN, std=STD)
     block = robustness.evaluate_robustness(model, images, labels, mean=MEAN, std=STD, transfer_model=bp, eps=[0],
                                            progress=False)
-    assert len(block) == 6 and {r["top1"] for r in block} == {round(clean, 4)}
+    assert len(block) == 6 + 1 and {r["top1"] for r in block} == {round(clean, 4)}  # and the worst case's
     assert {(r["images"], r["seed"], r["split"]) for r in block} == {(24, 0, "test")}
+    assert block[-1]["attack"] == "worst" and len(block[-1]["over"]) == 6
 
 
 def test_for_bp_the_three_gradient_sources_agree():
@@ -75,7 +77,7 @@ def test_for_bp_the_three_gradient_sources_agree():
     images, labels = data()
     block = robustness.evaluate_robustness(model, images, labels, mean=MEAN, std=STD, transfer_model=other_copy,
                                            eps=[0.05, 0.2], progress=False)
-    for attack in robustness.ATTACKS:
+    for attack in robustness.GRADIENT_ATTACKS:
         for eps in (0.05, 0.2):
             assert len({r["top1"] for r in block if r["attack"] == attack and r["eps"] == eps}) == 1
     assert min(r["top1"] for r in block) < robustness.accuracy(model, images, labels, mean=MEAN, std=STD)
@@ -89,7 +91,7 @@ def test_for_fa_the_rule_gradient_is_not_the_exact_one():
     exact, rule = (robustness.craft(model, images, labels, "pgd", 0.3, mean=MEAN, std=STD, gradient=g)
                    for g in ("exact", "rule"))
     assert not torch.equal(exact, rule)
-    assert [r["gradient"] for r in block] == ["exact", "rule"]
+    assert [r["gradient"] for r in block] == ["exact", "rule", "all"]  # and the worst of the two
 
 
 def test_dfa_rule_gradient_at_the_input_is_the_output_error_projected_by_the_first_layers_feedback():
@@ -161,14 +163,16 @@ def test_cli_on_a_committed_card_prints_json(no_dataset, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "lenet_fa.fashion_mnist" and result["images"] == 6
     assert result["split"] in ("samples", "test")
-    assert len(result["robustness"]) == 2 * 2 * 3
-    assert {r["gradient"] for r in result["robustness"]} == {"exact", "rule", "transfer"}
+    assert len(result["robustness"]) == 2 * 2 * 3 + 2  # and a worst case per eps
+    assert {r["gradient"] for r in result["robustness"]} == {"exact", "rule", "transfer", "all"}
     assert all(0 <= r["top1"] <= 100 for r in result["robustness"])
 
 
 @pytest.mark.parametrize("flags, message", [(["--eps", "0.05,big"], "is not a number"),
                                             (["--eps", "-0.1"], "outside [0, 1]"),
                                             (["--attack", "cw"], "unknown attack 'cw'"),
+                                            (["--attack", "square", "--queries", "0"], "--queries must be a positive"),
+                                            (["--precision", "fp16"], "unknown precision 'fp16'"),
                                             (["--gradient", "exact,rules"], "Did you mean rule")])
 def test_cli_errors_are_one_line_and_exit_2(flags, message, capsys):
     assert cli.main(["robustness", "lenet_fa.fashion_mnist", "--limit", "2", *flags]) == 2
@@ -205,6 +209,17 @@ def test_the_block_is_carried_into_the_card_when_the_weights_are_unchanged(make_
     publish.build_card_folder([other], card)
     assert "robustness" not in json.loads((card / "metrics.json").read_text())
     assert not (card / "robustness.png").exists() and "Adversarial robustness" not in (card / "README.md").read_text()
+
+
+def test_the_per_image_outcomes_stay_in_metrics_json_not_in_the_config_or_the_index(make_run, tmp_path):
+    card = publish.build_card_folder([make_run(rule="fa")], tmp_path / "cards" / "lenet_fa.fashion_mnist")
+    fooled = robustness.attacks.pack_bits(torch.arange(10000) % 3 == 0)
+    robustness.write_block(card, [dict(row, fooled=fooled) for row in BLOCK[:2]])
+    publish.build_card_folder([make_run(rule="fa")], card)  # the same run again: the block is carried over
+    metrics = json.loads((card / "metrics.json").read_text())["robustness"]
+    config = json.loads((card / "config.json").read_text())["pretrained_cfg"]["metrics"]["robustness"]
+    assert [r["fooled"] for r in metrics] == [fooled] * 3 and metrics[-1]["attack"] == "worst"
+    assert config == robustness.without_outcomes(metrics) and "| worst case | 0.01 |" in (card / "README.md").read_text()
 
 
 def test_info_shows_one_line_per_attack(monkeypatch, capsys):
@@ -247,7 +262,7 @@ def test_each_block_is_written_when_its_model_is_done(no_dataset, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         robustness.run_robustness(cli.build_parser().parse_args(
             ["robustness", *names, "--limit", "2", "--eps", "0.05", "--write", str(cards), "--json"]))
-    assert len(json.loads((cards / names[0] / "metrics.json").read_text())["robustness"]) == 2 * 3
+    assert len(json.loads((cards / names[0] / "metrics.json").read_text())["robustness"]) == 2 * 3 + 1
     assert json.loads((cards / names[1] / "metrics.json").read_text())["robustness"] == \
         json.loads((MIRROR / names[1] / "metrics.json").read_text())["robustness"]  # untouched
 
@@ -280,3 +295,160 @@ def test_a_narrower_run_merges_into_a_wider_block_and_bad_numbers_are_refused(no
         assert err.count("\n") == 0 and "must be a positive number" in err, err
     assert json.loads((card / "metrics.json").read_text())["robustness"] == merged
 
+
+
+# --------------------------------------------------------------------------------------------------------
+# Square (no gradient) and the worst case per image
+
+
+class Quantised(nn.Module):
+    """``model`` on its input rounded to halves: the same classifier, but its input gradient is zero everywhere
+    (no straight-through estimator), so every gradient attack is blind."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 2) / 2)
+
+
+def prototypes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` 16×16 grey images: one of 10 fixed random prototypes each (its label), under noise."""
+    means = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return (means[labels] + 0.3 * torch.randn(n, 1, 16, 16, generator=g)).clamp(0, 1), labels
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Square's thousands of tiny queries on one thread: a second gains nothing at this size and, where the cores
+    are shared, waits on the other for each (70x slower measured on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_bp(one_thread) -> nn.Module:
+    """A small bp model that classifies :func:`prototypes` (trained in half a second)."""
+    torch.manual_seed(0)
+    model = biotorch.convert(nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                           nn.Linear(8 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 10)), "bp")
+    images, labels = prototypes(2000, seed=1)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(150):
+        batch = torch.randint(0, len(labels), (128,))
+        loss = F.cross_entropy(model((images[batch] - MEAN[0]) / STD[0]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def correct(model, images, labels) -> int:
+    return int((robustness.predict(model, images, mean=MEAN, std=STD) == labels).sum())
+
+
+def test_square_with_enough_queries_fools_as_many_images_as_pgd(trained_bp):
+    images, labels = prototypes(32, seed=2)
+    pgd = robustness.craft(trained_bp, images, labels, "pgd", 0.04, mean=MEAN, std=STD)
+    square = robustness.craft(trained_bp, images, labels, "square", 0.04, mean=MEAN, std=STD, queries=2000)
+    assert (square - images).abs().max() <= 0.04 + 1e-6 and square.min() >= 0 and square.max() <= 1
+    clean, after_pgd, after_square = (correct(trained_bp, x, labels) for x in (images, pgd, square))
+    assert clean >= 28 and after_pgd <= clean - 10  # a model worth attacking, and a radius that matters
+    assert after_square <= after_pgd + 2  # no gradient, yet as strong: 13 and 13 of 32 (torch 2.14, ART 1.20)
+    assert torch.equal(square, robustness.craft(trained_bp, images, labels, "square", 0.04, mean=MEAN, std=STD,
+                                                queries=2000))  # seeded
+
+
+def test_a_masked_gradient_stops_pgd_but_not_square(trained_bp):
+    masked = Quantised(trained_bp)
+    images, labels = prototypes(32, seed=2)
+    clean = correct(masked, images, labels)
+    after_pgd = correct(masked, robustness.craft(masked, images, labels, "pgd", 0.15, mean=MEAN, std=STD), labels)
+    after_square = correct(masked, robustness.craft(masked, images, labels, "square", 0.15, mean=MEAN, std=STD,
+                                                    queries=300), labels)
+    unmasked = correct(trained_bp, robustness.craft(trained_bp, images, labels, "pgd", 0.15, mean=MEAN, std=STD),
+                       labels)
+    assert clean >= 24 and unmasked <= 2  # the same weights fall to PGD when their gradient is there
+    assert after_pgd >= clean - 3  # blind: only PGD's random start moves the images
+    assert after_square <= clean // 4
+
+
+def test_square_stops_querying_an_image_once_it_is_fooled(one_thread):
+    """Images the model already gets wrong are asked once; the others once an iteration, not three times as
+    ART's Square asks (every image, then the current and the candidate squares)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 10))
+    nn.init.zeros_(model[1].weight)
+    with torch.no_grad():
+        model[1].bias.copy_(torch.arange(10.0))  # class 9 whatever the image: never fooled, nor fooled more
+    images, _ = prototypes(8, seed=3)
+    labels = torch.tensor([9] * 4 + [0] * 4)  # 4 right (robust), 4 wrong from the start
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    crafted = robustness.craft(model, images, labels, "square", 0.1, mean=MEAN, std=STD, queries=50)
+    assert torch.equal(crafted[4:], images[4:])  # the fooled are left as they were
+    assert 4 * 50 // 2 < sum(seen) - 8 <= 4 * 50  # the clean check, then ≤ one query an iteration for 4 images
+
+
+def test_the_worst_case_counts_an_image_only_if_no_attack_fooled_it(trained_bp):
+    masked = Quantised(trained_bp)
+    images, labels = prototypes(24, seed=4)
+    block = robustness.evaluate_robustness(masked, images, labels, mean=MEAN, std=STD, attacks=["pgd", "square"],
+                                           eps=[0.15], gradients=["exact"], queries=200, precision="fp32",
+                                           progress=False)
+    pgd, square, worst = block
+    assert (pgd["gradient"], square["gradient"], square["queries"], worst["attack"], worst["gradient"]) == \
+        ("exact", "queries", 200, "worst", "all")
+    fooled = {r["attack"]: robustness.unpack_bits(r["fooled"], 24) for r in block}
+    assert fooled["worst"].tolist() == (fooled["pgd"] | fooled["square"]).tolist()
+    for row in block:  # each row's bits are its top-1
+        assert row["top1"] == round(100 * (1 - fooled[row["attack"]].mean()), 4)
+    assert worst["top1"] <= min(pgd["top1"], square["top1"]) and worst["over"] == ["pgd/exact", "square/queries"]
+
+    # Square added later joins the worst case of the rows measured before; rows without bits (cards written
+    # before the bits were kept) join none; a worst row is only ever recomputed
+    old = dict(pgd, gradient="rule", top1=0.0)
+    del old["fooled"]
+    merged = robustness.merge_blocks([pgd, old, dict(worst, top1=99.0)], [square])
+    assert merged[-1] == worst and [r["attack"] for r in merged] == ["pgd", "pgd", "square", "worst"]
+    assert robustness.merge_blocks([old], [])[-1] == old  # no row with bits: no worst case
+    summary = robustness.without_outcomes(merged)
+    assert all("fooled" not in r for r in summary) and summary[-1]["over"] == worst["over"]
+
+
+def test_the_card_shows_square_and_the_worst_case(tmp_path):
+    bits = [robustness.attacks.pack_bits(torch.tensor([True, False] * 5))] * 3
+    block = robustness.merge_blocks(BLOCK, [
+        {"attack": "pgd", "eps": 0.05, "gradient": "exact", "top1": 50.0, "images": 10, "seed": 0, "split": "test",
+         "fooled": bits[0]}])  # 10 images: the 10,000-image row stays, so no bits at 0.05 for pgd...
+    assert [r for r in block if r["attack"] == "worst"] == []
+    square = [{"attack": "square", "eps": e, "gradient": "queries", "top1": 50.0, "images": 10000, "seed": 0,
+               "split": "test", "queries": 5000, "precision": "fp32",
+               "fooled": robustness.attacks.pack_bits(torch.arange(10000) % 2 == 0)} for e in (8 / 255, 0.05)]
+    block = robustness.merge_blocks(BLOCK, square)
+    cfg = {"name": "lenet_fa.fashion_mnist", "arch": "lenet", "tag": "fashion_mnist", "rule": "fa",
+           "dataset": "fashion_mnist", "metrics": {"robustness": robustness.without_outcomes(block)}}
+    section = robustness.card_section(cfg, tmp_path, cards_dirs=())
+    assert "| Square | 8/255 | – | – | – | 50.00 | – |" in section
+    assert "| worst case | 0.05 | – | – | – | – | 50.00 |" in section  # over Square only: the others have no bits
+    assert "Square (Andriushchenko et al. 2020" in section and "--attack fgsm,pgd,square --eps 8/255,0.05" in section
+    assert (tmp_path / "robustness.png").stat().st_size > 1000
+    index = {r["metric_config"]: r["metric_value"] for r in robustness.model_index(block)}
+    assert index == {"square-linf-eps8-255": 50.0, "worst-linf-eps8-255": 50.0, "fgsm-linf-eps0.05": 30.0,
+                     "pgd-linf-eps0.05": 30.0, "square-linf-eps0.05": 50.0, "worst-linf-eps0.05": 50.0}
+    assert robustness.info_lines(block)[2:] == [
+        "Square ε=0.05 top-1 %: queries 50.00 (10,000 test images)",
+        "worst case ε=0.05 top-1 %: all 50.00 (10,000 test images)"]
+
+
+def test_write_refuses_a_folder_that_is_not_a_cards_folder(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    assert cli.main(["robustness", "lenet_fa.fashion_mnist", "--attack", "square", "--limit", "2",
+                     "--write", str(tmp_path / "notes")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not hold the published weights" in err and "\n" not in err
+    assert list((tmp_path / "notes").iterdir()) == []

@@ -22,8 +22,9 @@ from ..targets import open_target
 from ..training import datasets
 from ..training.runtime import resolve_device
 from ..weights import kind
-from .attacks import (ATTACK_TITLES, ATTACKS, DEFAULT_EPS, GRADIENTS, SUBSET_SEED, accuracy, check_attacks, check_eps,
-                      check_gradients, evaluate_robustness)
+from .attacks import (ATTACK_TITLES, ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, GRADIENT_ATTACKS, GRADIENTS, SOURCES,
+                      SQUARE_EPS, SQUARE_QUERIES, SUBSET_SEED, accuracy, check_attacks, check_eps, check_gradients,
+                      check_precision, check_queries, eps_text, evaluate_robustness)
 from .report import find_row, write_block
 
 def load_images(dataset: str, data_dir=None, *, limit: Optional[int] = None, samples: bool = False,
@@ -109,7 +110,8 @@ def _attack_all(names: list[str], args, worker: int = 0) -> list[dict]:
         # shared (measured on 2 cores, torch 2.14): --jobs uses the cores with one process each.
         torch.set_num_threads(args.threads)
     log = lambda message: print(f"biotorch robustness: {message}", file=sys.stderr)  # noqa: E731
-    gradients = check_gradients(args.gradient)
+    # Square has no gradient source: no bp model to load when it is the only attack
+    gradients = check_gradients(args.gradient) if set(check_attacks(args.attack)) & set(GRADIENT_ATTACKS) else []
     sources: dict[str, tuple[nn.Module, dict]] = {}  # the bp model of each target, and its crafted examples
     data: dict[str, tuple[Tensor, Tensor, str]] = {}  # loaded once per dataset
     outputs = []
@@ -155,9 +157,10 @@ def _attack(model: nn.Module, data: tuple[Tensor, Tensor, str], label: str, data
     images, labels, split = data
     clean = accuracy(model, images, labels, batch_size=args.batch_size)
     block = evaluate_robustness(model, images, labels, transfer_model=transfer and transfer[0],
-                                attacks=check_attacks(args.attack), eps=check_eps(args.eps), gradients=gradients,
-                                seed=args.seed,
-                                batch_size=args.batch_size, split=split, transfer_cache=transfer and transfer[1],
+                                attacks=check_attacks(args.attack), eps=args.eps and check_eps(args.eps),
+                                gradients=gradients, seed=args.seed, batch_size=args.batch_size,
+                                split=split, transfer_cache=transfer and transfer[1], queries=args.queries,
+                                precision=args.precision,
                                 progress=False if args.json else {"desc": label, "position": worker})
     return {"model": label, "dataset": dataset, "split": split, "images": len(labels), "clean_top1": clean,
             "robustness": block}
@@ -165,7 +168,8 @@ def _attack(model: nn.Module, data: tuple[Tensor, Tensor, str], label: str, data
 
 def run_robustness(args) -> int:
 
-    check_attacks(args.attack), check_eps(args.eps), check_gradients(args.gradient)
+    check_attacks(args.attack), args.eps is None or check_eps(args.eps), check_gradients(args.gradient)
+    check_queries(args.queries), check_precision(args.precision)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
     if args.batch_size < 1:
@@ -197,29 +201,38 @@ def run_robustness(args) -> int:
 
 def _print_table(result: dict) -> None:
     block = result["robustness"]
-    gradients = [g for g in GRADIENTS if any(r["gradient"] == g for r in block)]
+    sources = [g for g in SOURCES if any(r["gradient"] == g for r in block)]
     print(f"{result['model']} on {result['dataset']} {result['split']} ({result['images']:,} images): "
           f"clean top-1 {result['clean_top1']:.2f}%")
-    print(f"  {'attack':<8} {'eps':>6}  " + "  ".join(f"{g:>8}" for g in gradients))
+    print(f"  {'attack':<10} {'eps':>7}  " + "  ".join(f"{g:>8}" for g in sources))
     for attack, eps in dict.fromkeys((r["attack"], r["eps"]) for r in block):
-        cells = [find_row(block, attack, eps, g) for g in gradients]
-        print(f"  {ATTACK_TITLES[attack]:<8} {eps:>6g}  " + "  ".join(f"{c['top1']:>7.2f}%" for c in cells))
+        cells = [find_row(block, attack, eps, g) for g in sources]
+        print(f"  {ATTACK_TITLES[attack]:<10} {eps_text(eps):>7}  "
+              + "  ".join(f"{'–':>8}" if c is None else f"{c['top1']:>7.2f}%" for c in cells))
 
 
 def add_commands(subparsers) -> None:
     """Register ``biotorch robustness`` on the ``biotorch`` command line."""
     parser = subparsers.add_parser(
-        "robustness", help="top-1 of a pretrained model under FGSM/PGD with exact, rule or transfer gradients",
+        "robustness", help="top-1 of a pretrained model under FGSM/PGD with exact, rule or transfer gradients, "
+        "Square with none, and the worst case",
         description="Top-1 of pretrained models under FGSM and PGD-10, the examples crafted with the exact gradient, "
-                    "the model's learning rule's gradient, or the bp model's (transfer).")
+                    "the model's learning rule's gradient, or the bp model's (transfer); under Square, which queries "
+                    "the model's outputs and uses no gradient; and the worst case per image over them all.")
     parser.add_argument("name", nargs="+", help="pretrained name(s) or glob(s), e.g. lenet_fa.fashion_mnist or "
                         "'lenet_*.fashion_mnist' (transfer examples are crafted once for all), or checkpoint "
                         "folders (yours: a run, save_pretrained's) or hf-hub:<org>/<repo>")
     parser.add_argument("--data", help="dataset a checkpoint folder is attacked on (default: the one it was trained "
                         "on, where it says)")
-    parser.add_argument("--attack", default=",".join(ATTACKS), help="comma-separated: fgsm,pgd (PGD-10)")
-    parser.add_argument("--eps", default=",".join(map(str, DEFAULT_EPS)),
-                        help="L∞ radii in pixel units (pixels in [0, 1]), comma-separated")
+    parser.add_argument("--attack", default=",".join(DEFAULT_ATTACKS), help=f"comma-separated: {','.join(ATTACKS)} "
+                        f"(PGD-10; Square: minutes a model; default {','.join(DEFAULT_ATTACKS)})")
+    parser.add_argument("--eps", help="L∞ radii in pixel units (pixels in [0, 1]), comma-separated; 8/255 is "
+                        f"accepted (default: {','.join(map(str, DEFAULT_EPS))} for FGSM and PGD, "
+                        f"{','.join(map(eps_text, SQUARE_EPS))} for Square)")
+    parser.add_argument("--queries", type=int, default=SQUARE_QUERIES, help="Square's queries an image "
+                        f"(default {SQUARE_QUERIES:,}, AutoAttack's); it stops querying an image once fooled")
+    parser.add_argument("--precision", default="auto", help="auto (default): Square queries in bf16 where that is "
+                        "faster and gives every clean image fp32's prediction; fp32. Top-1 is always fp32's")
     parser.add_argument("--gradient", default=",".join(GRADIENTS),
                         help="comma-separated gradient sources: exact, rule, transfer (from the bp model)")
     parser.add_argument("--limit", type=int, help="attack N images only: a fixed random sample of the test set, the "
@@ -227,7 +240,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--data-dir", help="folder holding the dataset files (else $BIOTORCH_DATA, the cache, "
                         "system folders; the sample images in samples/ when none has the test set)")
     parser.add_argument("--samples", action="store_true", help="attack the sample images in samples/<dataset>")
-    parser.add_argument("--seed", type=int, default=0, help="seed of PGD's random start (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of PGD's random start and Square's squares "
+                        "(default 0)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process (default 1: as fast for "

@@ -10,21 +10,29 @@ from ..data import DATASETS
 from ..files import FolderLock, atomic_write
 from ..hub import CONFIG_NAME, MIRROR, folder_sha256
 from ..training.records import save_figure
-from .attacks import (ATTACK_TITLES, ATTACKS, GRADIENT_TITLES, GRADIENTS, HEADLINE_EPS, PGD_STEP_SIZE, PGD_STEPS,
-                      SUBSET_SEED)
+from .attacks import (ATTACK_TITLES, ATTACKS, GRADIENT_ATTACKS, GRADIENT_TITLES, GRADIENTS, HEADLINE_EPS,
+                      PGD_STEP_SIZE, PGD_STEPS, SOURCES, SQUARE_EPS, SUBSET_SEED, eps_text, with_worst)
+
+KINDS = (*ATTACKS, "worst")  # the rows of a block, in order
+WHITE_BOX = {"fgsm": "exact", "pgd": "exact", "square": "queries", "worst": "all"}  # each kind's strongest source
+INDEX_EPS = tuple(sorted({*SQUARE_EPS, HEADLINE_EPS}))  # the radii the model-index reports
+
 
 def merge_blocks(old: Optional[list[dict]], new: list[dict]) -> list[dict]:
     """``old`` with ``new``'s cells added: a cell (attack, radius, gradient) already there is replaced only by one
-    measured on at least as many images, so a narrower run (one attack, ``--limit 20``) never drops or degrades
-    a wider block. Cells in the order the attacks, radii and gradient sources are listed."""
-    cells = {(r["attack"], round(r["eps"], 12), r["gradient"]): r for r in old or ()}
+    measured on at least as many images (and for Square as many queries), so a narrower run (one attack,
+    ``--limit 20``) never drops or degrades a wider block. Cells in the order the attacks, radii and gradient
+    sources are listed; the worst-case rows recomputed from the cells (:func:`with_worst`), so an attack run
+    later joins the worst case of those run before it."""
+    cells = {(r["attack"], round(r["eps"], 12), r["gradient"]): r for r in old or () if r["attack"] != "worst"}
+    strength = lambda row: (row.get("images", 0), row.get("queries", 0))  # noqa: E731
     for row in new:
         key = (row["attack"], round(row["eps"], 12), row["gradient"])
-        if key not in cells or row.get("images", 0) >= cells[key].get("images", 0):
+        if row["attack"] != "worst" and (key not in cells or strength(row) >= strength(cells[key])):
             cells[key] = row
-    order = lambda key: (ATTACKS.index(key[0]) if key[0] in ATTACKS else len(ATTACKS), key[1],  # noqa: E731
-                         GRADIENTS.index(key[2]) if key[2] in GRADIENTS else len(GRADIENTS))
-    return [cells[key] for key in sorted(cells, key=order)]
+    order = lambda key: (KINDS.index(key[0]) if key[0] in KINDS else len(KINDS), key[1],  # noqa: E731
+                         SOURCES.index(key[2]) if key[2] in SOURCES else len(SOURCES))
+    return with_worst([cells[key] for key in sorted(cells, key=order)])
 
 
 def write_block(card_dir: Union[str, Path], block: list[dict], weights_sha256: Optional[str] = None) -> Path:
@@ -71,37 +79,48 @@ def _images(row: dict) -> str:
     return f"{row['images']:,} {row.get('split', 'test')} images"
 
 
-def model_index(block: Optional[list[dict]], eps: float = HEADLINE_EPS) -> list[dict]:
-    """EvalResult fields (without task and dataset) for the card's model-index: white-box top-1 under each
-    attack at ``eps``, on the test set only (sample-image results stay in the card's table).
+def _title(row: dict) -> str:
+    if row["attack"] == "square":
+        return f"Square ({row['queries']:,} queries)"
+    if row["attack"] == "worst":
+        return f"the worst case over {', '.join(row['over'])}"
+    return ATTACK_TITLES[row["attack"]]
+
+
+def model_index(block: Optional[list[dict]], radii: Sequence[float] = INDEX_EPS) -> list[dict]:
+    """EvalResult fields (without task and dataset) for the card's model-index: top-1 under each attack at each
+    of ``radii`` with its strongest source (:data:`WHITE_BOX`: the exact gradient for FGSM and PGD), and the worst
+    case, on the test set only (sample-image results stay in the card's table).
 
     Example::
 
         >>> [EvalResult(task_type=..., dataset_type=..., dataset_name=..., **r) for r in model_index(block)]
     """
     results = []
-    for attack in ATTACKS:
-        row = find_row(block or [], attack, eps, "exact")
-        if row is None or row.get("split", "test") != "test":
-            continue
-        results.append(dict(dataset_split="test", metric_type="accuracy", metric_value=row["top1"],
-                            metric_name=f"top-1 accuracy under {ATTACK_TITLES[attack]}, L∞ ε={eps:g} (test, %)",
-                            metric_config=f"{attack}-linf-eps{eps:g}",
-                            metric_args={"attack": attack, "eps": eps, "norm": "Linf", "gradient": "exact",
-                                         "steps": PGD_STEPS if attack == "pgd" else 1, "seed": row["seed"],
-                                         "images": row["images"]}))
+    for eps in radii:
+        for attack in KINDS:
+            row = find_row(block or [], attack, eps, WHITE_BOX[attack])
+            if row is None or row.get("split", "test") != "test":
+                continue
+            details = ({"steps": PGD_STEPS if attack == "pgd" else 1} if attack in GRADIENT_ATTACKS else
+                       {"queries": row["queries"]} if attack == "square" else {"over": row["over"]})
+            results.append(dict(dataset_split="test", metric_type="accuracy", metric_value=row["top1"],
+                                metric_name=f"top-1 accuracy under {_title(row)}, L∞ ε={eps_text(eps)} (test, %)",
+                                metric_config=f"{attack}-linf-eps{eps_text(eps).replace('/', '-')}",
+                                metric_args={"attack": attack, "eps": eps, "norm": "Linf", "gradient": row["gradient"],
+                                             **details, "seed": row["seed"], "images": row["images"]}))
     return results
 
 
 def info_lines(block: Optional[list[dict]], eps: float = HEADLINE_EPS) -> list[str]:
     """One line per attack at ``eps`` for ``biotorch info``."""
     lines = []
-    for attack in ATTACKS:
-        rows = [(g, find_row(block or [], attack, eps, g)) for g in GRADIENTS]
+    for attack in KINDS:
+        rows = [(g, find_row(block or [], attack, eps, g)) for g in SOURCES]
         rows = [(g, r) for g, r in rows if r is not None]
         if rows:
             numbers = ", ".join(f"{g} {r['top1']:.2f}" for g, r in rows)
-            lines.append(f"{ATTACK_TITLES[attack]} ε={eps:g} top-1 %: {numbers} ({_images(rows[0][1])})")
+            lines.append(f"{ATTACK_TITLES[attack]} ε={eps_text(eps)} top-1 %: {numbers} ({_images(rows[0][1])})")
     return lines
 
 
@@ -114,27 +133,29 @@ def _bp_block(cfg: dict, cards_dirs: Sequence[Path]) -> Optional[list[dict]]:
 
 
 def plot(path: Union[str, Path], block: list[dict], bp_block: Optional[list[dict]], title: str) -> None:
-    """Top-1 against eps, one panel per attack: a line per gradient source, and the bp model's own
-    exact-gradient curve for comparison."""
+    """Top-1 against eps, one panel per gradient attack: a line per gradient source, Square (dashed black) and
+    the worst case over every attack (solid black) beside them, and the bp model's own exact-gradient curve for
+    comparison (one Square panel when no gradient attack was run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def curve(ax, rows, attack, gradient, style, label, **kwargs):
+        rows = sorted((r for r in rows or [] if r["attack"] == attack and r["gradient"] == gradient),
+                      key=lambda r: r["eps"])
+        if rows:
+            ax.plot([r["eps"] for r in rows], [r["top1"] for r in rows], style, label=label, **kwargs)
 
-    attacks = [a for a in ATTACKS if any(r["attack"] == a for r in block)]
-    fig, axes = plt.subplots(1, len(attacks), figsize=(5 * len(attacks), 4), squeeze=False)
-    for ax, attack in zip(axes[0], attacks):
+    panels = [a for a in GRADIENT_ATTACKS if any(r["attack"] == a for r in block)] or ["square"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, attack in zip(axes[0], panels):
         for gradient, style in zip(GRADIENTS, ("o-", "s--", "^:")):
-            rows = sorted((r for r in block if r["attack"] == attack and r["gradient"] == gradient),
-                          key=lambda r: r["eps"])
-            if rows:
-                ax.plot([r["eps"] for r in rows], [r["top1"] for r in rows], style, label=GRADIENT_TITLES[gradient])
-        bp_rows = sorted((r for r in bp_block or [] if r["attack"] == attack and r["gradient"] == "exact"),
-                         key=lambda r: r["eps"])
-        if bp_rows:
-            ax.plot([r["eps"] for r in bp_rows], [r["top1"] for r in bp_rows], "x-", color="grey",
-                    label="bp model, exact gradient")
+            curve(ax, block, attack, gradient, style, GRADIENT_TITLES[gradient])
+        curve(ax, block, "square", "queries", "D--", "Square (queries, no gradient)", color="black")
+        curve(ax, block, "worst", "all", "*-", "worst case (every attack)", color="black", linewidth=2)
+        curve(ax, bp_block, attack, WHITE_BOX[attack], "x-", f"bp model, {GRADIENT_TITLES[WHITE_BOX[attack]]}",
+              color="grey")
         ax.set(xlabel="ε (L∞, pixels in [0, 1])", ylabel="top-1 (%)", title=ATTACK_TITLES[attack], ylim=(0, 100))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -152,21 +173,29 @@ def card_section(cfg: dict, folder: Union[str, Path], cards_dirs: Sequence[Path]
     is_bp = cfg["rule"] == "bp"
     bp_block = None if is_bp else _bp_block(cfg, cards_dirs)
     plot(Path(folder) / "robustness.png", block, bp_block, f"{cfg['name']}: adversarial robustness")
-    gradients = [g for g in GRADIENTS if any(r["gradient"] == g for r in block)]
-    header = ["attack", "ε"] + [f"{GRADIENT_TITLES[g]} top-1 %" for g in gradients]
+    sources = [g for g in SOURCES if any(r["gradient"] == g for r in block)]
+    header = ["attack", "ε"] + [f"{GRADIENT_TITLES[g]} top-1 %" for g in sources]
     if bp_block:
-        header.append(f"{cfg['arch']}_bp, exact gradient top-1 %")
-    keys = sorted({(r["attack"], r["eps"]) for r in block}, key=lambda k: (ATTACKS.index(k[0]), k[1]))
+        header.append(f"{cfg['arch']}_bp top-1 %")
+    keys = sorted({(r["attack"], r["eps"]) for r in block}, key=lambda k: (KINDS.index(k[0]), k[1]))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     for attack, eps in keys:
-        cells = [ATTACK_TITLES[attack], f"{eps:g}"]
-        for source, gradient in [(block, g) for g in gradients] + ([(bp_block, "exact")] if bp_block else []):
+        cells = [ATTACK_TITLES[attack], eps_text(eps)]
+        for source, gradient in [(block, g) for g in sources] + ([(bp_block, WHITE_BOX[attack])] if bp_block else []):
             row = find_row(source, attack, eps, gradient)
             cells.append("–" if row is None else f"{row['top1']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     same = " For this bp model the three are one attack." if is_bp else ""
-    bp_note = (f"The grey curve is `{cfg['arch']}_bp.{cfg['tag']}` under its own exact gradient "
-               f"({_images(bp_block[0])}). " if bp_block else "")
+    bp_note = (f"The last column and the grey curve are `{cfg['arch']}_bp.{cfg['tag']}` under the same attack (its "
+               f"exact gradient for FGSM and PGD; {_images(bp_block[0])}). " if bp_block else "")
+    square = next((r for r in block if r["attack"] == "square"), None)
+    square_text = (f" Square (Andriushchenko et al. 2020, as in AutoAttack) uses no gradient: up to "
+                   f"{square['queries']:,} queries an image of the model's outputs, random squares of ±ε kept when "
+                   "they lower the true class's margin, stopping once the image is fooled; what no gradient can mask."
+                   if square else "")
+    worst = next((r for r in block if r["attack"] == "worst"), None)
+    worst_text = (" *Worst case*: an image counts only if no attack and no gradient source at that ε fooled it "
+                  "(over the rows that kept their per-image outcomes, on the same images)." if worst else "")
     test_size = DATASETS[cfg["dataset"]].test_size if cfg.get("dataset") in DATASETS else None
     sample = (f" (a fixed sample of the {test_size:,}, every class: seed {SUBSET_SEED})"
               if block[0].get("split", "test") == "test" and test_size and block[0]["images"] < test_size else "")
@@ -177,13 +206,13 @@ Top-1 on {_images(block[0])}{sample} under L∞ attacks in pixel space (pixels i
 checkpoint's normalisation inside the attacked model; seed {block[0]['seed']}): FGSM, and PGD with {PGD_STEPS}
 steps of {PGD_STEP_SIZE:g}·ε from a random start, from the Adversarial Robustness Toolbox. Gradient sources:
 *exact*, the true gradient of this model (white box); *the rule's gradient*, what this model's learning rule
-sends back to its input; *transfer*, examples crafted on `{cfg['arch']}_bp.{cfg['tag']}` with its exact gradient.{same}
+sends back to its input; *transfer*, examples crafted on `{cfg['arch']}_bp.{cfg['tag']}` with its exact gradient.{same}{square_text}{worst_text}
 
 {chr(10).join(lines)}
 
 ![top-1 against ε per gradient source](robustness.png)
 
-{bp_note}Reproduce: `biotorch robustness {cfg['name']}`.
+{bp_note}Reproduce: `biotorch robustness {cfg['name']}{" --attack fgsm,pgd,square --eps 8/255,0.05" if square else ""}`.
 """
 
 
