@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import threading
 import time
@@ -567,3 +568,30 @@ def test_a_run_whose_test_set_was_measured_under_autocast_is_published_with_fp32
     (run / "metrics.json").write_text(json.dumps({**older, "test_top1": fp32 + 5.0}))  # not a rounding: refused
     with pytest.raises(RuntimeError, match="differs from metrics.json"):
         zoo.remeasure(run, tmp_path)
+
+
+def test_every_card_is_attacked_once_with_square_and_the_gradient_attacks_for_the_worst_case(tmp_path, monkeypatch):
+    queue = write_queue(tmp_path / "q.yaml", [{"recipe": LENET, "rules": ["fa"]}])
+    (job,) = zoo.read_queue(queue)
+    cards, home = tmp_path / "cards", tmp_path / "home"
+    (home / "logs").mkdir(parents=True)
+    Trainer(job.recipe, job.folder(home), log=None, progress=False).fit()
+    build_card_folder([job.folder(home)], cards / job.card)
+    config_path = cards / job.card / "config.json"
+
+    def attacked_with(*attacks):
+        config = json.loads(config_path.read_text())
+        config["pretrained_cfg"]["metrics"]["robustness"] = [{"attack": a, "eps": 0.05} for a in attacks]
+        config_path.write_text(json.dumps(config))
+        return zoo.needs_attack(job, home, cards)
+
+    assert attacked_with() and attacked_with("fgsm", "pgd")    # never attacked; attacked before Square
+    assert not attacked_with("fgsm", "pgd", "square", "worst")
+    started = []
+    monkeypatch.setattr(zoo.subprocess, "Popen", lambda command, **kw: started.append(command))
+    zoo.attack(job.card, home, cards, 2, 1000)
+    (shell,) = started
+    first, second = (shlex.split(part) for part in shell[2].split(" && "))
+    assert first[3:8] == ["robustness", job.card, "--attack", "fgsm,pgd", "--eps"] and "8/255" in first[8].split(",")
+    assert second[3:7] == ["robustness", job.card, "--attack", "square"] and "--eps" not in second
+    assert all(c[c.index("--limit") + 1] == "1000" and c[c.index("--write") + 1] == str(cards) for c in (first, second))
