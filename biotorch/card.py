@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .files import REPO_ROOT
 from .version import __version__
 
 # Hub dataset ids for the card's `datasets:` (cifar10_jpeg is derived from CIFAR-10; its own tag says so).
@@ -39,18 +38,6 @@ _BIOTORCH_BIBTEX = """@misc{sanfiz2021benchmarking,
 
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")  # the card's text, rendered by huggingface_hub
-
-
-def reproduce_command(arch: str, rule: str, dataset: str, seed: int, init_from: Optional[str] = None) -> str:
-    """The command that trains this checkpoint again from the repository's recipes."""
-    start = f" --init-from {init_from}" if init_from else ""
-    own = Path("recipes") / dataset / f"{arch}_{rule}.yaml"  # the published run's own recipe
-    if (REPO_ROOT / own).is_file():
-        return f"biotorch train --recipe {own.as_posix()} --seed {seed}{start}"
-    recipe_file = Path("recipes") / dataset / f"{arch}.yaml"
-    if (REPO_ROOT / recipe_file).is_file():
-        return f"biotorch train --recipe {recipe_file.as_posix()} --rule {rule} --seed {seed}{start}"
-    return f"biotorch train --recipe recipe.yaml --rule {rule} --seed {seed}{start}   # recipe.yaml of this repo"
 
 
 def describe_start(started: dict, rule: str, rule_options: dict, data: str) -> str:
@@ -101,6 +88,8 @@ def pct(value) -> str:
 def spread(metrics: dict, key: str) -> str:
     if f"{key}_mean" not in metrics:
         return "–"
+    if metrics.get("seeds") == 1:  # one seed has no spread to show
+        return seeds_text(1)
     return f"{metrics[f'{key}_mean']:.2f} ± {metrics[f'{key}_std']:.2f} ({seeds_text(metrics['seeds'])})"
 
 
@@ -115,7 +104,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 # Recipe keys that say nothing about how the model learned (where files are, how fast it ran).
-_RECIPE_HIDDEN = {"data_dir", "download", "device", "rule_overrides", "applied_rule_overrides", "compile",
+_RECIPE_HIDDEN = {"data_dir", "download", "device", "rule_overrides", "applied_rule_overrides", "init_from_recipe",
+                  "compile",
                   "cuda_graph", "channels_last", "eval_batch_size", "val_every", "alignment_every"}
 _SGD_ONLY = {"momentum", "nesterov"}
 # Fine-tuning keys are shown when they are not at their defaults.
@@ -127,10 +117,11 @@ RECIPE_PER_RUN = {"seed", "data_dir", "download", "device", "compile", "cuda_gra
 
 def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment: bool, owner: str, org: str,
                robustness_section: str = "", extra_results: Sequence[dict] = (), rule_summary: str = "",
-               rule_citation: str = ""):
+               rule_citation: str = "", reproduce: str = ""):
     """The model card (huggingface_hub's ``ModelCard``, rendered from ``model_card_template.md``): the front matter
     of :func:`card_data` and the text; ``baseline`` is the bp card's metrics of the same data; ``rule_summary`` and
-    ``rule_citation`` the rule's own words (its class's ``summary`` and ``citation``)."""
+    ``rule_citation`` the rule's own words (its class's ``summary`` and ``citation``); ``reproduce`` the command that
+    trains the checkpoint again (``biotorch.training.recipe.train_command``)."""
     arch, rule, dataset, name, m = cfg["arch"], cfg["rule"], cfg["dataset"], cfg["name"], cfg["metrics"]
     model_name = f"{arch}_{rule}"
     title = DATASET_TITLES.get(dataset, dataset)
@@ -191,6 +182,6 @@ def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment:
                                       "val top-1 %", "test top-5 %"], result_rows),
         baseline_text=baseline_text, alignment=alignment, robustness_section=robustness_section,
         recipe_table=markdown_table(["key", "value"], recipe_rows),
-        reproduce=reproduce_command(arch, rule, dataset, m["seed"], recipe.get("init_from")),
+        reproduce=reproduce,
         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), limitations="\n".join(f"- {line}" for line in limitations),
         citation=citation)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -40,7 +42,7 @@ from .publish import push_to_hub
 from .registry import CheckpointRecord, describe, get_pretrained_cfg, list_models, split_name
 from .targets import open_target
 from .training import datasets, evaluate
-from .training.recipe import _TYPES, FIELDS, load_recipe, parse_set
+from .training.recipe import _TYPES, FIELDS, PARENT_KEYS, load_recipe, parse_set
 from .training.runtime import resolve_device
 from .training.trainer import Trainer, default_run_dir
 from .version import __version__
@@ -132,7 +134,7 @@ def _cmd_info(args) -> int:
 
 
 # --- train ------------------------------------------------------------------------------------------------
-_NOT_FLAGS = ("rule_options", "rule_overrides", "applied_rule_overrides")
+_NOT_FLAGS = ("rule_options", "rule_overrides", "applied_rule_overrides", "init_from_recipe")
 
 
 def _base_type(name: str):
@@ -155,8 +157,13 @@ def _overrides(args, flags: dict) -> dict:
     return overrides
 
 
+def _train_overrides(args) -> dict:
+    """The recipe keys a ``biotorch train`` command line sets."""
+    return _overrides(args, {name: getattr(args, name, None) for name in FIELDS if name not in _NOT_FLAGS})
+
+
 def _cmd_train(args) -> int:
-    overrides = _overrides(args, {name: getattr(args, name, None) for name in FIELDS if name not in _NOT_FLAGS})
+    overrides = _train_overrides(args)
     if args.resume:
         run_dir = Path(args.resume)
         extra = sorted(set(overrides) - {"device"}) + (["--recipe"] if args.recipe else [])
@@ -292,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train", help="train a model with a learning rule (recipes, resume, torchrun)",
         description="Train a model. Values come from --recipe (YAML), then the recipe's rule_overrides for "
-                    "the chosen rule, then the flags below. The resolved recipe is saved in the run folder.")
+                    "the chosen rule, then the flags below. With --init-from, a key none of them gives that says how "
+                    "the checkpoint learned (marked 'from --init-from' below) is the checkpoint's recipe's: lr scaled "
+                    "to --batch-size, milestones and warmup to --epochs. The resolved recipe is saved in the run "
+                    "folder.")
     parser.add_argument("--recipe", help="YAML recipe, e.g. recipes/fashion_mnist/lenet.yaml")
     parser.add_argument("--out", help="run folder (default runs/<model>_<rule>.<data>-seed<seed>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
@@ -303,16 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard when installed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     keys = parser.add_argument_group("recipe keys (override the recipe file)")
-    for name in FIELDS:
+    from_parent = {key for head, members in PARENT_KEYS.items() for key in (head, *itertools.chain(*members.values()))}
+    for name, spec in FIELDS.items():
         if name in _NOT_FLAGS:
             continue
         flag, kind = "--" + name.replace("_", "-"), _base_type(name)
+        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+        text = f"default {default}" + (", or from --init-from" if name in from_parent else "")
         if kind is bool:
-            keys.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            keys.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind is list:
-            keys.add_argument(flag, dest=name, nargs="+", default=None, metavar="V")
+            keys.add_argument(flag, dest=name, nargs="+", default=None, metavar="V", help=text)
         else:
-            keys.add_argument(flag, dest=name, default=None, metavar=name.upper())
+            keys.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=text)
     parser.set_defaults(handler=_cmd_train)
 
     parser = subparsers.add_parser(

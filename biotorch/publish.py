@@ -46,6 +46,7 @@ from .models import DEFAULT_CFGS
 from .registry import PRETRAINED_INDEX, CheckpointRecord, check_name_part, check_repo_id, finetune_tag
 from .rules import RULES
 from .training import records
+from .training.recipe import train_command
 from .weights import fetch, folder_source
 
 
@@ -325,7 +326,7 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
         learning = RULES[rule]
         card = model_card(cfg, best.recipe, baseline, has_alignment, owner, hub_org, section, extra_results=attacks,
                           rule_summary=learning.summary or (learning.__doc__ or "").strip(),
-                          rule_citation=learning.citation)
+                          rule_citation=learning.citation, reproduce=train_command(best.recipe))
         write_text(staging / "README.md", str(card))
         for path in staging.iterdir():
             path.chmod(0o644)  # atomic writes create private temporary files; a published repo is readable
