@@ -117,11 +117,12 @@ RECIPE_PER_RUN = {"seed", "data_dir", "download", "device", "compile", "cuda_gra
 
 def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment: bool, owner: str, org: str,
                robustness_section: str = "", extra_results: Sequence[dict] = (), rule_summary: str = "",
-               rule_citation: str = "", reproduce: str = ""):
+               rule_citation: str = "", reproduce: str = "", zoo: bool = True):
     """The model card (huggingface_hub's ``ModelCard``, rendered from ``model_card_template.md``): the front matter
     of :func:`card_data` and the text; ``baseline`` is the bp card's metrics of the same data; ``rule_summary`` and
     ``rule_citation`` the rule's own words (its class's ``summary`` and ``citation``); ``reproduce`` the command that
-    trains the checkpoint again (``biotorch.training.recipe.train_command``)."""
+    trains the checkpoint again (``biotorch.training.recipe.train_command``). ``zoo``: a card of biotorch's zoo
+    (published by ``scripts/publish.py``, loaded by name); else a user's (``biotorch push``), loaded from its repo."""
     arch, rule, dataset, name, m = cfg["arch"], cfg["rule"], cfg["dataset"], cfg["name"], cfg["metrics"]
     model_name = f"{arch}_{rule}"
     title = DATASET_TITLES.get(dataset, dataset)
@@ -142,7 +143,7 @@ def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment:
     if rule == "bp":
         baseline_text = "This model *is* the backprop baseline of the other rules on this architecture and data."
     elif baseline is None:
-        baseline_text = f"No backprop baseline ({arch}_bp.{cfg['tag']}) has been published yet."
+        baseline_text = f"No backprop baseline ({arch}_bp.{cfg['tag']}) has been published yet." if zoo else ""
     else:
         result_rows.append([f"{arch}_bp (baseline)", "bp", pct(baseline["test_top1"]),
                             spread(baseline, "test_top1"), pct(baseline["val_top1"]),
@@ -174,6 +175,13 @@ def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment:
     alignment = ("![alignment: angle between forward weights and feedback, and cosine of the rule's update with "
                  "the true gradient, per layer and epoch](alignment.png)" if has_alignment
                  else "No alignment record was kept for this run.")
+    channels, *size = cfg["input_size"]
+    shape = f"{channels}×{'×'.join(map(str, size))} ({'grayscale' if channels == 1 else 'RGB'})"
+    labels = cfg.get("label_names") or []
+    classes_text = (f"Classes ({cfg['num_classes']}): {', '.join(labels) or 'unnamed'}. Input: {shape}, normalised "
+                    f"with mean {tuple(cfg['mean'])} and std {tuple(cfg['std'])}.")
+    preprocessing = (f"a PIL image or uint8 tensor of any size, colour or grayscale, brought to {shape} and "
+                     f"normalised as in training")
     return ModelCard.from_template(
         card_data(cfg, recipe, org, extra_results), template_path=str(TEMPLATE), name=name, model_name=model_name,
         arch=arch, rule=rule, title=title, origin=origin, dataset=dataset, owner=owner, hub_id=cfg["hub_id"],
@@ -182,6 +190,7 @@ def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment:
                                       "val top-1 %", "test top-5 %"], result_rows),
         baseline_text=baseline_text, alignment=alignment, robustness_section=robustness_section,
         recipe_table=markdown_table(["key", "value"], recipe_rows),
-        reproduce=reproduce,
-        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), limitations="\n".join(f"- {line}" for line in limitations),
+        reproduce=reproduce, zoo=zoo, classes_text=classes_text, preprocessing=preprocessing,
+        load=name if zoo else f"hf-hub:{cfg['hub_id']}",
+        limitations="\n".join(f"- {line}" for line in limitations),
         citation=citation)

@@ -13,6 +13,7 @@ Example::
     $ biotorch train --recipe recipes/cifar10_jpeg_gray/lenet.yaml --init-from lenet_fa.fashion_mnist
     $ torchrun --nproc-per-node 8 -m biotorch train --recipe recipes/cifar10_jpeg/resnet20.yaml
     $ biotorch eval lenet_fa.fashion_mnist --per-class
+    $ biotorch push runs/lenet_fa.imagefolder-ft-fashion_mnist-seed0 --repo-id me/lenet_fa-shapes --dry-run
     $ biotorch push runs/lenet_fa.imagefolder-ft-fashion_mnist-seed0 --repo-id me/lenet_fa-shapes
 """
 from __future__ import annotations
@@ -38,8 +39,8 @@ from .entrypoints import load_plugin
 from .errors import BiotorchError, ConfigError, shorten
 from .factory import data_config, model_parameters
 from .files import SAMPLES
-from .publish import push_to_hub
-from .registry import CheckpointRecord, describe, get_pretrained_cfg, list_models, split_name
+from .publish import is_run, push_to_hub, user_card_folder
+from .registry import CheckpointRecord, check_repo_id, describe, get_pretrained_cfg, list_models, split_name
 from .targets import open_target
 from .training import datasets, evaluate
 from .training.recipe import _TYPES, FIELDS, PARENT_KEYS, load_recipe, parse_set
@@ -266,6 +267,21 @@ def _cmd_push(args) -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder at {folder}: push takes a training run (runs/...) or a checkpoint folder "
                                 "(biotorch.save_pretrained)")
+    if args.dry_run:
+        if not is_run(folder):
+            print(f"would push {folder} as it is ({', '.join(sorted(p.name for p in folder.iterdir()))}) to "
+                  f"{args.repo_id}; nothing uploaded (--dry-run)")
+            return 0
+        out = Path(args.out or check_repo_id(args.repo_id, "--repo-id").split("/")[1])
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise FileExistsError(f"{out} exists: --dry-run writes the folder it would push into a new one; "
+                                  "remove it or give --out")
+        user_card_folder(folder, args.repo_id, out)
+        print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))}): what `biotorch push {folder} "
+              f"--repo-id {args.repo_id}` would upload; nothing uploaded (--dry-run)")
+        return 0
+    if args.out:
+        raise ConfigError("--out names where --dry-run writes the folder: give --dry-run, or drop --out")
     info = push_to_hub(folder, args.repo_id, token=args.token, private=args.private, revision=args.revision,
                        commit_message=args.message)
     print(f"pushed {folder} to {getattr(info, 'commit_url', None) or args.repo_id}")
@@ -381,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
     parser.add_argument("--message", default=None, help="commit message")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="push nothing: write the folder that would be uploaded (a run's card and weights) to --out")
+    parser.add_argument("--out", default=None, help="where --dry-run writes it (default: the repo's name, here)")
     parser.set_defaults(handler=_cmd_push)
     return root
 
