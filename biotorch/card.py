@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .files import REPO_ROOT
 from .version import __version__
 
 # Hub dataset ids for the card's `datasets:` (cifar10_jpeg is derived from CIFAR-10; its own tag says so).
@@ -39,18 +38,6 @@ _BIOTORCH_BIBTEX = """@misc{sanfiz2021benchmarking,
 
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")  # the card's text, rendered by huggingface_hub
-
-
-def reproduce_command(arch: str, rule: str, dataset: str, seed: int, init_from: Optional[str] = None) -> str:
-    """The command that trains this checkpoint again from the repository's recipes."""
-    start = f" --init-from {init_from}" if init_from else ""
-    own = Path("recipes") / dataset / f"{arch}_{rule}.yaml"  # the published run's own recipe
-    if (REPO_ROOT / own).is_file():
-        return f"biotorch train --recipe {own.as_posix()} --seed {seed}{start}"
-    recipe_file = Path("recipes") / dataset / f"{arch}.yaml"
-    if (REPO_ROOT / recipe_file).is_file():
-        return f"biotorch train --recipe {recipe_file.as_posix()} --rule {rule} --seed {seed}{start}"
-    return f"biotorch train --recipe recipe.yaml --rule {rule} --seed {seed}{start}   # recipe.yaml of this repo"
 
 
 def describe_start(started: dict, rule: str, rule_options: dict, data: str) -> str:
@@ -101,6 +88,8 @@ def pct(value) -> str:
 def spread(metrics: dict, key: str) -> str:
     if f"{key}_mean" not in metrics:
         return "–"
+    if metrics.get("seeds") == 1:  # one seed has no spread to show
+        return seeds_text(1)
     return f"{metrics[f'{key}_mean']:.2f} ± {metrics[f'{key}_std']:.2f} ({seeds_text(metrics['seeds'])})"
 
 
@@ -115,7 +104,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 # Recipe keys that say nothing about how the model learned (where files are, how fast it ran).
-_RECIPE_HIDDEN = {"data_dir", "download", "device", "rule_overrides", "applied_rule_overrides", "compile",
+_RECIPE_HIDDEN = {"data_dir", "download", "device", "rule_overrides", "applied_rule_overrides", "init_from_recipe",
+                  "compile",
                   "cuda_graph", "channels_last", "eval_batch_size", "val_every", "alignment_every"}
 _SGD_ONLY = {"momentum", "nesterov"}
 # Fine-tuning keys are shown when they are not at their defaults.
@@ -127,10 +117,12 @@ RECIPE_PER_RUN = {"seed", "data_dir", "download", "device", "compile", "cuda_gra
 
 def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment: bool, owner: str, org: str,
                robustness_section: str = "", extra_results: Sequence[dict] = (), rule_summary: str = "",
-               rule_citation: str = ""):
+               rule_citation: str = "", reproduce: str = "", zoo: bool = True):
     """The model card (huggingface_hub's ``ModelCard``, rendered from ``model_card_template.md``): the front matter
     of :func:`card_data` and the text; ``baseline`` is the bp card's metrics of the same data; ``rule_summary`` and
-    ``rule_citation`` the rule's own words (its class's ``summary`` and ``citation``)."""
+    ``rule_citation`` the rule's own words (its class's ``summary`` and ``citation``); ``reproduce`` the command that
+    trains the checkpoint again (``biotorch.training.recipe.train_command``). ``zoo``: a card of biotorch's zoo
+    (published by ``scripts/publish.py``, loaded by name); else a user's (``biotorch push``), loaded from its repo."""
     arch, rule, dataset, name, m = cfg["arch"], cfg["rule"], cfg["dataset"], cfg["name"], cfg["metrics"]
     model_name = f"{arch}_{rule}"
     title = DATASET_TITLES.get(dataset, dataset)
@@ -151,7 +143,7 @@ def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment:
     if rule == "bp":
         baseline_text = "This model *is* the backprop baseline of the other rules on this architecture and data."
     elif baseline is None:
-        baseline_text = f"No backprop baseline ({arch}_bp.{cfg['tag']}) has been published yet."
+        baseline_text = f"No backprop baseline ({arch}_bp.{cfg['tag']}) has been published yet." if zoo else ""
     else:
         result_rows.append([f"{arch}_bp (baseline)", "bp", pct(baseline["test_top1"]),
                             spread(baseline, "test_top1"), pct(baseline["val_top1"]),
@@ -183,6 +175,13 @@ def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment:
     alignment = ("![alignment: angle between forward weights and feedback, and cosine of the rule's update with "
                  "the true gradient, per layer and epoch](alignment.png)" if has_alignment
                  else "No alignment record was kept for this run.")
+    channels, *size = cfg["input_size"]
+    shape = f"{channels}×{'×'.join(map(str, size))} ({'grayscale' if channels == 1 else 'RGB'})"
+    labels = cfg.get("label_names") or []
+    classes_text = (f"Classes ({cfg['num_classes']}): {', '.join(labels) or 'unnamed'}. Input: {shape}, normalised "
+                    f"with mean {tuple(cfg['mean'])} and std {tuple(cfg['std'])}.")
+    preprocessing = (f"a PIL image or uint8 tensor of any size, colour or grayscale, brought to {shape} and "
+                     f"normalised as in training")
     return ModelCard.from_template(
         card_data(cfg, recipe, org, extra_results), template_path=str(TEMPLATE), name=name, model_name=model_name,
         arch=arch, rule=rule, title=title, origin=origin, dataset=dataset, owner=owner, hub_id=cfg["hub_id"],
@@ -191,6 +190,7 @@ def model_card(cfg: dict, recipe: dict, baseline: Optional[dict], has_alignment:
                                       "val top-1 %", "test top-5 %"], result_rows),
         baseline_text=baseline_text, alignment=alignment, robustness_section=robustness_section,
         recipe_table=markdown_table(["key", "value"], recipe_rows),
-        reproduce=reproduce_command(arch, rule, dataset, m["seed"], recipe.get("init_from")),
-        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), limitations="\n".join(f"- {line}" for line in limitations),
+        reproduce=reproduce, zoo=zoo, classes_text=classes_text, preprocessing=preprocessing,
+        load=name if zoo else f"hf-hub:{cfg['hub_id']}",
+        limitations="\n".join(f"- {line}" for line in limitations),
         citation=citation)

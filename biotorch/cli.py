@@ -13,12 +13,15 @@ Example::
     $ biotorch train --recipe recipes/cifar10_jpeg_gray/lenet.yaml --init-from lenet_fa.fashion_mnist
     $ torchrun --nproc-per-node 8 -m biotorch train --recipe recipes/cifar10_jpeg/resnet20.yaml
     $ biotorch eval lenet_fa.fashion_mnist --per-class
+    $ biotorch push runs/lenet_fa.imagefolder-ft-fashion_mnist-seed0 --repo-id me/lenet_fa-shapes --dry-run
     $ biotorch push runs/lenet_fa.imagefolder-ft-fashion_mnist-seed0 --repo-id me/lenet_fa-shapes
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -36,11 +39,11 @@ from .entrypoints import load_plugin
 from .errors import BiotorchError, ConfigError, shorten
 from .factory import data_config, model_parameters
 from .files import SAMPLES
-from .publish import push_to_hub
-from .registry import CheckpointRecord, describe, get_pretrained_cfg, list_models, split_name
+from .publish import is_run, push_to_hub, user_card_folder
+from .registry import CheckpointRecord, check_repo_id, describe, get_pretrained_cfg, list_models, split_name
 from .targets import open_target
 from .training import datasets, evaluate
-from .training.recipe import _TYPES, FIELDS, load_recipe, parse_set
+from .training.recipe import _TYPES, FIELDS, PARENT_KEYS, load_recipe, parse_set
 from .training.runtime import resolve_device
 from .training.trainer import Trainer, default_run_dir
 from .version import __version__
@@ -137,7 +140,7 @@ def _cmd_info(args) -> int:
 
 
 # --- train ------------------------------------------------------------------------------------------------
-_NOT_FLAGS = ("rule_options", "rule_overrides", "applied_rule_overrides")
+_NOT_FLAGS = ("rule_options", "rule_overrides", "applied_rule_overrides", "init_from_recipe")
 
 
 def _base_type(name: str):
@@ -160,8 +163,13 @@ def _overrides(args, flags: dict) -> dict:
     return overrides
 
 
+def _train_overrides(args) -> dict:
+    """The recipe keys a ``biotorch train`` command line sets."""
+    return _overrides(args, {name: getattr(args, name, None) for name in FIELDS if name not in _NOT_FLAGS})
+
+
 def _cmd_train(args) -> int:
-    overrides = _overrides(args, {name: getattr(args, name, None) for name in FIELDS if name not in _NOT_FLAGS})
+    overrides = _train_overrides(args)
     if args.resume:
         run_dir = Path(args.resume)
         extra = sorted(set(overrides) - {"device"}) + (["--recipe"] if args.recipe else [])
@@ -264,6 +272,21 @@ def _cmd_push(args) -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder at {folder}: push takes a training run (runs/...) or a checkpoint folder "
                                 "(biotorch.save_pretrained)")
+    if args.dry_run:
+        if not is_run(folder):
+            print(f"would push {folder} as it is ({', '.join(sorted(p.name for p in folder.iterdir()))}) to "
+                  f"{args.repo_id}; nothing uploaded (--dry-run)")
+            return 0
+        out = Path(args.out or check_repo_id(args.repo_id, "--repo-id").split("/")[1])
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise FileExistsError(f"{out} exists: --dry-run writes the folder it would push into a new one; "
+                                  "remove it or give --out")
+        user_card_folder(folder, args.repo_id, out)
+        print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))}): what `biotorch push {folder} "
+              f"--repo-id {args.repo_id}` would upload; nothing uploaded (--dry-run)")
+        return 0
+    if args.out:
+        raise ConfigError("--out names where --dry-run writes the folder: give --dry-run, or drop --out")
     info = push_to_hub(folder, args.repo_id, token=args.token, private=args.private, revision=args.revision,
                        commit_message=args.message)
     print(f"pushed {folder} to {getattr(info, 'commit_url', None) or args.repo_id}")
@@ -297,7 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train", help="train a model with a learning rule (recipes, resume, torchrun)",
         description="Train a model. Values come from --recipe (YAML), then the recipe's rule_overrides for "
-                    "the chosen rule, then the flags below. The resolved recipe is saved in the run folder.")
+                    "the chosen rule, then the flags below. With --init-from, a key none of them gives that says how "
+                    "the checkpoint learned (marked 'from --init-from' below) is the checkpoint's recipe's: lr scaled "
+                    "to --batch-size, milestones and warmup to --epochs. The resolved recipe is saved in the run "
+                    "folder.")
     parser.add_argument("--recipe", help="YAML recipe, e.g. recipes/fashion_mnist/lenet.yaml")
     parser.add_argument("--out", help="run folder (default runs/<model>_<rule>.<data>-seed<seed>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
@@ -308,16 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard when installed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     keys = parser.add_argument_group("recipe keys (override the recipe file)")
-    for name in FIELDS:
+    from_parent = {key for head, members in PARENT_KEYS.items() for key in (head, *itertools.chain(*members.values()))}
+    for name, spec in FIELDS.items():
         if name in _NOT_FLAGS:
             continue
         flag, kind = "--" + name.replace("_", "-"), _base_type(name)
+        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+        text = f"default {default}" + (", or from --init-from" if name in from_parent else "")
         if kind is bool:
-            keys.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            keys.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind is list:
-            keys.add_argument(flag, dest=name, nargs="+", default=None, metavar="V")
+            keys.add_argument(flag, dest=name, nargs="+", default=None, metavar="V", help=text)
         else:
-            keys.add_argument(flag, dest=name, default=None, metavar=name.upper())
+            keys.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=text)
     parser.set_defaults(handler=_cmd_train)
 
     parser = subparsers.add_parser(
@@ -373,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
     parser.add_argument("--message", default=None, help="commit message")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="push nothing: write the folder that would be uploaded (a run's card and weights) to --out")
+    parser.add_argument("--out", default=None, help="where --dry-run writes it (default: the repo's name, here)")
     parser.set_defaults(handler=_cmd_push)
     return root
 

@@ -46,6 +46,7 @@ from .models import DEFAULT_CFGS
 from .registry import PRETRAINED_INDEX, CheckpointRecord, check_name_part, check_repo_id, finetune_tag
 from .rules import RULES
 from .training import records
+from .training.recipe import train_command
 from .weights import fetch, folder_source
 
 
@@ -261,7 +262,7 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
 
     The seed with the best validation top-1 is published. ``baseline_runs`` are the bp runs of the same
     architecture and data (default: ``{arch}_bp.{dataset}/metrics.json`` beside ``out_dir`` or in the mirror).
-    ``repo_id``: the Hub repo the card names (default ``<hub_org>/<name>``, the zoo's).
+    ``repo_id``: the Hub repo of a user's card (:func:`user_card_folder`); default ``<hub_org>/<name>``, the zoo's.
     The folder is built aside and swapped in, so a failure leaves the previous folder untouched.
 
     Example::
@@ -327,7 +328,8 @@ def build_card_folder(run_dirs: Sequence[Path], out_dir: Path, baseline_runs: Op
         learning = RULES[rule]
         card = model_card(cfg, best.recipe, baseline, has_alignment, owner, hub_org, section, extra_results=attacks,
                           rule_summary=learning.summary or (learning.__doc__ or "").strip(),
-                          rule_citation=learning.citation)
+                          rule_citation=learning.citation, reproduce=train_command(best.recipe),
+                          zoo=repo_id is None)
         write_text(staging / "README.md", str(card))
         for path in staging.iterdir():
             path.chmod(0o644)  # atomic writes create private temporary files; a published repo is readable
@@ -519,6 +521,19 @@ def publish(runs_root: Path, cards_dir: Path = MIRROR, dry_run: bool = False, pu
         return plan
 
 
+def user_card_folder(run_dir: Path, repo_id: str, out_dir: Path) -> Path:
+    """The folder that :func:`push_to_hub` uploads for a finished training run: the run's weights and its card,
+    which loads the model from ``repo_id`` (not the zoo's name), lists its classes and input, and says how to
+    train it again. ``biotorch push RUN --repo-id ID --dry-run`` writes it for a look before pushing."""
+    owner = check_repo_id(repo_id, "the Hub repo id").split("/")[0]
+    return build_card_folder([run_dir], out_dir, hub_org=owner, owner=owner, repo_id=repo_id)
+
+
+def is_run(folder: Path) -> bool:
+    """Whether ``folder`` is a finished training run (``best.safetensors`` and ``metrics.json``)."""
+    return (Path(folder) / RUN_WEIGHTS).is_file() and (Path(folder) / RUN_METRICS).is_file()
+
+
 def push_to_hub(folder: Path, repo_id: str, token: Optional[str] = None, private: bool = False,
                 commit_message: Optional[str] = None, revision: Optional[str] = None,
                 endpoint: Optional[str] = None):
@@ -531,9 +546,9 @@ def push_to_hub(folder: Path, repo_id: str, token: Optional[str] = None, private
         >>> biotorch.push_to_hub("runs/lenet_fa.fashion_mnist-seed0", "me/lenet_fa.fashion_mnist")
     """
     folder, (owner, repo) = Path(folder), check_repo_id(repo_id, "the Hub repo id").split("/")
-    if (folder / RUN_WEIGHTS).is_file() and (folder / RUN_METRICS).is_file():  # a training run
+    if is_run(folder):
         with tempfile.TemporaryDirectory(prefix="biotorch-push-") as staging:
-            card = build_card_folder([folder], Path(staging) / repo, hub_org=owner, owner=owner, repo_id=repo_id)
+            card = user_card_folder(folder, repo_id, Path(staging) / repo)
             return upload_folder(card, repo_id, token, private, commit_message, revision, endpoint)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder} is neither a checkpoint folder ({WEIGHTS_NAME}, {CONFIG_NAME}) nor a "

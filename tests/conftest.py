@@ -45,6 +45,15 @@ def raw_png(width: int, height: int, rows: bytes, colour: int = 2, depth: int = 
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
+def shape_mask(c: int, dy: torch.Tensor, dx: torch.Tensor, r: int) -> torch.Tensor:
+    """Class ``c``'s shape around the offsets ``dy``, ``dx`` from its centre, radius ``r``: a disc, a cross, a square
+    outline, a triangle."""
+    ay, ax = dy.abs(), dx.abs()
+    return [(ay ** 2 + ax ** 2) <= r * r, ((ay <= r // 4) & (ax <= r)) | ((ax <= r // 4) & (ay <= r)),
+            (torch.maximum(ay, ax) <= r) & (torch.maximum(ay, ax) >= r - 2),
+            (ay <= r) & (2 * ax <= dy + r)][c % 4]
+
+
 def make_imagefolder(root: Path, per_class: int = 12, size: int = 48, splits=("train", "test"),
                      classes=("circle", "cross", "square")) -> Path:
     """A user's folder of RGB PNGs, ``<root>/<split>/<class>/<n>.png``: each class a bright shape (a disc, a cross, a
@@ -56,14 +65,44 @@ def make_imagefolder(root: Path, per_class: int = 12, size: int = 48, splits=("t
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for n in range(per_class):
                 cy, cx = (torch.randint(size // 3, 2 * size // 3, (2,), generator=g)).tolist()
-                r = size // 5
-                dy, dx = (yy - cy).abs(), (xx - cx).abs()
-                shape = [(dy ** 2 + dx ** 2) <= r * r, ((dy <= r // 4) & (dx <= r)) | ((dx <= r // 4) & (dy <= r)),
-                         (torch.maximum(dy, dx) <= r) & (torch.maximum(dy, dx) >= r - 2)][c % 3]
+                shape = shape_mask(c, yy - cy, xx - cx, size // 5)
                 colour = 0.6 + 0.4 * torch.rand(3, 1, 1, generator=g)
                 image = 0.15 * torch.rand(3, size, size, generator=g) + shape.float() * colour
                 pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
                 (root / split / name / f"{n:03d}.png").write_bytes(encoded(pixels))
+    return root
+
+
+SHAPE_SIZES = ((32, 60), (48, 48), (64, 80), (80, 64), (100, 100))  # (height, width)
+
+
+def make_shapes_folder(root: Path, seed: int, train: int = 60, test: int = 20) -> Path:
+    """A user's folder as issue 48 drew it: 4 classes of shapes (disc, cross, square outline, triangle), ``train`` +
+    ``test`` PNGs per class and no ``val/``, in 5 sizes from 32×60 to 100×100, about a quarter in grayscale and one
+    RGBA; the shape's size and place, its colour and the background noise vary with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    classes = ("circle", "cross", "square", "triangle")
+    for split, count in (("train", train), ("test", test)):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for n in range(count):
+                h, w = SHAPE_SIZES[(n + c) % len(SHAPE_SIZES)]
+                side = min(h, w)
+                r = int(side * (0.25 + 0.1 * torch.rand((), generator=g)))
+                # inside the central square, which a centre crop keeps
+                cy, cx = (int(torch.randint(d // 2 - side // 2 + r, d // 2 + side // 2 - r + 1, (), generator=g))
+                          for d in (h, w))
+                yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+                colour = 0.5 + 0.5 * torch.rand(3, 1, 1, generator=g)
+                image = 0.2 * torch.rand(3, h, w, generator=g) + shape_mask(c, yy - cy, xx - cx, r).float() * colour
+                pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+                if (n + 2 * c) % 7 < 2:  # 2 in 7 grayscale
+                    pixels = pixels[:1]
+                path = root / split / name / f"{n:03d}.png"
+                if split == "train" and n == c == 0:  # one RGBA
+                    to_pil_image(pixels).convert("RGBA").save(path)
+                else:
+                    path.write_bytes(encoded(pixels))
     return root
 
 

@@ -3,18 +3,23 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 import biotorch
 from biotorch import cli, hub, publish, registry
 from biotorch.metrics import count_parameters
+from biotorch.files import REPO_ROOT
 from biotorch.hub import MIRROR, WEIGHTS_NAME, sha256
+from biotorch.training.recipe import FIELDS, NOT_REPRODUCED, load_recipe, make_recipe, train_command
 from conftest import load_script, write_run
 
 NAME = "lenet_fa.fashion_mnist"
@@ -164,6 +169,57 @@ def test_fine_tuned_card_names_its_parent_the_hub_way(make_run, tmp_path):
     assert parsed.data.base_model is None and "base_model_relation" not in parsed.data.to_dict()
     assert "Fine-tuned from `out/my_fa`: new head" in parsed.text
     assert "feedback state kept" in parsed.text
+
+
+def reproduce_command(card: Path) -> str:
+    """The command under the card's "Reproduce this checkpoint"."""
+    return re.search(r"Reproduce this checkpoint.*?```bash\n(.*?)\n```", (card / "README.md").read_text(), re.S)[1]
+
+
+def recipe_of(command: str) -> dict:
+    """The recipe ``command`` (``biotorch train ...``, run in a clone) trains, resolved as the CLI resolves it."""
+    argv = shlex.split(command, comments=True)
+    assert argv[:2] == ["biotorch", "train"], command
+    args = cli.build_parser().parse_args(argv[1:])
+    return load_recipe(args.recipe and REPO_ROOT / args.recipe, cli._train_overrides(args)).to_dict()
+
+
+def reproduced(recipe: dict) -> dict:
+    return {k: v for k, v in recipe.items() if k in FIELDS and k not in NOT_REPRODUCED}
+
+
+def test_the_reproduce_command_trains_this_checkpoint(make_run, tmp_path):
+    # A card trained longer, with another optimizer and batch than its zoo recipe (issue 44, item 5), from a
+    # folder whose name is shell code (issue 47, item 13).
+    parent = hub.save_pretrained(biotorch.create_model("lenet_dfa", in_chans=1), tmp_path / "a b$(touch X)'\"")
+    recipe = make_recipe({"model": "lenet", "data": "fashion_mnist", "rule": "dfa", "epochs": 100, "batch_size": 64,
+                          "optimizer": "adamw", "lr": 3e-4, "betas": [0.8, 0.99], "label_smoothing": 0.1,
+                          "milestones": [30, 60.5], "schedule": "step", "amp": "bf16", "seed": 7,
+                          "warmup_epochs": 2, "val_size": 5000, "init_from": str(parent)}).to_dict()
+    run = make_run(rule="dfa", seed=7, **{k: v for k, v in recipe.items() if k not in ("rule", "seed")})
+    card = publish.build_card_folder([run], tmp_path / "cards" / "x")
+    command = reproduce_command(card)
+    assert command.startswith("biotorch train --recipe recipes/fashion_mnist/lenet_dfa.yaml --seed 7 --init-from '")
+    assert reproduced(recipe_of(command)) == reproduced(recipe)
+    # The shell reads the same words, and runs nothing of them.
+    words = subprocess.run(["bash", "-c", f"printf '%s\\0' {command}"], cwd=tmp_path, capture_output=True,
+                           check=True).stdout.decode().split("\0")[:-1]
+    assert words == shlex.split(command) and not (tmp_path / "X").exists()
+
+
+@pytest.mark.parametrize("folder", sorted(MIRROR.glob("*/recipe.yaml")), ids=lambda p: p.parent.name)
+def test_every_published_card_is_reproduced_by_its_command(folder, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    recipe = yaml.safe_load(folder.read_text())
+    command = train_command(recipe)
+    assert reproduced(recipe_of(command)) == reproduced(make_recipe(recipe, resolved=True).to_dict()), command
+
+
+def test_one_seed_has_no_spread(make_run, tmp_path):
+    text = (publish.build_card_folder([make_run()], tmp_path / "cards" / NAME) / "README.md").read_text()
+    assert "| 79.00 | 1 seed |" in text and "± 0.00" not in text
+    record = json.loads((tmp_path / "cards" / NAME / "config.json").read_text())["pretrained_cfg"]
+    assert "| 1 seed |" in publish.results_table([record])
 
 
 def test_runs_are_validated(make_run, tmp_path):

@@ -190,6 +190,47 @@ def test_where_a_run_starts_decides_model_and_rule_only_when_they_are_not_given(
         make_recipe({**TINY, "rule": "fa", "init_from": str(tmp_path)})
 
 
+def test_fine_tuning_starts_from_the_checkpoints_recipe_unless_told_otherwise(tmp_path, capsys):
+    start = {"data": "synthetic", "init_from": "lenet_fa.fashion_mnist", "batch_size": 8, "epochs": 5}
+    recipe = make_recipe(start)  # lenet_fa.fashion_mnist: sgd nesterov lr 0.03 at batch 128, 100 epochs, warmup 1
+    assert (recipe.optimizer, recipe.nesterov, recipe.weight_decay, recipe.schedule, recipe.augment) == (
+        "sgd", True, 5e-4, "cosine", "crop")
+    assert recipe.lr == pytest.approx(0.03 * 8 / 128) and recipe.warmup_epochs == pytest.approx(1 * 5 / 100)
+    assert make_recipe({**start, "lr": 0.01}).lr == 0.01  # told otherwise
+    adam = make_recipe(start, overrides={"optimizer": "adam"})  # another optimizer: none of the sgd values
+    assert adam.lr == 0.1 and "lr" not in adam.init_from_recipe and adam.schedule == "cosine"
+    assert make_recipe({**TINY, "rule": "fa"}).init_from_recipe == {}  # from scratch: the recipe's own
+
+    # A checkpoint folder's recorded recipe (a card, a pushed run): adam's lr scales by the batch's square root,
+    # a step schedule's milestones by the epochs.
+    folder = parent_folder(tmp_path / "parent", "lenet_fa")
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"]["recipe"] = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 4,
+                                          "schedule": "step", "milestones": [2, 3], "gamma": 0.5}
+    (folder / "config.json").write_text(json.dumps(config))
+    recipe = make_recipe({**TINY, "rule": "fa", "init_from": str(folder), "batch_size": 128, "epochs": 8})
+    assert (recipe.optimizer, recipe.schedule, recipe.milestones, recipe.gamma) == ("adam", "step", [4, 6], 0.5)
+    assert recipe.lr == 0.05  # TINY gives lr: the file wins
+    recipe = make_recipe({**{k: v for k, v in TINY.items() if k != "lr"}, "rule": "fa", "init_from": str(folder),
+                          "batch_size": 128})
+    assert recipe.lr == pytest.approx(2e-3)
+
+    # The run's first line says where its values came from; --help shows each key's default.
+    out = tmp_path / "run"
+    assert cli.main(["train", "--init-from", "lenet_fa.fashion_mnist", "--data", "synthetic", "--epochs", "1",
+                     "--limit-train", "64", "--batch-size", "32", "--device", "cpu", "--out", str(out),
+                     "--no-progress"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("[lenet_fa] recipe from init_from lenet_fa.fashion_mnist: optimizer sgd, lr 0.0075 (its "
+                            "0.03 at batch 128), weight_decay 0.0005, momentum 0.9, nesterov True, schedule cosine"), first
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for needle in ("--lr LR default 0.1, or from --init-from", "--epochs EPOCHS default 10 ",
+                   "--betas V [V ...] default [0.9, 0.999], or from --init-from"):
+        assert needle in help_text, needle
+
+
 # -- the trainer ----------------------------------------------------------------------------------------
 
 def test_frozen_backbone_stays_bit_identical_then_learns(tmp_path):

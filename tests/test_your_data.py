@@ -8,16 +8,20 @@ back from there.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import biotorch
 from biotorch import cli
 from biotorch.data import DATASETS, imagefolder_info, load_split
 from biotorch.data.catalog import DatasetInfo
+from biotorch.training.recipe import DATA_DIR, FIELDS, NOT_REPRODUCED, load_recipe
 from conftest import make_imagefolder
 
 START = "lenet_fa.fashion_mnist"
@@ -135,6 +139,59 @@ def test_fine_tune_evaluate_attack_and_push_from_python(images, tmp_path, capsys
     remote = biotorch.from_pretrained("hf-hub:me/my-shapes")
     assert torch.equal(outputs(remote, x), outputs(biotorch.from_pretrained(folder), x))
     assert biotorch.create_model("lenet_fa", checkpoint=folder).pretrained_cfg["label_names"] == tuple(CLASSES)
+
+
+def card_blocks(readme: str, heading: str, language: str) -> list[str]:
+    section = readme[readme.index(f"## {heading}\n"):]
+    section = section[:section.find("\n## ", 1)]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+
+
+def test_a_users_card_describes_and_loads_their_own_repo(images, tmp_path, capsys, monkeypatch, loopback_hub):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "shapes"
+    run_cli(capsys, "train", "--init-from", START, "--data", "imagefolder", "--data-dir", images, "--epochs", 2,
+            "--batch-size", 8, "--out", run, "--no-progress")
+
+    # The offline preview writes the folder that would be uploaded, and refuses to write over a folder.
+    log = run_cli(capsys, "push", run, "--repo-id", "me/shapes", "--dry-run")
+    preview = tmp_path / "shapes"
+    assert f"wrote {preview.name} (" in log and "nothing uploaded" in log and not loopback_hub.pushed.exists()
+    assert {"model.safetensors", "config.json", "README.md", "recipe.yaml"} <= {p.name for p in preview.iterdir()}
+    assert cli.main(["push", str(run), "--repo-id", "me/shapes", "--dry-run"]) == 2
+    assert "shapes exists: --dry-run writes" in capsys.readouterr().err
+    text = (preview / "README.md").read_text()
+    assert "scripts/publish.py" not in text and "do not edit" not in text and "Built by `biotorch push`" in text
+    assert "Classes (3): circle, cross, square. Input: 1×32×32 (grayscale)" in text
+    for zoo_line in ("torch.hub.load", "create_model(", "timm.", "eval_transform", "has been published yet"):
+        assert zoo_line not in text, zoo_line
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    command = re.search(r"Reproduce this checkpoint.*?```bash\n(.*?)\n```", text, re.S)[1]
+    argv = shlex.split(command, comments=True)
+    assert argv[argv.index("--data-dir") + 1] == DATA_DIR
+    args = cli.build_parser().parse_args(argv[1:])
+    again = load_recipe(args.recipe, cli._train_overrides(args)).to_dict()
+    assert {k: again[k] for k in FIELDS if k not in NOT_REPRODUCED} == {
+        k: recipe[k] for k in FIELDS if k not in NOT_REPRODUCED}
+
+    # Every usage line runs, against the repo pushed.
+    run_cli(capsys, "push", run, "--repo-id", "me/shapes")
+    text = (loopback_hub.pushed / "me" / "shapes" / "README.md").read_text()
+    (usage,), (tuning,) = card_blocks(text, "Usage", "python"), card_blocks(text, "Fine-tuning", "python")
+    assert usage.count('"hf-hub:me/shapes"') == 2
+    scope = {}
+    exec(usage, scope)
+    x = scope["transform"](Image.open(next((images / "test" / "cross").iterdir()))).unsqueeze(0)
+    assert x.shape == (1, 1, 32, 32) and scope["classes"] == tuple(CLASSES)
+    assert torch.equal(outputs(scope["model"], x), outputs(biotorch.from_pretrained(run), x))
+    exec(tuning, scope)
+    assert outputs(scope["model"], x).shape == (1, 5)
+    (line,) = [line for block in card_blocks(text, "Fine-tuning", "bash") for line in block.splitlines()]
+    argv = [str(images) if word == DATA_DIR else word for word in shlex.split(line, comments=True)]
+    assert argv[:6] == ["biotorch", "train", "--model", "lenet_fa", "--init-from", "hf-hub:me/shapes"]
+    log = run_cli(capsys, *argv[1:], "--no-progress")
+    assert log.startswith("[lenet_fa] recipe from init_from hf-hub:me/shapes: optimizer sgd, lr 0.0075 (its 0.001875 "
+                          "at batch 8)"), log
 
 
 # --- the pieces -------------------------------------------------------------------------------------------------

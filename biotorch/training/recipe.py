@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import math
 import reprlib
+import shlex
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ import yaml
 
 from ..data import AUGMENTS, DATASETS
 from ..errors import ConfigError
-from ..files import load_yaml, write_text
+from ..factory import data_config
+from ..files import REPO_ROOT, load_yaml, write_text
 from ..models import ARCHITECTURES, DEFAULT_CFGS
 from ..registry import get_pretrained_cfg, split_name
 from ..rules import RULES, make_rule
@@ -82,6 +84,11 @@ class Recipe:
     # fine-tuning: start from a checkpoint (biotorch.init_from): a pretrained name (lenet_fa.fashion_mnist,
     # which also sets model and rule when they are not given), a checkpoint folder, or hf-hub:<org>/<repo>
     init_from: Optional[str] = None
+    # Set on resolving: what a fine-tuning run took from init_from's recipe where neither the file nor the command
+    # line said (PARENT_KEYS), as that recipe had it, with its batch_size and epochs; lr is then scaled to this
+    # run's batch size (linearly for sgd, by the square root for adam/adamw), milestones and warmup_epochs to its
+    # epochs.
+    init_from_recipe: dict = field(default_factory=dict)
     backbone_lr_scale: float = 1.0      # everything but the head learns at lr × this (the head at lr)
     freeze_backbone: bool = False       # linear probing: only the head learns; the backbone's norm statistics stay
     freeze_backbone_epochs: int = 0     # the backbone is frozen (as above) for the first N epochs, then learns
@@ -109,7 +116,14 @@ _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
 _TYPES = typing.get_type_hints(Recipe)
 # Keys a rule override may not change: they decide which run this is.
-_IDENTITY = ("model", "data", "rule", "rule_overrides", "applied_rule_overrides", "seed")
+_IDENTITY = ("model", "data", "rule", "rule_overrides", "applied_rule_overrides", "init_from_recipe", "seed")
+# What a fine-tuning run takes from its checkpoint's recipe unless told otherwise: how the checkpoint learned, not
+# what or how long. Each key brings the keys that go with its value ("*": with any); a key given with another value
+# than the checkpoint's brings none of them (an sgd lr is no adam lr).
+PARENT_KEYS = {"optimizer": {"*": ("lr", "weight_decay"), "sgd": ("momentum", "nesterov"), "adam": ("betas",),
+                             "adamw": ("betas",)},
+               "schedule": {"*": ("warmup_epochs",), "step": ("milestones", "gamma")},
+               "augment": {}, "label_smoothing": {}}
 
 
 def _unknown_key(key: str, where: str) -> ConfigError:
@@ -396,8 +410,69 @@ def make_recipe(values: dict, *, overrides: Optional[dict] = None, resolved: boo
     for key, value in overrides.items():
         setattr(recipe, key, value)
     recipe.model, recipe.rule = arch, rule
+    if not resolved and recipe.init_from:
+        _start_from_parent_recipe(recipe, set(merged) | set(recipe.applied_rule_overrides) | set(overrides))
     _validate(recipe)
     return recipe
+
+
+def parent_recipe(init_from: str) -> dict:
+    """The recipe the checkpoint ``init_from`` was trained with, ``{}`` where none is recorded: a published
+    record's, a card folder's or Hub repo's (``config.json``), or a training run's (its ``recipe.yaml``)."""
+    recipe = data_config(init_from).get("recipe")
+    path = Path(init_from)
+    folder = path if path.is_dir() else path.parent
+    if not recipe and kind(init_from) == "folder" and (folder / "recipe.yaml").is_file():
+        recipe = load_yaml((folder / "recipe.yaml").read_text(), str(folder / "recipe.yaml"))
+    return dict(recipe) if isinstance(recipe, dict) else {}
+
+
+def _start_from_parent_recipe(recipe: Recipe, given: set) -> None:
+    """Take :data:`PARENT_KEYS` from ``recipe.init_from``'s recipe where not ``given``, scaled to this run."""
+    try:
+        parent = parent_recipe(recipe.init_from)
+    except (ValueError, OSError, TypeError, KeyError):
+        return  # not a checkpoint that can be read: _validate (or init_from) says why
+    taken = {}
+    for head, members in PARENT_KEYS.items():
+        if head not in parent or (head in given and getattr(recipe, head) != _coerce(head, parent[head])):
+            continue
+        if head not in given:
+            taken[head] = _coerce(head, parent[head])
+        value = taken.get(head, getattr(recipe, head))
+        for key in members.get("*", ()) + members.get(value, ()):
+            if key in parent and key not in given:
+                taken[key] = _coerce(key, parent[key])
+    for key, value in taken.items():
+        setattr(recipe, key, value)
+    batch, epochs = parent.get("batch_size"), parent.get("epochs")
+    if "lr" in taken and batch and recipe.batch_size != batch:
+        ratio = recipe.batch_size / batch
+        recipe.lr = taken["lr"] * (ratio if recipe.optimizer == "sgd" else math.sqrt(ratio))
+    if epochs and recipe.epochs != epochs:
+        if "milestones" in taken:
+            recipe.milestones = [m * recipe.epochs / epochs for m in taken["milestones"]]
+        if "warmup_epochs" in taken:
+            recipe.warmup_epochs = taken["warmup_epochs"] * recipe.epochs / epochs
+    recipe.init_from_recipe = {**taken, "batch_size": batch, "epochs": epochs} if taken else {}
+
+
+def describe_parent_recipe(recipe: Recipe) -> str:
+    """One line: what a fine-tuning run took from its checkpoint's recipe (the trainer's first line says it)."""
+    taken = {k: v for k, v in recipe.init_from_recipe.items() if k not in ("batch_size", "epochs")}
+    if not taken:
+        return (f"the recipe's own optimizer {recipe.optimizer}, lr {recipe.lr:g} and schedule {recipe.schedule}: "
+                f"init_from {recipe.init_from} records no recipe, or each of its values was given")
+    parent = recipe.init_from_recipe
+    scaled = {"lr": f"its {parent.get('lr')} at batch {parent['batch_size']}",
+              "milestones": f"its {parent.get('milestones')} of {parent['epochs']} epochs",
+              "warmup_epochs": f"its {parent.get('warmup_epochs')} of {parent['epochs']} epochs"}
+    values = [f"{key} {getattr(recipe, key):.4g}" if isinstance(getattr(recipe, key), float)
+              else f"{key} {getattr(recipe, key)}" for key in taken]
+    values = [text + (f" ({scaled[key]})" if key in scaled and getattr(recipe, key) != value else "")
+              for text, (key, value) in zip(values, taken.items())]
+    return (f"recipe from init_from {recipe.init_from}: {', '.join(values)} (a flag or --set gives another; "
+            f"--epochs and --batch-size rescale them)")
 
 
 def load_recipe(path=None, overrides: Optional[dict] = None, *, resolved: bool = False) -> Recipe:
@@ -437,6 +512,63 @@ def recipe_changes(saved: Recipe, recipe: Recipe) -> list[str]:
     there, here = _saved_values(saved), _saved_values(recipe)
     return [f"{key} {_short(there[key])} there, {_short(value)} here" for key, value in here.items()
             if key not in ("device", "cuda_graph") and there[key] != value]
+
+
+# What a command that trains a recipe again leaves to its reader (where the data is, which machine) and how the values
+# were reached (not what they are).
+NOT_REPRODUCED = ("data_dir", "download", "device", "rule_overrides", "applied_rule_overrides", "init_from_recipe")
+DATA_DIR = "DATA_DIR"  # stands for the reader's image folder in such a command
+
+
+def _yaml_text(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=math.inf).removesuffix("\n...\n").strip()
+
+
+def train_command(recipe: dict) -> str:
+    """The ``biotorch train`` command that trains ``recipe`` (a run's resolved recipe) again: the zoo's recipe file
+    for its model, rule and data where there is one (else ``--model`` and ``--data``), its seed and start, then a
+    ``--set`` for every key whose value would still differ (:data:`NOT_REPRODUCED` aside); every value quoted
+    for the shell. ``load_recipe`` on the command's flags gives ``recipe`` back.
+
+    Example::
+
+        >>> train_command(load_yaml(Path("model_cards/resnet20_dfa.cifar10_jpeg/recipe.yaml").read_text()))
+        'biotorch train --recipe recipes/cifar10_jpeg/resnet20.yaml --rule dfa --seed 0 --set epochs=100 ...'
+    """
+    arch, rule, data = recipe["model"], recipe["rule"], recipe["data"]
+    own, shared = Path("recipes", data, f"{arch}_{rule}.yaml"), Path("recipes", data, f"{arch}.yaml")
+    if (REPO_ROOT / own).is_file():
+        flags = {"recipe": own.as_posix()}
+    elif (REPO_ROOT / shared).is_file():
+        flags = {"recipe": shared.as_posix(), "rule": rule}
+    else:
+        flags = {"model": f"{arch}_{rule}", "data": data}
+    flags.update({"seed": recipe["seed"], "init_from": recipe.get("init_from"),
+                  "data_dir": DATA_DIR if data == "imagefolder" else None})
+    flags = {key: str(value) for key, value in flags.items() if value is not None}
+    file = REPO_ROOT / flags["recipe"] if "recipe" in flags else None
+    wanted = {key: _coerce(key, recipe[key]) for key in FIELDS if key in recipe and key not in NOT_REPRODUCED}
+    texts: dict = {}
+    try:  # each pass sets the first key that still differs (epochs and batch_size before what scales with them)
+        while True:
+            overrides = {**{k: v for k, v in flags.items() if k != "recipe"},
+                         **parse_set(f"{k}={v}" for k, v in texts.items())}
+            got = load_recipe(file, overrides)
+            key = next((key for key, value in wanted.items() if getattr(got, key) != value), None)
+            if key is None:
+                break
+            assert key not in texts, f"--set {key}={texts[key]} does not give {wanted[key]!r}"
+            texts[key] = _yaml_text(wanted[key])
+    except (ConfigError, ValueError, OSError):  # its start cannot be read here: say every value, taken from none
+        defaults = Recipe()
+        inherited = {key for head, members in PARENT_KEYS.items() for values in members.values()
+                     for key in (head, *values)}
+        texts = {key: _yaml_text(value) for key, value in wanted.items()
+                 if key not in flags and (key in inherited or value != getattr(defaults, key))}
+    words = ["biotorch", "train"] + [f"--{key.replace('_', '-')} {shlex.quote(value)}" for key, value in flags.items()]
+    words += [f"--set {shlex.quote(f'{key}={texts[key]}')}" for key in FIELDS if key in texts]
+    tail = f"   # {DATA_DIR}: your image folder (train/, val/, test/)" if data == "imagefolder" else ""
+    return " ".join(words) + tail
 
 
 def parse_set(pairs) -> dict:

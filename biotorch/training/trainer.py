@@ -51,7 +51,7 @@ from . import checkpoint as ckpt
 from . import datasets
 from .evaluate import evaluate
 from .optim import create_optimizer, create_scheduler
-from .recipe import Recipe, save_recipe
+from .recipe import Recipe, describe_parent_recipe, save_recipe
 from .records import TensorBoard, plot_alignment, plot_curves, write_history
 from .runtime import Distributed, configure_determinism, resolve_amp, resolve_device
 
@@ -193,6 +193,8 @@ class Trainer:
         return lock
 
     def _setup(self, recipe: Recipe, resume: bool, tensorboard: bool) -> None:
+        if recipe.init_from:
+            self.log(f"[{self.name}] {describe_parent_recipe(recipe)}")
         configure_determinism(recipe.deterministic)
         random.seed(recipe.seed)
         self._setup_data(recipe)
