@@ -221,7 +221,7 @@ def test_fine_tuning_starts_from_the_checkpoints_recipe_unless_told_otherwise(tm
                      "--limit-train", "64", "--batch-size", "32", "--device", "cpu", "--out", str(out),
                      "--no-progress"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("[lenet_fa] recipe from init_from lenet_fa.fashion_mnist: optimizer sgd, lr 0.0075 (its "
+    assert first.startswith("[lenet_fa] recipe of lenet_fa.fashion_mnist: optimizer sgd, lr 0.0075 (its "
                             "0.03 at batch 128), weight_decay 0.0005, momentum 0.9, nesterov True, schedule cosine"), first
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])

@@ -190,7 +190,7 @@ def test_a_users_card_describes_and_loads_their_own_repo(images, tmp_path, capsy
     argv = [str(images) if word == DATA_DIR else word for word in shlex.split(line, comments=True)]
     assert argv[:6] == ["biotorch", "train", "--model", "lenet_fa", "--init-from", "hf-hub:me/shapes"]
     log = run_cli(capsys, *argv[1:], "--no-progress")
-    assert log.startswith("[lenet_fa] recipe from init_from hf-hub:me/shapes: optimizer sgd, lr 0.0075 (its 0.001875 "
+    assert log.startswith("[lenet_fa] recipe of hf-hub:me/shapes: optimizer sgd, lr 0.0075 (its 0.001875 "
                           "at batch 8)"), log
 
 

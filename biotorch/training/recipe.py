@@ -461,8 +461,8 @@ def describe_parent_recipe(recipe: Recipe) -> str:
     """One line: what a fine-tuning run took from its checkpoint's recipe (the trainer's first line says it)."""
     taken = {k: v for k, v in recipe.init_from_recipe.items() if k not in ("batch_size", "epochs")}
     if not taken:
-        return (f"the recipe's own optimizer {recipe.optimizer}, lr {recipe.lr:g} and schedule {recipe.schedule}: "
-                f"init_from {recipe.init_from} records no recipe, or each of its values was given")
+        return (f"recipe as given: optimizer {recipe.optimizer}, lr {recipe.lr:g}, schedule {recipe.schedule} (nothing "
+                f"from {recipe.init_from}'s recipe: none is recorded, or each of its values was given)")
     parent = recipe.init_from_recipe
     scaled = {"lr": f"its {parent.get('lr')} at batch {parent['batch_size']}",
               "milestones": f"its {parent.get('milestones')} of {parent['epochs']} epochs",
@@ -471,7 +471,7 @@ def describe_parent_recipe(recipe: Recipe) -> str:
               else f"{key} {getattr(recipe, key)}" for key in taken]
     values = [text + (f" ({scaled[key]})" if key in scaled and getattr(recipe, key) != value else "")
               for text, (key, value) in zip(values, taken.items())]
-    return (f"recipe from init_from {recipe.init_from}: {', '.join(values)} (a flag or --set gives another; "
+    return (f"recipe of {recipe.init_from}: {', '.join(values)} (a flag or --set gives another; "
             f"--epochs and --batch-size rescale them)")
 
 
