@@ -13,7 +13,9 @@ seed. What differs is whose gradient crafts the examples:
   (``{arch}_bp.{tag}``) with its exact gradient, then shown to the target, whose gradient is never used.
 
 For a bp target the three are the same attack. ``metrics.json`` of a card holds the results under
-``"robustness"``: a list of ``{attack, eps, gradient, top1, images, seed, split}``.
+``"robustness"``: a list of ``{attack, eps, gradient, top1, images, seed, split, vanished}``; ``vanished`` counts the
+images whose gradient from that source is all zero or not finite (gradient masking: the attack cannot move them, so
+that top-1 is an upper bound; the command warns and the card says so).
 
 Example::
 
@@ -23,7 +25,7 @@ Example::
     >>> images, labels, split = robustness.load_images("fashion_mnist", limit=1000)   # floats in [0, 1]
     >>> block = robustness.evaluate_robustness(model, images, labels, transfer_model=bp, split=split)
     >>> len(block), sorted(block[0])                 # 2 attacks × 4 eps × 3 gradient sources
-    (24, ['attack', 'eps', 'gradient', 'images', 'seed', 'split', 'top1'])
+    (24, ['attack', 'eps', 'gradient', 'images', 'seed', 'split', 'top1', 'vanished'])
     >>> robustness.write_block("model_cards/lenet_fa.fashion_mnist", block)
 
     $ biotorch robustness lenet_fa.fashion_mnist --attack pgd --eps 0.05 --limit 1000 --json
@@ -33,10 +35,11 @@ model index, plot, the card's section), ``cli.py`` (the images, the checkpoints,
 """
 
 from .attacks import (ATTACKS, DEFAULT_EPS, GRADIENTS, HEADLINE_EPS, Pixels, accuracy, check_attacks, check_eps,
-                      check_gradients, craft, evaluate_robustness, normalisation)
+                      check_gradients, craft, evaluate_robustness, normalisation, vanished)
 from .cli import add_commands, load_images, run_robustness
-from .report import card_section, carried_over, info_lines, model_index, plot, write_block
+from .report import card_section, carried_over, info_lines, model_index, plot, vanished_lines, write_block
 
 __all__ = ["ATTACKS", "DEFAULT_EPS", "GRADIENTS", "HEADLINE_EPS", "Pixels", "accuracy", "add_commands", "card_section",
            "carried_over", "check_attacks", "check_eps", "check_gradients", "craft", "evaluate_robustness",
-           "info_lines", "load_images", "model_index", "normalisation", "plot", "run_robustness", "write_block"]
+           "info_lines", "load_images", "model_index", "normalisation", "plot", "run_robustness", "vanished",
+           "vanished_lines", "write_block"]

@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..convert import exact_gradients, set_targets
@@ -132,6 +133,31 @@ def craft(model: nn.Module, images: Tensor, labels: Tensor, attack: str = "pgd",
     return torch.from_numpy(adversarial).to(images.device)
 
 
+def vanished(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Optional[Sequence[float]] = None,
+             std: Optional[Sequence[float]] = None, gradient: str = "exact", batch_size: int = 500) -> int:
+    """How many ``images`` get an all-zero or non-finite input gradient from ``gradient`` (``"exact"`` or
+    ``"rule"``), the loss and batches the attacks use: a gradient attack cannot move those images, so a top-1 that
+    counts them measures gradient masking, not robustness, and is an upper bound.
+
+    Example::
+
+        >>> vanished(model, images, labels, gradient="exact")    # a model whose logits saturate
+        63
+    """
+    if mean is None or std is None:
+        mean, std = normalisation(model)
+    attacked, device, count = Pixels(model, mean, std), next(model.parameters()).device, 0
+    with _attacking(model, exact=gradient == "exact"):
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(device, torch.float32, copy=True).requires_grad_()
+            y = labels[i:i + batch_size].to(device)
+            set_targets(model, y)
+            (grad,) = torch.autograd.grad(F.cross_entropy(attacked(x), y), x)
+            grad = grad.flatten(1)
+            count += int(((grad == 0).all(1) | ~torch.isfinite(grad).all(1)).sum())
+    return count
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Optional[Sequence[float]] = None,
              std: Optional[Sequence[float]] = None, batch_size: int = 500) -> float:
@@ -153,7 +179,8 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, *,
                         eps: Sequence[float] = DEFAULT_EPS, gradients: Sequence[str] = GRADIENTS, seed: int = 0,
                         batch_size: int = 500, split: str = "test", transfer_cache: Optional[dict] = None,
                         progress: Union[bool, dict] = True) -> list[dict]:
-    """Top-1 of ``model`` under each attack × eps × gradient source: the ``robustness`` block of a card.
+    """Top-1 of ``model`` under each attack × eps × gradient source: the ``robustness`` block of a card. Each row
+    also counts the images whose gradient from its source ``vanished`` (:func:`vanished`): its top-1 is an upper bound.
 
     ``transfer_model`` is the bp model of the same architecture and data (needed for ``"transfer"``); its
     adversarial examples depend only on it and the images, so ``transfer_cache`` (a dict) may be shared by
@@ -175,6 +202,9 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, *,
     bp_mean, bp_std = (normalisation(transfer_model) if hasattr(transfer_model, "pretrained_cfg")
                        else (mean, std))
     tasks = [(attack, e, gradient) for attack in attacks for e in eps for gradient in gradients]
+    masked = {g: vanished(transfer_model if g == "transfer" else model, images, labels,
+                          mean=bp_mean if g == "transfer" else mean, std=bp_std if g == "transfer" else std,
+                          gradient="rule" if g == "rule" else "exact", batch_size=batch_size) for g in gradients}
     from tqdm.auto import tqdm
 
     block = []
@@ -195,7 +225,7 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, *,
                                 batch_size=batch_size)
         top1 = accuracy(model, adversarial, labels, mean=mean, std=std, batch_size=batch_size)
         block.append({"attack": attack, "eps": e, "gradient": gradient, "top1": round(top1, 4),
-                      "images": len(labels), "seed": seed, "split": split})
+                      "images": len(labels), "seed": seed, "split": split, "vanished": masked[gradient]})
     return block
 
 

@@ -24,7 +24,7 @@ from ..training.runtime import resolve_device
 from ..weights import kind
 from .attacks import (ATTACK_TITLES, ATTACKS, DEFAULT_EPS, GRADIENTS, SUBSET_SEED, accuracy, check_attacks, check_eps,
                       check_gradients, evaluate_robustness)
-from .report import find_row, write_block
+from .report import find_row, vanished_lines, write_block
 
 def load_images(dataset: str, data_dir=None, *, limit: Optional[int] = None, samples: bool = False,
                 device=None, log=None, info=None) -> tuple[Tensor, Tensor, str]:
@@ -159,6 +159,8 @@ def _attack(model: nn.Module, data: tuple[Tensor, Tensor, str], label: str, data
                                 seed=args.seed,
                                 batch_size=args.batch_size, split=split, transfer_cache=transfer and transfer[1],
                                 progress=False if args.json else {"desc": label, "position": worker})
+    for line in vanished_lines(block):
+        print(f"biotorch robustness: warning: {label}: {line}", file=sys.stderr)
     return {"model": label, "dataset": dataset, "split": split, "images": len(labels), "clean_top1": clean,
             "robustness": block}
 

@@ -71,6 +71,15 @@ def _images(row: dict) -> str:
     return f"{row['images']:,} {row.get('split', 'test')} images"
 
 
+def vanished_lines(block: Optional[list[dict]]) -> list[str]:
+    """One line per gradient source whose gradient vanished on some images (gradient masking): the command's warning,
+    the card's note."""
+    whose = {"exact": "the exact gradient", "rule": "the rule's gradient", "transfer": "the bp model's gradient"}
+    rows = {r["gradient"]: r for r in block or () if r.get("vanished")}
+    return [f"{whose[g]} vanished on {rows[g]['vanished']:,} of {rows[g]['images']:,} images: these numbers are upper "
+            "bounds" for g in GRADIENTS if g in rows]
+
+
 def model_index(block: Optional[list[dict]], eps: float = HEADLINE_EPS) -> list[dict]:
     """EvalResult fields (without task and dataset) for the card's model-index: white-box top-1 under each
     attack at ``eps``, on the test set only (sample-image results stay in the card's table).
@@ -165,6 +174,8 @@ def card_section(cfg: dict, folder: Union[str, Path], cards_dirs: Sequence[Path]
             cells.append("–" if row is None else f"{row['top1']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     same = " For this bp model the three are one attack." if is_bp else ""
+    masked = "".join(f"\n\n**Gradient masking**: {line} (an attack cannot move an image whose gradient is zero)."
+                     for line in vanished_lines(block))
     bp_note = (f"The grey curve is `{cfg['arch']}_bp.{cfg['tag']}` under its own exact gradient "
                f"({_images(bp_block[0])}). " if bp_block else "")
     test_size = DATASETS[cfg["dataset"]].test_size if cfg.get("dataset") in DATASETS else None
@@ -179,7 +190,7 @@ steps of {PGD_STEP_SIZE:g}·ε from a random start, from the Adversarial Robustn
 *exact*, the true gradient of this model (white box); *the rule's gradient*, what this model's learning rule
 sends back to its input; *transfer*, examples crafted on `{cfg['arch']}_bp.{cfg['tag']}` with its exact gradient.{same}
 
-{chr(10).join(lines)}
+{chr(10).join(lines)}{masked}
 
 ![top-1 against ε per gradient source](robustness.png)
 
