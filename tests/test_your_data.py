@@ -194,6 +194,42 @@ def test_without_val_a_seeded_tenth_is_held_out_and_without_test_the_run_says_so
     assert "has no test top-1" in capsys.readouterr().err
 
 
+def test_a_layout_mistake_says_what_was_found_and_what_to_pass(images, tmp_path, capsys):
+    flat = tmp_path / "flat"  # class folders with no train/ above them
+    for name in CLASSES:
+        (flat / name).mkdir(parents=True)
+        (flat / name / "0.png").write_bytes((images / "train" / name / "000.png").read_bytes())
+    cases = [(images / "train", f"{images / 'train'} holds class folders: pass its parent, {images}"),
+             (flat, f"{flat} holds class folders (circle, cross, square) but no train/: move them into {flat / 'train'}"),
+             (tmp_path / "empty", f"{tmp_path / 'empty'} holds no train/, val/ or test/ folder: expected "
+                                  f"{tmp_path / 'empty'}/train/<class>/<image>"),
+             (tmp_path / "missing", f"no image folder at {tmp_path / 'missing'}")]
+    (tmp_path / "empty").mkdir()
+    for folder, expected in cases:
+        for argv in (["train", "--model", "lenet", "--data", "imagefolder", "--data-dir", folder, "--epochs", 1,
+                      "--out", tmp_path / "run"], ["eval", START, "--data", "imagefolder", "--data-dir", folder]):
+            assert cli.main([str(a) for a in argv]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.count("\n") == 0 and expected in err, err
+            assert "--download" not in err and "load_split" not in err and "BIOTORCH_DATA" not in err, err
+    only_train = make_imagefolder(tmp_path / "only-train", per_class=2, splits=("train",))
+    with pytest.raises(FileNotFoundError, match=f"{only_train} has no test/ folder: expected "
+                                                f"{only_train}/test/<class>/<image>"):
+        load_split("imagefolder", "test", only_train)
+
+
+def test_missing_data_names_no_internal_function_and_no_downloader_that_does_not_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOTORCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("BIOTORCH_CACHE", str(tmp_path / "cache"))
+    messages = {}
+    for name in ("fashion_mnist", "cifar10_jpeg"):
+        with pytest.raises(FileNotFoundError) as error:
+            load_split(name, "test", data_dir=tmp_path / "nothing")
+        messages[name] = str(error.value)
+    assert not any("load_split" in m for m in messages.values()), messages
+    assert "--download" in messages["fashion_mnist"] and "--download" not in messages["cifar10_jpeg"], messages
+
+
 @pytest.mark.parametrize("repo_id", ["me", "me/..", "../x", "me/a/b", "me/ x", ""])
 def test_push_refuses_a_repo_id_that_is_not_owner_slash_name(repo_id, tmp_path, capsys, make_run):
     run = make_run()
