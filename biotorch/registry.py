@@ -197,8 +197,10 @@ def describe(name: str) -> str:
 
 # --- timm's view: a timm PretrainedCfg per name and tag ------------------------------------------------------
 def timm_cfg(model_name: str, record: Optional[CheckpointRecord] = None) -> timm.models.PretrainedCfg:
-    """timm's ``PretrainedCfg`` of ``arch_rule`` (its defaults, normalised like the first catalogued dataset
-    of its input size) or of a published checkpoint ``record`` (its data, with the Hub repo as ``hf_hub_id``).
+    """timm's ``PretrainedCfg`` of ``arch_rule`` or of a published checkpoint ``record`` (its data, with the Hub repo
+    as ``hf_hub_id``). Without a record it is the architecture's input size with an image folder's preprocessing
+    (``DATASETS["imagefolder"]``: ImageNet statistics, one value averaged for a grayscale architecture, crop_pct
+    0.875), as timm's untagged models have: what a model from scratch takes, in Python and in ``biotorch train``.
 
     Example::
 
@@ -208,9 +210,10 @@ def timm_cfg(model_name: str, record: Optional[CheckpointRecord] = None) -> timm
     arch, _, _ = split_name(model_name)
     info = DEFAULT_CFGS[arch]
     if record is None:
-        data = next(d for d in DATASETS.values() if d.input_size == info["input_size"])
-        fields = dict(input_size=info["input_size"], num_classes=info["num_classes"], mean=data.mean, std=data.std,
-                      interpolation=data.interpolation, crop_pct=data.crop_pct)
+        folder = DATASETS["imagefolder"]
+        fields = dict(input_size=(folder.in_chans, *info["input_size"][1:]), mean=folder.mean, std=folder.std)
+        fit_channels(fields, info["input_size"][0])
+        fields.update(num_classes=info["num_classes"], interpolation=folder.interpolation, crop_pct=folder.crop_pct)
     else:
         fields = dict(hf_hub_id=record.hub_id, tag=record.tag, input_size=tuple(record.input_size),
                       num_classes=record.num_classes, label_names=tuple(record.label_names), mean=tuple(record.mean),

@@ -104,7 +104,9 @@ def test_every_name_is_registered_with_its_default_cfg():
         assert len(cfg.mean) == len(cfg.std) == cfg.input_size[0]
         assert cfg.interpolation == "bilinear" and cfg.crop_pct > 0 and cfg.license == "mit"
         assert not cfg.has_weights  # the untagged name is the architecture's defaults, as in biotorch
-    assert timm.models.get_pretrained_cfg("resnet20_fa").mean == biotorch.data.DATASETS["cifar10"].mean
+    folder = biotorch.data.DATASETS["imagefolder"]  # untagged: a folder of images from scratch, as timm's untagged models
+    assert timm.models.get_pretrained_cfg("resnet20_fa").mean == folder.mean
+    assert timm.models.get_pretrained_cfg("mlp_fa").mean == (sum(folder.mean) / 3,)  # a grayscale architecture
     assert timm.models.get_pretrained_cfg("resnet50_kp").input_size == (3, 224, 224)
 
 

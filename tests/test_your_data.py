@@ -157,6 +157,24 @@ def test_an_image_folder_is_brought_to_the_checkpoint_and_overridden_by_recipe_k
     assert x.shape == (36, 1, 40, 40) and y.tolist() == sorted(y.tolist())
 
 
+@pytest.mark.parametrize("arch, in_chans", [("resnet20", None), ("lenet", 3), ("lenet", 1)])
+def test_from_scratch_the_cli_and_transforms_of_the_model_bring_a_folder_to_the_same_input(images, arch, in_chans):
+    from biotorch.data import eval_transform
+    from biotorch.training.recipe import make_recipe
+    from biotorch.training.trainer import data_info
+
+    recipe = make_recipe({"data": "imagefolder", "data_dir": str(images), "model": f"{arch}_kp", "in_chans": in_chans})
+    info = data_info(recipe)  # what `biotorch train --model resnet20_kp --data imagefolder` trains on
+    model = biotorch.create_model(f"{arch}_kp", num_classes=3, in_chans=info.in_chans)  # the same model in Python
+    cfg = model.pretrained_cfg
+    assert (tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]), cfg["crop_pct"], cfg["interpolation"]) \
+        == (info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
+    with Image.open(images / "test" / "cross" / "000.png") as image:
+        torch.testing.assert_close(biotorch.transforms(model)(image), eval_transform(info)(image), rtol=0, atol=0)
+    if in_chans is None:
+        assert info.mean == DATASETS["imagefolder"].mean and info.crop_pct == DATASETS["imagefolder"].crop_pct
+
+
 @pytest.mark.parametrize("values, expected", [
     ({"data": "fashion_mnist", "img_size": 64}, "describes an image folder's images"),
     ({"model": "lenet", "img_size": 64}, "lenet takes 32x32 images only"),

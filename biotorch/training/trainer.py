@@ -44,7 +44,7 @@ from ..files import LOCK, write_json
 from ..hub import RUN_WEIGHTS, checkpoint_config, file_record, load_checkpoint, save_weights
 from ..metrics import alignment, count_parameters, gradient_alignment
 from ..models import DEFAULT_CFGS
-from ..registry import fit_channels
+from ..registry import fit_channels, timm_cfg
 from ..version import __version__
 from ..weights import fetch, folder_source, resolve
 from . import checkpoint as ckpt
@@ -76,16 +76,16 @@ def _say(line: str) -> None:
 def data_info(recipe: Recipe) -> DatasetInfo:
     """The run's data: a catalogued dataset as it is; an image folder's classes, brought to what the model takes.
     That is the data cfg of the checkpoint fine-tuned (``init_from``: its size, channels, normalisation,
-    interpolation and crop), else the folder defaults (RGB, ImageNet statistics) at the architecture's input
-    size; then the recipe's ``img_size``, ``in_chans``, ``mean``, ``std`` and ``interpolation``."""
+    interpolation and crop), else the architecture's own (:func:`biotorch.registry.timm_cfg`: an image folder's
+    preprocessing at its input size) in RGB; then the recipe's ``img_size``, ``in_chans``, ``mean``, ``std`` and
+    ``interpolation``."""
     if recipe.data != "imagefolder":
         return dataset_info(recipe.data, recipe.data_dir)
     if recipe.init_from:
         cfg = dict(data_config(recipe.init_from))
-    else:
-        folder = DATASETS["imagefolder"]
-        cfg = dict(input_size=(folder.in_chans, *DEFAULT_CFGS[recipe.model]["input_size"][1:]), mean=folder.mean,
-                   std=folder.std, interpolation=folder.interpolation, crop_pct=folder.crop_pct)
+    else:  # the cfg of the model from scratch (biotorch.transforms(create_model(...)) says the same), in RGB
+        cfg = timm_cfg(recipe.model_name).to_dict()
+        fit_channels(cfg, DATASETS["imagefolder"].in_chans)
     cfg.pop("dataset", None)  # a published record's: the folder's images are brought to size by its crop_pct
     if recipe.in_chans is not None:
         fit_channels(cfg, recipe.in_chans)
