@@ -295,6 +295,28 @@ def test_an_unreachable_hub_falls_back_to_the_clones_copy_of_our_repos(tmp_path,
         biotorch.from_pretrained("hf-hub:someone/else")
 
 
+def test_an_unreachable_hub_or_offline_mode_fails_at_once_in_one_line_naming_the_cache(tmp_path, monkeypatch, capsys):
+    import time
+
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from hub_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: refused at once (the client retried 5 times, 23 s)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    for offline, why in ((False, f"the Hub ({url}) could not be reached"), (True, "HF_HUB_OFFLINE=1")):
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+        start = time.monotonic()
+        assert cli.main(["info", "hf-hub:me/my-shapes"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert time.monotonic() - start < 5, "retried before failing"
+        assert err.count("\n") == 0 and why in err and f"not in the local HF cache ({tmp_path / 'hf-cache'})" in err, err
+        with pytest.raises(LocalEntryNotFoundError, match="hf-hub:me/my-shapes@v1 is not in the local HF cache"):
+            biotorch.from_pretrained("hf-hub:me/my-shapes", revision="v1")
+
+
 def test_a_long_reason_is_shortened_at_a_word(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BIOTORCH_DATA", str(tmp_path / ("a-rather-long-folder-name-" * 6)))
     monkeypatch.setenv("BIOTORCH_CACHE", str(tmp_path / "cache"))  # not the staged data of this machine
