@@ -12,6 +12,10 @@ Example::
 """
 
 
+import difflib
+from collections.abc import Iterable
+
+
 class BiotorchError(Exception):
     """Base of every error biotorch raises on bad input."""
 
@@ -40,3 +44,11 @@ def shorten(text: str, width: int) -> str:
         return line
     cut = line.rfind(" ", 0, width - 1)
     return (line[:cut] if cut > 0 else line[:width - 2]) + " …"
+
+
+def close_matches(value: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """What ``value`` may be a typo of, closest first, for a message's "did you mean": a choice of the same letters in
+    another order (``af`` for ``fa``, which difflib misses in a short word), then difflib's close matches."""
+    choices, value = list(choices), str(value)
+    same_letters = [c for c in choices if c != value and sorted(c) == sorted(value)]
+    return list(dict.fromkeys(same_letters + difflib.get_close_matches(value, choices, n=n, cutoff=0.5)))[:n]

@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import functools
 import json
@@ -34,6 +33,7 @@ from typing import Optional
 import timm.models
 
 from .data import DATASETS
+from .errors import close_matches
 from .models import ARCHITECTURES, DEFAULT_CFGS
 from .rules import RULES
 
@@ -105,7 +105,8 @@ def list_models(pattern: Optional[str] = None, pretrained: bool = False) -> list
 
 
 def split_name(name: str, *, rule_required: bool = True) -> tuple[str, Optional[str], Optional[str]]:
-    """``"resnet20_fa.cifar10_jpeg"`` → ``("resnet20", "fa", "cifar10_jpeg")``; unknown names fail clearly.
+    """``"resnet20_fa.cifar10_jpeg"`` → ``("resnet20", "fa", "cifar10_jpeg")``; unknown names fail clearly, naming
+    the part that is wrong (architecture or rule) with what it may be a typo of.
 
     With ``rule_required=False`` a bare architecture is accepted too: ``"resnet20"`` → ``("resnet20", None, None)``.
     """
@@ -115,12 +116,18 @@ def split_name(name: str, *, rule_required: bool = True) -> tuple[str, Optional[
     if not rule_required and base in ARCHITECTURES:
         return base, None, tag or None
     arch, _, rule = base.rpartition("_")
-    if arch not in ARCHITECTURES or rule not in RULES:
-        close = difflib.get_close_matches(base, model_names(), n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} See biotorch.list_models() "
-                         f"(names are <architecture>_<rule>, rules: {', '.join(RULES)})")
-    return arch, rule, tag or None
+    if arch in ARCHITECTURES and rule in RULES:
+        return arch, rule, tag or None
+    suffix = f".{tag}" if tag else ""
+    if arch in ARCHITECTURES:
+        part, close = f"no learning rule {rule!r}", [f"{arch}_{r}{suffix}" for r in close_matches(rule, RULES)]
+    elif rule in RULES:
+        part, close = f"no architecture {arch!r}", [f"{a}_{rule}{suffix}" for a in close_matches(arch, ARCHITECTURES)]
+    else:
+        part, close = "", close_matches(base, [*model_names(), *([] if rule_required else ARCHITECTURES)], n=5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown model {name!r}{': ' + part if part else ''}.{hint} See biotorch.list_models() "
+                     f"(names are <architecture>_<rule>, rules: {', '.join(RULES)})")
 
 
 def finetune_tag(dataset: str, rule: str, parent: dict) -> str:
@@ -190,8 +197,10 @@ def describe(name: str) -> str:
 
 # --- timm's view: a timm PretrainedCfg per name and tag ------------------------------------------------------
 def timm_cfg(model_name: str, record: Optional[CheckpointRecord] = None) -> timm.models.PretrainedCfg:
-    """timm's ``PretrainedCfg`` of ``arch_rule`` (its defaults, normalised like the first catalogued dataset
-    of its input size) or of a published checkpoint ``record`` (its data, with the Hub repo as ``hf_hub_id``).
+    """timm's ``PretrainedCfg`` of ``arch_rule`` or of a published checkpoint ``record`` (its data, with the Hub repo
+    as ``hf_hub_id``). Without a record it is the architecture's input size with an image folder's preprocessing
+    (``DATASETS["imagefolder"]``: ImageNet statistics, one value averaged for a grayscale architecture, crop_pct
+    0.875), as timm's untagged models have: what a model from scratch takes, in Python and in ``biotorch train``.
 
     Example::
 
@@ -201,9 +210,10 @@ def timm_cfg(model_name: str, record: Optional[CheckpointRecord] = None) -> timm
     arch, _, _ = split_name(model_name)
     info = DEFAULT_CFGS[arch]
     if record is None:
-        data = next(d for d in DATASETS.values() if d.input_size == info["input_size"])
-        fields = dict(input_size=info["input_size"], num_classes=info["num_classes"], mean=data.mean, std=data.std,
-                      interpolation=data.interpolation, crop_pct=data.crop_pct)
+        folder = DATASETS["imagefolder"]
+        fields = dict(input_size=(folder.in_chans, *info["input_size"][1:]), mean=folder.mean, std=folder.std)
+        fit_channels(fields, info["input_size"][0])
+        fields.update(num_classes=info["num_classes"], interpolation=folder.interpolation, crop_pct=folder.crop_pct)
     else:
         fields = dict(hf_hub_id=record.hub_id, tag=record.tag, input_size=tuple(record.input_size),
                       num_classes=record.num_classes, label_names=tuple(record.label_names), mean=tuple(record.mean),

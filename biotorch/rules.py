@@ -16,7 +16,6 @@ Example::
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 import re
@@ -25,6 +24,7 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
+from .errors import close_matches
 from .functional import capture_error
 
 _MASKS = {s: (1 << (64 - s)) - 1 for s in (11, 27, 30, 31)}
@@ -619,7 +619,7 @@ def make_rule(name: str, **options) -> Rule:
     if isinstance(name, Rule):
         return name
     if name not in RULES:
-        close = difflib.get_close_matches(str(name), RULES, n=3)
+        close = close_matches(name, RULES)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown learning rule {name!r}.{hint} Available: {', '.join(RULES)}")
     cls = RULES[name]

@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
 import warnings
@@ -172,33 +171,59 @@ def _published_file(record: CheckpointRecord, revision: Optional[str], local_fil
     mirror = hub.MIRROR / record.name / WEIGHTS_NAME  # looked up at each call: a test may point it elsewhere
     if mirror.is_file() and revision is None:
         return mirror
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(record.hub_id, WEIGHTS_NAME, revision=revision, local_files_only=local_files_only,
-                                cache_dir=cache_dir))
+    return _hub_files(record.hub_id, (WEIGHTS_NAME,), revision, local_files_only, cache_dir)[0]
 
 
 def _download_repo(repo_id: str, revision: Optional[str], local_files_only: bool,
                    cache_dir: Optional[PathLike]) -> Path:
-    """The folder of a Hub checkpoint repo (config and weights) in the local HF cache, downloaded if needed."""
-    from huggingface_hub import hf_hub_download
-
+    """The folder of a Hub checkpoint repo (config and weights) in the local HF cache, downloaded if needed; where
+    the Hub cannot be reached and the cache has none, this clone's copy of a repo biotorch publishes."""
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    get = functools.partial(hf_hub_download, repo_id, revision=revision, local_files_only=local_files_only,
-                            cache_dir=cache_dir)
     try:
-        config = get(CONFIG_NAME)
-        get(WEIGHTS_NAME)
-    except LocalEntryNotFoundError:  # the Hub unreachable (or offline mode) and not in the cache
+        return _hub_files(repo_id, (CONFIG_NAME, WEIGHTS_NAME), revision, local_files_only, cache_dir)[0].parent
+    except LocalEntryNotFoundError:
         mirror = _mirror_of(repo_id)
         if mirror is None or revision is not None:
             raise
         warnings.warn(f"the Hub could not be reached and {repo_id} is not in the HF cache: loaded this clone's copy, "
-                      f"{mirror} (the weights biotorch {__version__} publishes; HF_HUB_OFFLINE=1 skips the retries)",
-                      stacklevel=3)
+                      f"{mirror} (the weights biotorch {__version__} publishes)", stacklevel=3)
         return mirror
-    return Path(config).parent
+
+
+def _hub_files(repo_id: str, filenames: tuple[str, ...], revision: Optional[str], local_files_only: bool,
+               cache_dir: Optional[PathLike]) -> list[Path]:
+    """``filenames`` of a Hub repo from the HF cache, downloaded into it if needed. Where the Hub does not answer
+    one request (or HF_HUB_OFFLINE=1) only the cache is read, so a file not there fails at once, in one line naming
+    the cache looked in: huggingface_hub alone retries for ~20 s first."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cached = all(isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision), str)
+                 for name in filenames)
+    offline = local_files_only or constants.HF_HUB_OFFLINE or (not cached and not _hub_answers(repo_id, revision))
+    try:
+        return [Path(hf_hub_download(repo_id, name, revision=revision, local_files_only=offline, cache_dir=cache_dir))
+                for name in filenames]
+    except LocalEntryNotFoundError:
+        why = ("HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else "local_files_only=True" if local_files_only
+               else f"the Hub ({constants.ENDPOINT}) could not be reached")
+        raise LocalEntryNotFoundError(f"{HUB_PREFIX}{repo_id}{f'@{revision}' if revision else ''} is not in the local "
+                                      f"HF cache ({cache_dir or constants.HF_HUB_CACHE}) and {why}") from None
+
+
+def _hub_answers(repo_id: str, revision: Optional[str]) -> bool:
+    """Whether the Hub answers one request about ``repo_id`` (any HTTP answer, an error included), without retries."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, CONFIG_NAME, revision=revision))
+    except HfHubHTTPError:  # not found, gated, ...: it answered; hf_hub_download says what the answer means
+        return True
+    except Exception:  # no answer: refused, no DNS, a timeout
+        return False
+    return True
 
 
 def _mirror_of(repo_id: str) -> Optional[Path]:

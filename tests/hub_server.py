@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tool(name: str) -> str | None:
+    """``name`` on PATH, else beside this interpreter: the bin/ of a virtualenv run without activating it
+    (``venv/bin/python -m pytest``), where pip put ``olah-cli``."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
 
 
 def _git(*args: str, cwd: Path) -> None:
@@ -45,7 +52,7 @@ class OlahServer:
 
     @staticmethod
     def available() -> bool:
-        return shutil.which("olah-cli") is not None and shutil.which("git") is not None
+        return tool("olah-cli") is not None and tool("git") is not None
 
     def add_repo(self, repo_id: str, folder: Path) -> str:
         """Commit ``folder``'s files as ``repo_id`` on branch main; returns the commit sha."""
@@ -73,7 +80,7 @@ offline = true
 """)
         self.log = open(self.root / "olah.log", "wb")
         # cwd: olah writes its logs/ folder into the working directory.
-        self.process = subprocess.Popen(["olah-cli", "-c", str(config)], cwd=self.root, stdout=self.log,
+        self.process = subprocess.Popen([tool("olah-cli"), "-c", str(config)], cwd=self.root, stdout=self.log,
                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

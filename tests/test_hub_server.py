@@ -175,3 +175,25 @@ def test_push_a_training_run_builds_its_card_first(make_run, recorded):
     assert {WEIGHTS_NAME, CONFIG_NAME, "README.md", "metrics.json", "alignment.png"} <= set(upload["files"])
     assert "best.safetensors" not in upload["files"]
     assert upload["config"]["pretrained_cfg"]["metrics"]["seed"] == 3
+
+
+def test_olah_is_found_beside_the_interpreter_of_a_virtualenv_that_is_not_activated(tmp_path, monkeypatch):
+    import os
+    import shutil
+    import sys
+
+    import hub_server
+
+    bin_dir = tmp_path / "venv" / "bin"  # `venv/bin/python -m pytest`: bin/ is on no PATH
+    bin_dir.mkdir(parents=True)
+    olah = bin_dir / "olah-cli"
+    olah.write_text("#!/bin/sh\n")
+    olah.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "elsewhere"), os.path.dirname(shutil.which("git"))]))
+    assert hub_server.tool("olah-cli") == str(olah) and OlahServer.available()
+    monkeypatch.setenv("CI", "true")  # and where it is missing, CI fails rather than skips
+    olah.unlink()
+    assert not OlahServer.available()
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        missing_tool("olah-cli is needed")

@@ -27,6 +27,23 @@ def test_unknown_names_suggest_close_matches():
         biotorch.create_model("lenet_fa.imagenet", pretrained=True)
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--init-from", "lenet_af.fashion_mnist"], "no learning rule 'af'. Did you mean: lenet_fa.fashion_mnist?"),
+    (["train", "--init-from", "lenat_fa.fashion_mnist"], "no architecture 'lenat'. Did you mean: lenet_fa.fashion_mnist"),
+    (["train", "--init-from", "lenet_fa.fashion_mnsit"], "Available tags: lenet_fa.fashion_mnist"),
+    (["train", "--model", "lenet_af"], "no learning rule 'af'. Did you mean: lenet_fa?"),
+    (["train", "--model", "lenat"], "Did you mean lenet"),
+    (["train", "--model", "lenet", "--rule", "af"], "'rule' is 'af'. Did you mean fa?"),
+    (["info", "lenet_af.fashion_mnist"], "no learning rule 'af'. Did you mean: lenet_fa.fashion_mnist?"),
+    (["info", "resnet21_kp"], "no architecture 'resnet21'. Did you mean: resnet32_kp, resnet20_kp"),
+])
+def test_a_typo_in_any_part_of_a_name_gets_a_did_you_mean(argv, expected, capsys):
+    argv = [*argv, "--data", "synthetic", "--epochs", "1"] if argv[0] == "train" else argv
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and expected in err and "'model' is required" not in err, err
+
+
 @pytest.mark.parametrize("rule", list(biotorch.RULES))
 def test_create_model_converts_every_layer_and_trains(rule):
     model = biotorch.create_model(f"resnet20_{rule}", num_classes=7)

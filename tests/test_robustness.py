@@ -408,6 +408,7 @@ def test_the_worst_case_counts_an_image_only_if_no_attack_fooled_it(trained_bp):
     for row in block:  # each row's bits are its top-1
         assert row["top1"] == round(100 * (1 - fooled[row["attack"]].mean()), 4)
     assert worst["top1"] <= min(pgd["top1"], square["top1"]) and worst["over"] == ["pgd/exact", "square/queries"]
+    assert pgd["vanished"] == 24 and "vanished" not in square and "vanished" not in worst  # only gradient rows
 
     # Square added later joins the worst case of the rows measured before; rows without bits (cards written
     # before the bits were kept) join none; a worst row is only ever recomputed
@@ -452,3 +453,52 @@ def test_write_refuses_a_folder_that_is_not_a_cards_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "does not hold the published weights" in err and "\n" not in err
     assert list((tmp_path / "notes").iterdir()) == []
+
+
+# --- gradient masking: a gradient that vanishes is not robustness ------------------------------------------------
+
+
+def dead(rule: str = "fa") -> nn.Module:
+    """The tiny model with every first-layer unit dead (ReLU of a large negative bias): a constant output, so no
+    gradient reaches the input, whatever the source."""
+    _, model = tiny(rule)
+    with torch.no_grad():
+        model[0].bias.fill_(-1e4)
+    return model
+
+
+def test_images_whose_gradient_vanishes_are_counted_per_source():
+    images, labels = data()
+    _, bp = tiny("bp")
+    block = robustness.evaluate_robustness(dead(), images, labels, mean=MEAN, std=STD, transfer_model=bp,
+                                           attacks=["fgsm"], eps=[0.1], progress=False)
+    assert {r["gradient"]: r.get("vanished") for r in block} == {"exact": 24, "rule": 24, "transfer": 0,
+                                                                 "all": None}  # the worst row has no gradient
+    healthy = robustness.evaluate_robustness(tiny("fa")[1], images, labels, mean=MEAN, std=STD,
+                                             gradients=["exact", "rule"], attacks=["fgsm"], eps=[0.1], progress=False)
+    assert [r.get("vanished") for r in healthy] == [0, 0, None]
+    assert robustness.vanished_lines(block) == ["the exact gradient vanished on 24 of 24 images: these numbers are "
+                                                "upper bounds", "the rule's gradient vanished on 24 of 24 images: "
+                                                "these numbers are upper bounds"]
+
+
+def test_the_command_warns_and_records_a_vanished_gradient(tmp_path, capsys):
+    model = biotorch.create_model("lenet_fa", num_classes=10, in_chans=1)
+    with torch.no_grad():
+        model.conv1.bias.fill_(-1e4)
+    folder = biotorch.save_pretrained(model, tmp_path / "dead")
+    assert cli.main(["robustness", str(folder), "--data", "synthetic", "--limit", "8", "--attack", "fgsm",
+                     "--eps", "0.1", "--gradient", "exact", "--json", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["robustness"][0]["vanished"] == 8
+    assert "warning: " in err and "the exact gradient vanished on 8 of 8 images: these numbers are upper bounds" in err
+
+
+def test_the_card_says_when_a_gradient_vanished(tmp_path):
+    block = [dict(row, vanished=63 if row["gradient"] == "exact" else 0, images=80) for row in BLOCK]
+    cfg = {"metrics": {"robustness": block}, "rule": "fa", "arch": "lenet", "tag": "fashion_mnist",
+           "name": "lenet_fa.fashion_mnist", "dataset": "fashion_mnist"}
+    section = robustness.card_section(cfg, tmp_path, cards_dirs=())
+    assert "the exact gradient vanished on 63 of 80 images: these numbers are upper bounds" in section
+    assert "rule's gradient vanished" not in section
+    assert "vanished" not in robustness.card_section({**cfg, "metrics": {"robustness": BLOCK}}, tmp_path, cards_dirs=())

@@ -104,7 +104,9 @@ def test_every_name_is_registered_with_its_default_cfg():
         assert len(cfg.mean) == len(cfg.std) == cfg.input_size[0]
         assert cfg.interpolation == "bilinear" and cfg.crop_pct > 0 and cfg.license == "mit"
         assert not cfg.has_weights  # the untagged name is the architecture's defaults, as in biotorch
-    assert timm.models.get_pretrained_cfg("resnet20_fa").mean == biotorch.data.DATASETS["cifar10"].mean
+    folder = biotorch.data.DATASETS["imagefolder"]  # untagged: a folder of images from scratch, as timm's untagged models
+    assert timm.models.get_pretrained_cfg("resnet20_fa").mean == folder.mean
+    assert timm.models.get_pretrained_cfg("mlp_fa").mean == (sum(folder.mean) / 3,)  # a grayscale architecture
     assert timm.models.get_pretrained_cfg("resnet50_kp").input_size == (3, 224, 224)
 
 
@@ -195,6 +197,34 @@ def test_timm_transform_is_biotorch_transform_for_the_checkpoint():
         image_ = Image.open(path)
         torch.testing.assert_close(timm_tf(image_), ours(image_), rtol=0, atol=1e-6)
     torch.testing.assert_close(biotorch.data.transforms(model)(Image.open(SAMPLES[0])), ours(Image.open(SAMPLES[0])))
+
+
+@pytest.mark.parametrize("name", ["lenet_fa.fashion_mnist", "resnet20_fa.cifar10_jpeg"])
+def test_transforms_take_any_picture_mode_as_the_loader_decodes_it(name, tmp_path):
+    from biotorch.data.sources import _decode
+
+    tf, channels = biotorch.transforms(name), biotorch.get_pretrained_cfg(name).input_size[0]
+    g = torch.Generator().manual_seed(0)
+    picture = Image.fromarray(torch.randint(0, 256, (30, 40, 4), generator=g, dtype=torch.uint8).numpy(), "RGBA")
+    for mode in ("RGBA", "LA", "CMYK", "P", "RGB", "L", "1"):
+        image = (picture.convert("RGB") if mode == "P" else picture).convert(mode)  # a palette without alpha
+        path = tmp_path / f"{mode}.{'tiff' if mode == 'CMYK' else 'png'}"
+        image.save(path)
+        decoded = _decode(path.read_bytes(), channels == 1, str(path))  # what the CLI's loader makes of the file
+        with Image.open(path) as opened:
+            torch.testing.assert_close(tf(opened), tf(decoded), rtol=0, atol=0, msg=mode)
+
+
+def test_transforms_say_in_one_line_which_tensors_they_take():
+    tf = biotorch.transforms("resnet20_fa.cifar10_jpeg")
+    for shape, hint in (((30, 40, 3), "channels last? x.permute(2, 0, 1)"), ((4, 30, 40), "4 channels"),
+                        ((2, 30, 40, 3), "channels last? x.permute(0, 3, 1, 2)")):
+        with pytest.raises(ValueError) as error:
+            tf(torch.zeros(shape, dtype=torch.uint8))
+        message = str(error.value)
+        assert "\n" not in message and "1 or 3 channels" in message and hint in message, message
+    assert tf(torch.zeros(3, 30, 40, dtype=torch.uint8)).shape == tf(torch.zeros(30, 40)).shape == (3, 32, 32)
+    assert tf(torch.zeros(2, 1, 30, 40)).shape == (2, 3, 32, 32)
 
 
 def test_transforms_resize_any_size_then_crop_as_timm_does():

@@ -295,3 +295,34 @@ def test_an_epoch_end_leaves_every_tensor_of_the_step_where_it_was(tmp_path, rul
     x, y = next(iter(trainer.begin_epoch()))
     trainer.step(x, y)
     assert graph_memory(trainer.model, trainer.optimizer) == before
+
+
+# -- progress --------------------------------------------------------------------------------------------
+
+
+def test_progress_within_an_epoch_a_bar_on_a_terminal_lines_elsewhere_and_the_epochs_mean_lr(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    recipe = make_recipe({**TINY, "epochs": 2, "warmup_epochs": 1, "alignment_every": 0, "device": "cpu"})
+    lines = []
+    trainer = Trainer(recipe, tmp_path / "pipe", log=lines.append, progress_every_s=0)  # stderr is no terminal here
+    trainer.fit()
+    steps = len(trainer.train_loader)
+    within = [line for line in lines if " step " in line]
+    assert len(within) == 2 * (steps - 1) and within[0].startswith("[lenet_bp] epoch 1/2  step 1/4  "), lines
+    factor = lr_factor(recipe, steps)
+    for epoch, row in enumerate(json.loads((tmp_path / "pipe" / "history.json").read_text())):
+        mean = recipe.lr * sum(factor(s) for s in range(epoch * steps, (epoch + 1) * steps)) / steps
+        assert row["lr"] == pytest.approx(mean), row  # warm-up's epoch: not its first step's 0.05 / 4
+        assert f"lr {mean:.4g}  " in next(line for line in lines if line.startswith(f"[lenet_bp] epoch {epoch + 1}/2  train"))
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    lines.clear()
+    Trainer(recipe, tmp_path / "terminal", log=lines.append, progress_every_s=0).fit()
+    assert "lenet_bp epoch 1/2" in sys.stderr.getvalue() and f"/{steps}" in sys.stderr.getvalue()  # tqdm's bar
+    assert not any(" step " in line for line in lines)

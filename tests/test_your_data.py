@@ -215,6 +215,24 @@ def test_an_image_folder_is_brought_to_the_checkpoint_and_overridden_by_recipe_k
     assert x.shape == (36, 1, 40, 40) and y.tolist() == sorted(y.tolist())
 
 
+@pytest.mark.parametrize("arch, in_chans", [("resnet20", None), ("lenet", 3), ("lenet", 1)])
+def test_from_scratch_the_cli_and_transforms_of_the_model_bring_a_folder_to_the_same_input(images, arch, in_chans):
+    from biotorch.data import eval_transform
+    from biotorch.training.recipe import make_recipe
+    from biotorch.training.trainer import data_info
+
+    recipe = make_recipe({"data": "imagefolder", "data_dir": str(images), "model": f"{arch}_kp", "in_chans": in_chans})
+    info = data_info(recipe)  # what `biotorch train --model resnet20_kp --data imagefolder` trains on
+    model = biotorch.create_model(f"{arch}_kp", num_classes=3, in_chans=info.in_chans)  # the same model in Python
+    cfg = model.pretrained_cfg
+    assert (tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]), cfg["crop_pct"], cfg["interpolation"]) \
+        == (info.input_size, info.mean, info.std, info.crop_pct, info.interpolation)
+    with Image.open(images / "test" / "cross" / "000.png") as image:
+        torch.testing.assert_close(biotorch.transforms(model)(image), eval_transform(info)(image), rtol=0, atol=0)
+    if in_chans is None:
+        assert info.mean == DATASETS["imagefolder"].mean and info.crop_pct == DATASETS["imagefolder"].crop_pct
+
+
 @pytest.mark.parametrize("values, expected", [
     ({"data": "fashion_mnist", "img_size": 64}, "describes an image folder's images"),
     ({"model": "lenet", "img_size": 64}, "lenet takes 32x32 images only"),
@@ -250,6 +268,42 @@ def test_without_val_a_seeded_tenth_is_held_out_and_without_test_the_run_says_so
     assert json.loads((run / "metrics.json").read_text())["test_top1"] is None
     assert cli.main(["push", str(run), "--repo-id", "me/x"]) == 2
     assert "has no test top-1" in capsys.readouterr().err
+
+
+def test_a_layout_mistake_says_what_was_found_and_what_to_pass(images, tmp_path, capsys):
+    flat = tmp_path / "flat"  # class folders with no train/ above them
+    for name in CLASSES:
+        (flat / name).mkdir(parents=True)
+        (flat / name / "0.png").write_bytes((images / "train" / name / "000.png").read_bytes())
+    cases = [(images / "train", f"{images / 'train'} holds class folders: pass its parent, {images}"),
+             (flat, f"{flat} holds class folders (circle, cross, square) but no train/: move them into {flat / 'train'}"),
+             (tmp_path / "empty", f"{tmp_path / 'empty'} holds no train/, val/ or test/ folder: expected "
+                                  f"{tmp_path / 'empty'}/train/<class>/<image>"),
+             (tmp_path / "missing", f"no image folder at {tmp_path / 'missing'}")]
+    (tmp_path / "empty").mkdir()
+    for folder, expected in cases:
+        for argv in (["train", "--model", "lenet", "--data", "imagefolder", "--data-dir", folder, "--epochs", 1,
+                      "--out", tmp_path / "run"], ["eval", START, "--data", "imagefolder", "--data-dir", folder]):
+            assert cli.main([str(a) for a in argv]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.count("\n") == 0 and expected in err, err
+            assert "--download" not in err and "load_split" not in err and "BIOTORCH_DATA" not in err, err
+    only_train = make_imagefolder(tmp_path / "only-train", per_class=2, splits=("train",))
+    with pytest.raises(FileNotFoundError, match=f"{only_train} has no test/ folder: expected "
+                                                f"{only_train}/test/<class>/<image>"):
+        load_split("imagefolder", "test", only_train)
+
+
+def test_missing_data_names_no_internal_function_and_no_downloader_that_does_not_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOTORCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("BIOTORCH_CACHE", str(tmp_path / "cache"))
+    messages = {}
+    for name in ("fashion_mnist", "cifar10_jpeg"):
+        with pytest.raises(FileNotFoundError) as error:
+            load_split(name, "test", data_dir=tmp_path / "nothing")
+        messages[name] = str(error.value)
+    assert not any("load_split" in m for m in messages.values()), messages
+    assert "--download" in messages["fashion_mnist"] and "--download" not in messages["cifar10_jpeg"], messages
 
 
 @pytest.mark.parametrize("repo_id", ["me", "me/..", "../x", "me/a/b", "me/ x", ""])
@@ -297,6 +351,28 @@ def test_an_unreachable_hub_falls_back_to_the_clones_copy_of_our_repos(tmp_path,
         biotorch.from_pretrained(f"hf-hub:biotorch/{START}", revision="v0")
     with pytest.raises(LocalEntryNotFoundError):  # not ours: nothing to fall back to
         biotorch.from_pretrained("hf-hub:someone/else")
+
+
+def test_an_unreachable_hub_or_offline_mode_fails_at_once_in_one_line_naming_the_cache(tmp_path, monkeypatch, capsys):
+    import time
+
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from hub_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: refused at once (the client retried 5 times, 23 s)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    for offline, why in ((False, f"the Hub ({url}) could not be reached"), (True, "HF_HUB_OFFLINE=1")):
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+        start = time.monotonic()
+        assert cli.main(["info", "hf-hub:me/my-shapes"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert time.monotonic() - start < 5, "retried before failing"
+        assert err.count("\n") == 0 and why in err and f"not in the local HF cache ({tmp_path / 'hf-cache'})" in err, err
+        with pytest.raises(LocalEntryNotFoundError, match="hf-hub:me/my-shapes@v1 is not in the local HF cache"):
+            biotorch.from_pretrained("hf-hub:me/my-shapes", revision="v1")
 
 
 def test_a_long_reason_is_shortened_at_a_word(tmp_path, monkeypatch, capsys):

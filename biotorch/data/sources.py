@@ -85,10 +85,12 @@ def _download_dir(name: str, data_dir: PathLike | None) -> Path:
 
 def _not_found(name: str, looked: list[str], hint: str) -> FileNotFoundError:
     where = "\n".join(f"  - {p}" for p in looked)
+    download = (", or let torchvision download it (biotorch train and eval: --download; download=True)"
+                if name in _TORCHVISION_FOLDER or name in _CIFAR_FOLDER else "")
     return FileNotFoundError(
         f"No {name} data found. Looked in:\n{where}\n{hint}\n"
-        f"Pass the folder with --data-dir DIR (load_split(..., data_dir=DIR)), set $BIOTORCH_DATA "
-        f"(searched as $BIOTORCH_DATA/{name}), or use download=True (--download)."
+        f"Pass the folder with --data-dir DIR (data_dir=DIR), or set $BIOTORCH_DATA (searched as "
+        f"$BIOTORCH_DATA/{name}){download}."
     )
 
 
@@ -310,10 +312,29 @@ def _imagefolder_root(data_dir: PathLike | None) -> Path:
     return Path(data_dir).expanduser()
 
 
+def _layout_error(root: Path) -> FileNotFoundError:
+    """What ``root``, given as an image folder without train/, val/ or test/, holds, and what to pass instead."""
+    expected = f"expected {root}/train/<class>/<image>, and test/ (val/ optional) beside train/"
+    if not root.is_dir():
+        return FileNotFoundError(f"no image folder at {root}: {expected}")
+    classes = sorted(c.name for c in root.iterdir()
+                     if c.is_dir() and not c.name.startswith(".") and next(_images(c), None) is not None)
+    if classes and root.name in ("train", "val", "test"):
+        return FileNotFoundError(f"{root} holds class folders: pass its parent, {root.parent} (the folder holding "
+                                 "train/, val/ and test/)")
+    if classes:
+        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        return FileNotFoundError(f"{root} holds class folders ({shown}) but no train/: move them into {root / 'train'} "
+                                 f"(and test images into {root / 'test'}/<class>/)")
+    return FileNotFoundError(f"{root} holds no train/, val/ or test/ folder: {expected}")
+
+
 def _load_imagefolder(part: str, data_dir: PathLike | None, info: DatasetInfo | None):
     root = _imagefolder_root(data_dir) / part
     if not root.is_dir():
-        raise _not_found("imagefolder", [str(root)], "Expected <data_dir>/{train,val,test}/<class>/<image>.")
+        if not any((root.parent / p).is_dir() for p in ("train", "val", "test")):
+            raise _layout_error(root.parent)
+        raise FileNotFoundError(f"{root.parent} has no {part}/ folder: expected {root}/<class>/<image>")
     info = info or imagefolder_info(data_dir)
     items = [(c, f.name, f.read_bytes()) for c, f in _list_class_folder(root)]
     return _stack(info, info.label_names, items, str(root))
@@ -334,8 +355,7 @@ def imagefolder_info(data_dir: PathLike, like: DatasetInfo | None = None) -> Dat
     root = _imagefolder_root(data_dir)
     splits = [root / part for part in ("train", "val", "test") if (root / part).is_dir()]
     if not splits:
-        raise _not_found("imagefolder", [str(root / p) for p in ("train", "val", "test")],
-                         "Expected <data_dir>/{train,val,test}/<class>/<image>.")
+        raise _layout_error(root)
     classes = tuple(c.name for c in _class_folders(splits[0]))
     for split in splits[1:]:  # every split's classes, before anything trains (test/ is read after training)
         unknown = sorted({c.name for c in _class_folders(split)} - set(classes))

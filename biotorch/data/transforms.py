@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from .catalog import AUGMENTS, DATASETS, DatasetInfo
@@ -44,6 +45,30 @@ def fit(info: DatasetInfo) -> Fit:
     return Fit(info.input_size[1:], info.crop_pct, info.interpolation)
 
 
+class ToImage:
+    """torchvision's ``v2.ToImage`` for a model of ``in_chans`` channels. A PIL image of any mode is converted as the
+    data loader decodes a file (``Image.convert`` to L or RGB: alpha dropped, CMYK, palettes and 16-bit converted);
+    a tensor or array must hold 1 or 3 channels first, (C, H, W) or (N, C, H, W) (a 2-D one is one channel), and
+    anything else is refused in one line."""
+
+    def __init__(self, in_chans: int) -> None:
+        self.mode, self.to_image = "L" if in_chans == 1 else "RGB", v2.ToImage()
+
+    def __call__(self, image):
+        if isinstance(image, Image.Image):
+            return self.to_image(image.convert(self.mode))
+        image = self.to_image(image)
+        if image.shape[-3] not in (1, 3):
+            last = f" (channels last? x.permute({'2, 0, 1' if image.ndim == 3 else '0, 3, 1, 2'}))"
+            raise ValueError(f"biotorch's transforms take a PIL image, or a tensor (C, H, W) or (N, C, H, W) of 1 or 3 "
+                             f"channels; got shape {tuple(image.shape)}, {image.shape[-3]} channels"
+                             + (last if image.shape[-1] in (1, 3, 4) else ""))
+        return image
+
+    def __repr__(self) -> str:
+        return f"ToImage(mode={self.mode!r})"
+
+
 def eval_transform(info_or_name: DatasetInfo | str, training: bool = False, augment: str = "none",
                    padding: int = 4) -> v2.Compose:
     """The preprocessing of a dataset: PIL image or uint8 tensor (any size, colour or grayscale) -> normalised
@@ -52,8 +77,8 @@ def eval_transform(info_or_name: DatasetInfo | str, training: bool = False, augm
     horizontal flip), after the fit to size.
 
     Handles the raw inputs a user has (a 28x28 PIL image for Fashion-MNIST is padded to 32x32; a 64x64 one is
-    resized to 28 first; colour and grayscale are converted to the model's channel count) as well as what
-    :func:`biotorch.data.load_split` returns.
+    resized to 28 first; a PIL image of any mode, RGBA, LA, CMYK, palette, is converted to the model's channels as
+    the data loader converts files, :class:`ToImage`) as well as what :func:`biotorch.data.load_split` returns.
     """
     info = DATASETS[info_or_name] if isinstance(info_or_name, str) else info_or_name
     if augment not in AUGMENTS:
@@ -64,7 +89,7 @@ def eval_transform(info_or_name: DatasetInfo | str, training: bool = False, augm
         if augment == "crop_flip":
             random.append(v2.RandomHorizontalFlip())
     return v2.Compose([
-        v2.ToImage(), v2.Grayscale(1) if info.in_chans == 1 else v2.RGB(), fit(info), *random,
+        ToImage(info.in_chans), v2.Grayscale(1) if info.in_chans == 1 else v2.RGB(), fit(info), *random,
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(info.mean), list(info.std)),
     ])
 

@@ -20,7 +20,10 @@ gradient source fooled it; each row keeps which images it fooled (``fooled``, a 
 later joins the worst case without re-running the others.
 
 ``metrics.json`` of a card holds the results under ``"robustness"``: a list of ``{attack, eps, gradient, top1,
-images, seed, split, fooled}`` (Square's rows add ``queries`` and ``precision``, the worst rows ``over``).
+images, seed, split, fooled}`` (Square's rows add ``queries`` and ``precision``, the worst rows ``over``). FGSM and
+PGD rows add ``vanished``: the images whose gradient from that source is all zero or not finite (gradient masking:
+the attack cannot move them, so that top-1 is an upper bound; the command warns and the card says so). Square and
+worst rows have no gradient source, so no ``vanished``.
 
 Example::
 
@@ -30,7 +33,7 @@ Example::
     >>> images, labels, split = robustness.load_images("fashion_mnist", limit=1000)   # floats in [0, 1]
     >>> block = robustness.evaluate_robustness(model, images, labels, transfer_model=bp, split=split)
     >>> len(block), sorted(block[0])                 # 2 attacks × 4 eps × 3 gradient sources, 4 worst cases
-    (28, ['attack', 'eps', 'fooled', 'gradient', 'images', 'seed', 'split', 'top1'])
+    (28, ['attack', 'eps', 'fooled', 'gradient', 'images', 'seed', 'split', 'top1', 'vanished'])
     >>> robustness.write_block("model_cards/lenet_fa.fashion_mnist", block)
 
     $ biotorch robustness lenet_fa.fashion_mnist --attack pgd --eps 0.05 --limit 1000 --json
@@ -42,13 +45,15 @@ model index, plot, the card's section), ``cli.py`` (the images, the checkpoints,
 
 from .attacks import (ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, GRADIENT_ATTACKS, GRADIENTS, HEADLINE_EPS, SQUARE_EPS,
                       SQUARE_QUERIES, Pixels, accuracy, check_attacks, check_eps, check_gradients, check_queries, craft,
-                      evaluate_robustness, fastest_precision, normalisation, predict, unpack_bits, with_worst,
-                      without_outcomes)
+                      evaluate_robustness, fastest_precision, normalisation, predict, unpack_bits, vanished,
+                      with_worst, without_outcomes)
 from .cli import add_commands, load_images, run_robustness
-from .report import card_section, carried_over, info_lines, merge_blocks, model_index, plot, write_block
+from .report import (card_section, carried_over, info_lines, merge_blocks, model_index, plot, vanished_lines,
+                     write_block)
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "DEFAULT_EPS", "GRADIENT_ATTACKS", "GRADIENTS", "HEADLINE_EPS", "SQUARE_EPS",
            "SQUARE_QUERIES", "Pixels", "accuracy", "add_commands", "card_section", "carried_over", "check_attacks",
            "check_eps", "check_gradients", "check_queries", "craft", "evaluate_robustness", "fastest_precision",
            "info_lines", "load_images", "merge_blocks", "model_index", "normalisation", "plot", "predict",
-           "run_robustness", "unpack_bits", "with_worst", "without_outcomes", "write_block"]
+           "run_robustness", "unpack_bits", "vanished", "vanished_lines", "with_worst", "without_outcomes",
+           "write_block"]

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..convert import exact_gradients, set_targets
@@ -212,6 +213,31 @@ def craft(model: nn.Module, images: Tensor, labels: Tensor, attack: str = "pgd",
     return torch.from_numpy(adversarial).to(images.device)
 
 
+def vanished(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Optional[Sequence[float]] = None,
+             std: Optional[Sequence[float]] = None, gradient: str = "exact", batch_size: int = 500) -> int:
+    """How many ``images`` get an all-zero or non-finite input gradient from ``gradient`` (``"exact"`` or
+    ``"rule"``), the loss and batches the attacks use: a gradient attack cannot move those images, so a top-1 that
+    counts them measures gradient masking, not robustness, and is an upper bound.
+
+    Example::
+
+        >>> vanished(model, images, labels, gradient="exact")    # a model whose logits saturate
+        63
+    """
+    if mean is None or std is None:
+        mean, std = normalisation(model)
+    attacked, device, count = Pixels(model, mean, std), next(model.parameters()).device, 0
+    with _attacking(model, exact=gradient == "exact"):
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(device, torch.float32, copy=True).requires_grad_()
+            y = labels[i:i + batch_size].to(device)
+            set_targets(model, y)
+            (grad,) = torch.autograd.grad(F.cross_entropy(attacked(x), y), x)
+            grad = grad.flatten(1)
+            count += int(((grad == 0).all(1) | ~torch.isfinite(grad).all(1)).sum())
+    return count
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: Tensor, *, mean: Optional[Sequence[float]] = None,
             std: Optional[Sequence[float]] = None, batch_size: int = 500, precision: str = "fp32") -> Tensor:
@@ -254,7 +280,9 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, *,
                         queries: int = SQUARE_QUERIES, precision: str = "auto",
                         progress: Union[bool, dict] = True) -> list[dict]:
     """Top-1 of ``model`` under each attack × eps × gradient source, and the worst case per eps: the
-    ``robustness`` block of a card.
+    ``robustness`` block of a card. Each FGSM and PGD row also counts the images whose gradient from its source
+    ``vanished`` (:func:`vanished`): its top-1 is then an upper bound. Square and worst rows have no gradient source
+    and no ``vanished``.
 
     ``eps``: the radii of every attack (default: :func:`default_eps` of each). FGSM and PGD give a row per
     gradient source, Square one (``"queries"``). Each row keeps which images it fooled (``"fooled"``,
@@ -290,6 +318,9 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, *,
     if precision == "auto":
         precision = (fastest_precision(model, images, mean=mean, std=std, batch_size=batch_size)
                      if "square" in attacks else "fp32")
+    masked = {g: vanished(transfer_model if g == "transfer" else model, images, labels,
+                          mean=bp_mean if g == "transfer" else mean, std=bp_std if g == "transfer" else std,
+                          gradient="rule" if g == "rule" else "exact", batch_size=batch_size) for g in gradients}
     from tqdm.auto import tqdm
 
     block = []
@@ -313,6 +344,8 @@ def evaluate_robustness(model: nn.Module, images: Tensor, labels: Tensor, *,
                "images": len(labels), "seed": seed, "split": split}
         if attack == "square":
             row.update(queries=queries, precision=precision)
+        else:  # a gradient source: how many images it cannot move
+            row["vanished"] = masked[gradient]
         block.append({**row, "fooled": pack_bits(fooled)})
     return with_worst(block)
 

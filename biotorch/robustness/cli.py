@@ -25,7 +25,7 @@ from ..weights import kind
 from .attacks import (ATTACK_TITLES, ATTACKS, DEFAULT_ATTACKS, DEFAULT_EPS, GRADIENT_ATTACKS, GRADIENTS, SOURCES,
                       SQUARE_EPS, SQUARE_QUERIES, SUBSET_SEED, accuracy, check_attacks, check_eps, check_gradients,
                       check_precision, check_queries, eps_text, evaluate_robustness)
-from .report import find_row, write_block
+from .report import find_row, vanished_lines, write_block
 
 def load_images(dataset: str, data_dir=None, *, limit: Optional[int] = None, samples: bool = False,
                 device=None, log=None, info=None) -> tuple[Tensor, Tensor, str]:
@@ -162,6 +162,8 @@ def _attack(model: nn.Module, data: tuple[Tensor, Tensor, str], label: str, data
                                 split=split, transfer_cache=transfer and transfer[1], queries=args.queries,
                                 precision=args.precision,
                                 progress=False if args.json else {"desc": label, "position": worker})
+    for line in vanished_lines(block):
+        print(f"biotorch robustness: warning: {label}: {line}", file=sys.stderr)
     return {"model": label, "dataset": dataset, "split": split, "images": len(labels), "clean_top1": clean,
             "robustness": block}
 

@@ -87,6 +87,15 @@ def _title(row: dict) -> str:
     return ATTACK_TITLES[row["attack"]]
 
 
+def vanished_lines(block: Optional[list[dict]]) -> list[str]:
+    """One line per gradient source whose gradient vanished on some images (gradient masking): the command's warning,
+    the card's note. Only FGSM and PGD rows count ``vanished``; Square's and the worst rows have no gradient source."""
+    whose = {"exact": "the exact gradient", "rule": "the rule's gradient", "transfer": "the bp model's gradient"}
+    rows = {r["gradient"]: r for r in block or () if r.get("vanished")}
+    return [f"{whose[g]} vanished on {rows[g]['vanished']:,} of {rows[g]['images']:,} images: these numbers are upper "
+            "bounds" for g in GRADIENTS if g in rows]
+
+
 def model_index(block: Optional[list[dict]], radii: Sequence[float] = INDEX_EPS) -> list[dict]:
     """EvalResult fields (without task and dataset) for the card's model-index: top-1 under each attack at each
     of ``radii`` with its strongest source (:data:`WHITE_BOX`: the exact gradient for FGSM and PGD), and the worst
@@ -196,6 +205,8 @@ def card_section(cfg: dict, folder: Union[str, Path], cards_dirs: Sequence[Path]
     worst = next((r for r in block if r["attack"] == "worst"), None)
     worst_text = (" *Worst case*: an image counts only if no attack and no gradient source at that ε fooled it "
                   "(over the rows that kept their per-image outcomes, on the same images)." if worst else "")
+    masked = "".join(f"\n\n**Gradient masking**: {line} (an attack cannot move an image whose gradient is zero)."
+                     for line in vanished_lines(block))
     test_size = DATASETS[cfg["dataset"]].test_size if cfg.get("dataset") in DATASETS else None
     sample = (f" (a fixed sample of the {test_size:,}, every class: seed {SUBSET_SEED})"
               if block[0].get("split", "test") == "test" and test_size and block[0]["images"] < test_size else "")
@@ -208,7 +219,7 @@ steps of {PGD_STEP_SIZE:g}·ε from a random start, from the Adversarial Robustn
 *exact*, the true gradient of this model (white box); *the rule's gradient*, what this model's learning rule
 sends back to its input; *transfer*, examples crafted on `{cfg['arch']}_bp.{cfg['tag']}` with its exact gradient.{same}{square_text}{worst_text}
 
-{chr(10).join(lines)}
+{chr(10).join(lines)}{masked}
 
 ![top-1 against ε per gradient source](robustness.png)
 

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from ..data import AUGMENTS, DATASETS
-from ..errors import ConfigError
+from ..errors import ConfigError, close_matches
 from ..factory import data_config
 from ..files import REPO_ROOT, load_yaml, write_text
 from ..models import ARCHITECTURES, DEFAULT_CFGS
@@ -203,7 +203,7 @@ def _coerce(key: str, value: Any) -> Any:
 
 def _choice(key: str, value: str, allowed) -> None:
     if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=2)
+        close = close_matches(value, allowed, n=2)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"recipe key {key!r} is {_short(value)}.{hint} Allowed: {', '.join(allowed)}")
 
@@ -223,6 +223,11 @@ def _pretrained_name(init_from: Optional[str]) -> Optional[str]:
     return init_from if init_from is not None and kind(init_from) == "name" else None
 
 
+def _not_a_source(value: str, error: Exception) -> ConfigError:
+    return ConfigError(f"recipe key 'init_from' is {value!r}: not a folder, not hf-hub:<org>/<repo>, and as a "
+                       f"pretrained name: {error}")
+
+
 def _validate_init_from(recipe: Recipe) -> None:
     value = recipe.init_from
     if value is None:
@@ -236,8 +241,7 @@ def _validate_init_from(recipe: Recipe) -> None:
     except (TypeError, ValueError) as error:
         if how == "hub":
             raise ConfigError(f"recipe key 'init_from' is {value!r}: a Hub id is hf-hub:<org>/<repo>") from None
-        raise ConfigError(f"recipe key 'init_from' is {value!r}: not a folder, not hf-hub:<org>/<repo>, and as a "
-                          f"pretrained name: {error}") from None
+        raise _not_a_source(value, error) from None
     if source.kind == "name":
         cfg = get_pretrained_cfg(source.name)
         if cfg.arch != recipe.model:
@@ -283,6 +287,12 @@ def _validate(recipe: Recipe) -> None:
         raise ConfigError(f"recipe key 'model' is {recipe.model!r}: give an architecture (resnet20) or "
                          "architecture_rule (resnet20_fa); a '.tag' names published weights: start from them "
                          f"with init_from (--init-from {arch}_{recipe.rule}.{tag})")
+    arch, _, rule = recipe.model.rpartition("_")
+    if recipe.model not in ARCHITECTURES and (arch in ARCHITECTURES or rule in RULES):
+        try:  # architecture_rule with a typo in one part (_split_model kept it whole): the part that is wrong
+            split_name(recipe.model)
+        except ValueError as error:
+            raise ConfigError(f"recipe key 'model' is {_short(recipe.model)}: {error}") from None
     _choice("model", recipe.model, list(ARCHITECTURES))
     _choice("data", recipe.data, list(DATASETS))
     if recipe.data == "imagefolder" and not recipe.data_dir:
@@ -393,9 +403,11 @@ def make_recipe(values: dict, *, overrides: Optional[dict] = None, resolved: boo
         raise ConfigError(f"recipe key 'rule' is needed with init_from {init_from!r} (a folder or Hub id): name the "
                          "rule to fine-tune with, e.g. --rule fa (the checkpoint's own rule keeps its feedback)")
     if _pretrained_name(init_from):  # a pretrained name also gives the architecture and rule not given
-        start_arch, start_rule = _split_model(init_from.partition(".")[0])
-        if start_rule is not None:  # else not a model name: _validate says so
-            arch, rule = arch or start_arch, rule or start_rule
+        try:
+            start_arch, start_rule, _ = split_name(init_from)
+        except ValueError as error:
+            raise _not_a_source(init_from, error) from None
+        arch, rule = arch or start_arch, rule or start_rule
     rule = rule or "bp"
     recipe = Recipe(**merged)
     if not resolved:

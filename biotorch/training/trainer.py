@@ -44,7 +44,7 @@ from ..files import LOCK, write_json
 from ..hub import RUN_WEIGHTS, checkpoint_config, file_record, load_checkpoint, save_weights
 from ..metrics import alignment, count_parameters, gradient_alignment
 from ..models import DEFAULT_CFGS
-from ..registry import fit_channels
+from ..registry import fit_channels, timm_cfg
 from ..version import __version__
 from ..weights import fetch, folder_source, resolve
 from . import checkpoint as ckpt
@@ -69,6 +69,9 @@ def graph_memory(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[in
     return tuple(t.data_ptr() for t in tensors)
 
 
+PROGRESS_EVERY_S = 30.0  # where stdout is no terminal, a line this often within an epoch
+
+
 def _say(line: str) -> None:
     print(line, flush=True)  # a line per epoch shows up at once where stdout is a pipe or a file (nohup, CI)
 
@@ -76,16 +79,16 @@ def _say(line: str) -> None:
 def data_info(recipe: Recipe) -> DatasetInfo:
     """The run's data: a catalogued dataset as it is; an image folder's classes, brought to what the model takes.
     That is the data cfg of the checkpoint fine-tuned (``init_from``: its size, channels, normalisation,
-    interpolation and crop), else the folder defaults (RGB, ImageNet statistics) at the architecture's input
-    size; then the recipe's ``img_size``, ``in_chans``, ``mean``, ``std`` and ``interpolation``."""
+    interpolation and crop), else the architecture's own (:func:`biotorch.registry.timm_cfg`: an image folder's
+    preprocessing at its input size) in RGB; then the recipe's ``img_size``, ``in_chans``, ``mean``, ``std`` and
+    ``interpolation``."""
     if recipe.data != "imagefolder":
         return dataset_info(recipe.data, recipe.data_dir)
     if recipe.init_from:
         cfg = dict(data_config(recipe.init_from))
-    else:
-        folder = DATASETS["imagefolder"]
-        cfg = dict(input_size=(folder.in_chans, *DEFAULT_CFGS[recipe.model]["input_size"][1:]), mean=folder.mean,
-                   std=folder.std, interpolation=folder.interpolation, crop_pct=folder.crop_pct)
+    else:  # the cfg of the model from scratch (biotorch.transforms(create_model(...)) says the same), in RGB
+        cfg = timm_cfg(recipe.model_name).to_dict()
+        fit_channels(cfg, DATASETS["imagefolder"].in_chans)
     cfg.pop("dataset", None)  # a published record's: the folder's images are brought to size by its crop_pct
     if recipe.in_chans is not None:
         fit_channels(cfg, recipe.in_chans)
@@ -133,12 +136,14 @@ class Trainer:
         recipe: a validated :class:`Recipe`.
         run_dir: where records, checkpoints and weights go (written by rank 0 only).
         resume: continue from ``run_dir/checkpoint`` when there is one.
-        progress: tqdm bars (only on a terminal, only on rank 0).
+        progress: progress within each epoch (rank 0): a tqdm bar where stderr is a terminal, else a line through
+            ``log`` every ``progress_every_s`` seconds (nohup, CI, a pipe).
         log: where the one line per epoch goes (rank 0).
     """
 
     def __init__(self, recipe: Recipe, run_dir, *, resume: bool = False, tensorboard: bool = False,
-                 progress: bool = True, log: Optional[Callable[[str], None]] = _say, name: Optional[str] = None):
+                 progress: bool = True, log: Optional[Callable[[str], None]] = _say, name: Optional[str] = None,
+                 progress_every_s: float = PROGRESS_EVERY_S):
         self.recipe, self.run_dir = recipe, Path(run_dir)
         self.name = name or recipe.model_name
         self.device = resolve_device(recipe.device)
@@ -154,7 +159,8 @@ class Trainer:
             raise ValueError(f"recipe key 'batch_size' ({recipe.batch_size}) must divide by the number of "
                              f"processes ({self.dist.world_size}): it is the global batch")
         self.log = log if self.dist.main and log is not None else (lambda line: None)
-        self.progress = progress and self.dist.main and sys.stderr.isatty()
+        self.bar = progress and self.dist.main and sys.stderr.isatty()
+        self.progress_every_s = progress_every_s if progress and log is not None and not self.bar else None
         created = not self.run_dir.exists()
         self.lock = self._claim_run_dir(resume)
         try:
@@ -367,17 +373,38 @@ class Trainer:
         self._loss_sum.zero_()
         self._correct.zero_()
         self._epoch_images = 0
-        self._epoch_lr = float(self.optimizer.param_groups[-1]["lr"])  # the head's lr at the epoch's first step
+        self._epoch_first_step = self.global_step
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # this run's stream only
         self._epoch_start = time.perf_counter()
         batches = iter(self.train_loader)
-        if self.progress:
+        if self.bar:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, total=len(self.train_loader), leave=False, dynamic_ncols=True,
                            desc=f"{self.name} epoch {self.epoch + 1}/{self.recipe.epochs}")
+        elif self.progress_every_s is not None:
+            batches = self._progress_lines(batches)
         return batches
+
+    def _progress_lines(self, batches):
+        """``batches``, with a line through ``log`` every ``progress_every_s`` seconds: where no bar can be drawn, a
+        long epoch still shows it is moving (from the host's clock and counters: no device sync)."""
+        total, last = len(self.train_loader), self._epoch_start
+        for step, batch in enumerate(batches, 1):
+            yield batch  # the caller's step on it runs before the generator resumes
+            now = time.perf_counter()
+            if now - last >= self.progress_every_s and step < total:
+                last, seconds = now, now - self._epoch_start
+                self.log(f"[{self.name}] epoch {self.epoch + 1}/{self.recipe.epochs}  step {step:,}/{total:,}  "
+                         f"{seconds:.0f}s ({self._epoch_images / seconds:,.0f} img/s)")
+
+    def epoch_lr(self) -> float:
+        """The head's learning rate averaged over the steps of the epoch being trained (what the epoch line and the
+        history report: a warm-up's first step is not the epoch's lr). From the schedule, no device read."""
+        steps = range(self._epoch_first_step, self.global_step)
+        factor = self.scheduler.lr_lambdas[-1]
+        return self.scheduler.base_lrs[-1] * sum(map(factor, steps)) / max(len(steps), 1)
 
     def _step_ops(self, x: Tensor, y: Tensor) -> None:
         """Forward, backward, optimizer step, feedback update, statistics: all on the device."""
@@ -468,7 +495,7 @@ class Trainer:
                                  f"checkpoint of epoch {epoch - 1} is kept; lower lr (now {r.lr}) or add warmup_epochs")
         self._average_buffers()
         row = {"epoch": epoch, "train_loss": train_loss, "train_top1": 100.0 * correct / images,
-               "val_loss": None, "val_top1": None, "lr": self._epoch_lr, "epoch_time_s": epoch_time}
+               "val_loss": None, "val_top1": None, "lr": self.epoch_lr(), "epoch_time_s": epoch_time}
         validate = self.has_val and (epoch % r.val_every == 0 or epoch == r.epochs)
         if validate:
             result = evaluate(self.model, self.val_loader, self.info.num_classes, autocast=self._autocast,
