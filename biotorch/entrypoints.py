@@ -105,8 +105,9 @@ def register_rule(cls: type[Rule]) -> type[Rule]:
 
 def discover_rules() -> list[str]:
     """Register the rules that installed packages declare in the ``biotorch.rules`` entry-point group (each entry
-    a Rule subclass); returns their names. A broken plug-in is skipped with a warning naming it, never breaking
-    ``import biotorch``."""
+    a Rule subclass); returns their names. A rule's name is its class's ``name``: the entry point's own name is only
+    a label. A broken plug-in is skipped with a warning naming it, never breaking ``import biotorch``; one whose
+    module registered its rules itself (``@register_rule``) while the entry point names nothing is told so."""
     found = []
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -116,8 +117,14 @@ def discover_rules() -> list[str]:
         except KeyboardInterrupt:
             raise
         except BaseException as error:  # a plug-in's own bug, even a sys.exit at import, must not stop biotorch
-            warnings.warn(f"biotorch: the rule {entry.name!r} of {entry.value} ({ENTRY_POINT_GROUP} entry point) "
-                          f"was not registered: {type(error).__name__}: {error}", stacklevel=2)
+            itself = [name for name, rule in RULES.items() if rule.__module__ == entry.module]
+            if itself:  # the module imported and registered its rules (@register_rule): only the entry point is wrong
+                warnings.warn(f"biotorch: the {ENTRY_POINT_GROUP} entry point {entry.name!r} = {entry.value} names no "
+                              f"rule ({type(error).__name__}: {error}); its module registered {', '.join(itself)} "
+                              "itself, which can be used: fix the entry point", stacklevel=2)
+            else:
+                warnings.warn(f"biotorch: the rule {entry.name!r} of {entry.value} ({ENTRY_POINT_GROUP} entry point) "
+                              f"was not registered: {type(error).__name__}: {error}", stacklevel=2)
     return found
 
 

@@ -54,7 +54,16 @@ class RuleLayer:
         for name in [n for n in (*self._buffers, *self._parameters) if n.startswith("feedback_")]:
             delattr(self, name)
         self.rule = make_rule(rule, **rule_options)
-        self.rule.setup(self, seed)
+        try:
+            self.rule.setup(self, seed)
+        except Exception as error:
+            if not self.weight.is_meta:
+                raise
+            # a first rule's usual mistake, which the meta device reports as an unrelated 30-line traceback
+            raise RuntimeError(f"rule {self.rule.name!r}: setup failed on the meta device ({type(error).__name__}: "
+                               f"{error}); biotorch builds models there (biotorch list, checkpoint checks) before "
+                               "allocating them, so setup must make tensors with tensor operations and never read "
+                               "their values on the host (int(t), float(t), t.item(), t.tolist())") from None
 
     def _signal(self, input: Tensor):
         return (self.weight.detach(), None) if self.exact else self.rule.signal(self, input)

@@ -38,7 +38,7 @@ _GOLDEN, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9)
 
 
 def counter_uniform(shape, key, device=None) -> Tensor:
-    """Uniform numbers in [-1, 1) from splitmix64 of (key, index): identical on every device.
+    """Uniform numbers in [-1, 1), U(−1, 1), from splitmix64 of (key, index): identical on every device.
 
     ``key`` is an int or an int64 tensor (so a step counter on the GPU needs no host sync).
     """
@@ -133,17 +133,27 @@ class Rule:
     direct: ClassVar[bool] = False
 
     def setup(self, layer: nn.Module, seed: int) -> None:
-        pass
+        """Register the rule's feedback state on ``layer`` (buffers named ``feedback_*``; a parameter to learn it).
+
+        It also runs on the meta device (``biotorch list`` counts parameters there; a checkpoint's shapes are checked
+        there before anything is allocated): make tensors with tensor operations, on ``layer.weight.device``, and
+        never read their values on the host (``int(layer.feedback_seed)``, ``.item()``); ``counter_uniform`` takes
+        a seed tensor as its key."""
 
     def signal(self, layer: nn.Module, input: Tensor):
-        """(feedback tensor, direct signal) used by the backward of ``layer`` on this ``input``."""
+        """``(feedback, direct)`` for the backward of ``layer`` on this ``input``. ``feedback``: a tensor of W's shape
+        the signal to the layer's input goes through (δ·B; W for bp). ``direct``: ``None``, or a function of the
+        input's shape (``torch.Size``) returning the signal that replaces the input's gradient (dfa's e·B₁, drtp's
+        y*·B₁), which then makes ``feedback`` unused (it may be ``None``). The weight gradient is always the layer's
+        true local gradient."""
         return layer.weight.detach(), None
 
     def after_step(self, layer: nn.Module) -> None:
-        pass
+        """Update feedback after ``optimizer.step()`` (``biotorch.feedback_step(model)`` calls it; set ``stateful``),
+        in place: a captured CUDA graph reads the same memory on every replay."""
 
     def after_load(self, layer: nn.Module) -> None:
-        pass
+        """Re-derive what is not saved (``derived`` buffers) after a state_dict load, in place."""
 
     def discard(self, layer: nn.Module) -> None:
         """Forget feedback drawn for the current classes and input size (``drawn_at_first_forward`` rules)."""

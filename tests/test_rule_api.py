@@ -256,3 +256,71 @@ def test_register_rule_refuses_what_is_not_a_rule(make, message):
         biotorch.register_rule(make())
     assert biotorch.RULES == before
     assert biotorch.register_rule(FA) is FA and biotorch.RULES == before  # a built-in again: nothing changes
+
+
+SEED_FA = '''
+import torch, biotorch
+from biotorch.rules import counter_uniform, init_bound
+
+
+@biotorch.register_rule
+class SeedFA(biotorch.Rule):
+    """A first rule that reads its seed on the host: int() of a tensor, which the meta device cannot give."""
+    name = "seedfa"
+
+    def setup(self, layer, seed):
+        layer.register_buffer("feedback_seed", torch.tensor(seed, device=layer.weight.device))
+        key = int(layer.feedback_seed) * 7 + 1
+        layer.register_buffer("feedback_weight", counter_uniform(layer.weight.shape, key, layer.weight.device)
+                              * init_bound(layer.weight))
+
+    def signal(self, layer, input):
+        return layer.feedback_weight, None
+'''
+
+
+def test_a_setup_that_reads_a_tensor_on_the_host_is_told_it_runs_on_the_meta_device(tmp_path, capsys):
+    (tmp_path / "seed_fa.py").write_text(SEED_FA)
+    result = python("""
+        import biotorch, seed_fa
+        try:
+            biotorch.testing.check_rule(seed_fa.SeedFA)
+        except Exception as error:
+            print(type(error).__name__, error)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = result.stdout.strip().splitlines()
+    assert "rule 'seedfa': setup failed on the meta device" in line and "int(t)" in line, line
+    listed = python("from biotorch import cli; cli.main(['-p', 'seed_fa', 'list', 'lenet_*'])", tmp_path)
+    assert listed.stderr.count("\n") == 1 and "setup failed on the meta device" in listed.stderr, listed.stderr
+
+
+def test_a_mistyped_entry_point_beside_the_decorator_says_the_rule_is_registered(tmp_path):
+    site = tmp_path / "site"
+    dist = site / "biotorch_signfa-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: biotorch-signfa\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[biotorch.rules]\nsignfa = readme_rule:SignFa\n")  # the class is SignFA
+    result = python("""
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import biotorch
+        print("signfa" in biotorch.RULES)
+        print(*[str(w.message) for w in caught if "entry point" in str(w.message)])
+    """, site, readme_rule(tmp_path / "user"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    registered, warning = result.stdout.splitlines()[-2:]
+    assert registered == "True" and "was not registered" not in warning, warning
+    assert "readme_rule:SignFa" in warning and "its module registered signfa itself" in warning, warning
+
+
+def test_the_rule_docs_answer_a_first_rules_questions():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Add your own rule"):readme.index("## Training")]
+    for fact in ("meta device", "U(−1, 1)", "second element", "keep `@biotorch.register_rule`",
+                 "the entry point's name"):
+        assert fact in section, fact
+    for method, fact in (("setup", "meta device"), ("signal", "direct"), ("after_step", "optimizer.step()"),
+                         ("after_load", "load")):
+        assert fact in (getattr(biotorch.Rule, method).__doc__ or ""), method
