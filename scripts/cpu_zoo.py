@@ -77,7 +77,8 @@ CARRY = Path(__file__).resolve().parent.parent / "campaign"
 # are the same run.
 NOT_TRAINING = ("device", "data_dir", "download", "cuda_graph", "compile", "eval_batch_size", "seed",
                 "alignment_every", "val_every", "rule_overrides")  # the overrides applied are compared
-LATER_KEYS = {**dict.fromkeys(IMAGE_KEYS), "weight_init": "default"}  # recipe keys newer than the campaign
+# recipe keys newer than the campaign, at their defaults: a run named before them keeps its name (never break a resume)
+LATER_KEYS = {**dict.fromkeys(IMAGE_KEYS), "weight_init": "default", "init_from_recipe": {}}
 ENTRY_KEYS = {"recipe", "rules", "seeds", "set", "publish", "replace", "retry"}
 # Training images/s of one process by threads, before anything is measured here, for each model class at the
 # architecture named (scripts/bench_train.py on the quiet 2-core AMD EPYC machine of 2026-11-30, batch 128: resnet20

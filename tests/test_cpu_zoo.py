@@ -24,7 +24,7 @@ from biotorch.publish import build_card_folder
 from biotorch.training import Trainer
 from biotorch.files import previous_folder
 from biotorch.training.checkpoint import RunLock
-from conftest import load_script, same_tensors
+from conftest import TINY_PNG, load_script, same_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 zoo = load_script("cpu_zoo")
@@ -82,7 +82,9 @@ def test_committed_queue_reads_and_trains_on_the_cpu_fp32_then_resnets_in_bf16()
 def test_recipe_hash_ignores_where_a_run_trains_not_what_it_learns():
     base = zoo.load_recipe(LENET, {"rule": "fa", "seed": 0})
     # keys newer than the campaign count only away from their defaults: the runs named before them keep their names
-    assert "weight_init" not in zoo.recipe_key(base) and "img_size" not in zoo.recipe_key(base)
+    assert not {"weight_init", "init_from_recipe", "img_size"} & set(zoo.recipe_key(base))
+    assert zoo.recipe_hash(zoo.load_recipe(RESNET20, {"rule": "bp", "batch_size": 128, "lr": 0.1, "device": "cpu",
+                                                      "channels_last": True, "amp": "bf16", "epochs": 100})) == "14f01da8"
     assert zoo.recipe_hash(zoo.load_recipe(LENET, {"rule": "fa", "weight_init": "xavier"})) != zoo.recipe_hash(base)
     same = zoo.load_recipe(LENET, {"rule": "fa", "seed": 3, "device": "cpu", "cuda_graph": False, "val_every": 2})
     assert zoo.recipe_hash(base) == zoo.recipe_hash(same)
@@ -108,11 +110,17 @@ def test_a_model_measured_on_other_data_is_estimated_from_it_by_pixels(tmp_path)
     """ResNet-20 measured on CIFAR-10 gives its Fashion-MNIST estimate (padded to 32x32: the same pixels), not the
     model class's default; at another thread count, or for another model, the measurement says nothing."""
     (tmp_path / "speeds.json").write_text(json.dumps({"resnet20.cifar10_jpeg@2": 280.0}))
-    fashion, cifar = zoo.load_recipe(RESNET20, {"data": "fashion_mnist"}), zoo.load_recipe(RESNET20, {})
+    fashion, cifar = (zoo.load_recipe(RESNET20, {"data": "fashion_mnist", "amp": "none"}),
+                      zoo.load_recipe(RESNET20, {"amp": "none"}))
     assert zoo.speed(tmp_path, cifar, 2) == zoo.speed(tmp_path, fashion, 2) == 280.0
+    # a speed is its precision's: bf16 is not estimated from fp32's measurement, and is kept apart
+    bf16 = dataclasses.replace(cifar, amp="bf16")
+    assert zoo.speed(tmp_path, bf16, 2) != 280.0 and zoo.speed_key("resnet20", "cifar10_jpeg", 2, "bf16").endswith(":bf16")
     assert zoo.epoch_s(fashion, tmp_path, 2) == pytest.approx(50_000 * 1.1 / 280.0)
     (tmp_path / "images" / "train" / "a").mkdir(parents=True)
-    larger = zoo.load_recipe(RESNET20, {"data": "imagefolder", "img_size": 64, "data_dir": str(tmp_path / "images")})
+    (tmp_path / "images" / "train" / "a" / "0.png").write_bytes(TINY_PNG)  # an empty class is refused
+    larger = zoo.load_recipe(RESNET20, {"data": "imagefolder", "img_size": 64, "amp": "none",
+                                        "data_dir": str(tmp_path / "images")})
     assert zoo.speed(tmp_path, larger, 2) == pytest.approx(280.0 / 4)
     default = zoo.speed(tmp_path / "nothing measured", fashion, 1)
     assert zoo.speed(tmp_path, fashion, 1) == default != 280.0
@@ -299,7 +307,7 @@ def test_a_partial_run_carried_through_the_work_tree_resumes_on_another_machine(
     assert zoo.carry_in([job], three, carry) == [f"resumes {carried.name} at epoch 3 from {carry}"]
     assert zoo.finished(job.folder(three))
     config = json.loads((cards / job.card / "config.json").read_text())
-    config["pretrained_cfg"]["metrics"]["robustness"] = [{"attack": "fgsm"}]  # as the attacks' rebuild leaves it
+    config["pretrained_cfg"]["metrics"]["robustness"] = [{"attack": "fgsm"}, {"attack": "square"}]  # attacked
     (cards / job.card / "config.json").write_text(json.dumps(config))
     assert zoo.carry_out([job], three, cards, carry) == [] and not carry.exists()
 

@@ -572,11 +572,12 @@ def train_command(recipe: dict) -> str:
             assert key not in texts, f"--set {key}={texts[key]} does not give {wanted[key]!r}"
             texts[key] = _yaml_text(wanted[key])
     except (ConfigError, ValueError, OSError):  # its start cannot be read here: say every value, taken from none
-        defaults = Recipe()
+        # what the command's recipe file sets, else the defaults: a value the file sets otherwise is said too
+        base = {**Recipe().to_dict(), **(load_yaml(file.read_text(), str(file)) or {} if file else {})}
         inherited = {key for head, members in PARENT_KEYS.items() for values in members.values()
                      for key in (head, *values)}
         texts = {key: _yaml_text(value) for key, value in wanted.items()
-                 if key not in flags and (key in inherited or value != getattr(defaults, key))}
+                 if key not in flags and (key in inherited or value != base.get(key))}
     words = ["biotorch", "train"] + [f"--{key.replace('_', '-')} {shlex.quote(value)}" for key, value in flags.items()]
     words += [f"--set {shlex.quote(f'{key}={texts[key]}')}" for key in FIELDS if key in texts]
     tail = f"   # {DATA_DIR}: your image folder (train/, val/, test/)" if data == "imagefolder" else ""
