@@ -49,8 +49,10 @@ def run_cli(capsys, *argv) -> str:
 
 def test_fine_tune_evaluate_attack_and_push_from_the_command_line(images, tmp_path, capsys, loopback_hub):
     run = tmp_path / "runs" / "shapes"
+    # lr given: the parent's (0.03 at batch 128, scaled linearly to 0.0019 at batch 8) under-trains 32 images in 10
+    # epochs (36 % here, 42 % at lr 0.01); what a tiny folder's default should be is issue 48 item 1's open question
     log = run_cli(capsys, "train", "--init-from", START, "--data", "imagefolder", "--data-dir", images, "--epochs", 10,
-                  "--batch-size", 8, "--out", run, "--no-progress")
+                  "--batch-size", 8, "--lr", 0.05, "--out", run, "--no-progress")
     assert "no test number" not in log  # the folder has test/
     metrics = json.loads((run / "metrics.json").read_text())
     # The folder has no val/: a seeded tenth of train/ was held out; the images were brought to the checkpoint's input
